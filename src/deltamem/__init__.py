@@ -1,0 +1,57 @@
+"""deltamem: keep LLM-generated results fresh as their data changes.
+
+    >>> import deltamem as dm
+    >>> db = dm.connect(":memory:", llm="test", background=False)
+    >>> papers = db.table("papers", key="id")
+    >>> papers.upsert({"id": 1, "abstract": "A new index for streaming joins."})
+    1
+    >>> view = db.view("insights", papers.sem_map("State the key insight of {abstract}", out="insight"))
+    >>> [sorted(row) for row in view.rows(fresh=True)]
+    [['abstract', 'id', 'insight']]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltamem.changes import Change, ExpireMode, ManualClock, SystemClock
+from deltamem.engine import Database
+from deltamem.errors import ConfigError, DeltamemError
+from deltamem.llm import lazy_embedder, lazy_llm
+from deltamem.llm.base import EmbeddingBackend, LLMBackend
+from deltamem.llm.runner import RetryPolicy
+from deltamem.relation import Relation, Table, View, ViewRows
+from deltamem.store.base import ChangeRow, HistoryEntry
+
+__version__ = "0.1.0"
+
+
+def connect(
+    path: str = "deltamem.db",
+    *,
+    llm: str | LLMBackend = "local",
+    embedder: str | EmbeddingBackend = "minilm",
+    llm_options: dict[str, Any] | None = None,
+    embedder_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> Database:
+    """Open (or create) a database.
+
+    ``path`` is a SQLite file (``":memory:"`` for a throwaway one). ``llm`` is ``"local"`` (SmolLM2-135M-Instruct
+    on this machine; the default), ``"openai"`` (any OpenAI-compatible endpoint; settings from ``llm_options`` or
+    ``DELTAMEM_OPENAI_*``) or ``"test"`` (deterministic); ``embedder`` is ``"minilm"``, ``"openai"`` or ``"test"``.
+    Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_workers``, ``progress``.
+    """
+    if path.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("The PostgreSQL store is not built yet; use a SQLite file path such as 'app.db'")
+    from deltamem.store.sqlite import SQLiteStore
+
+    llm_backend = lazy_llm(llm, **(llm_options or {}))
+    embed_backend = lazy_embedder(embedder, **(embedder_options or {}))
+    return Database(SQLiteStore(path), llm=llm_backend, embedder=embed_backend, **options)
+
+
+__all__ = [
+    "Change", "ChangeRow", "ConfigError", "Database", "DeltamemError", "ExpireMode", "HistoryEntry", "ManualClock",
+    "Relation", "RetryPolicy", "SystemClock", "Table", "View", "ViewRows", "connect",
+]

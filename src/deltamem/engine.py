@@ -1,0 +1,345 @@
+"""The database: tables, views, the commit path and TTL. Maintenance lives in ``deltamem.maintenance``.
+
+    db = deltamem.connect("app.db", llm="test"); papers = db.table("papers", key="id"); papers.upsert({"id": 1, ...})
+
+A ``Database`` owns its store, its backends and its maintenance thread; two databases in one process share nothing.
+Every write is validated whole before anything is stored: a bad row fails the batch and changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from deltamem.changes import (
+    ERROR_COLUMN,
+    Clock,
+    ColumnType,
+    ExpireMode,
+    Row,
+    RowKey,
+    RowWrite,
+    SystemClock,
+    encode_key,
+    parse_duration,
+    parse_timestamp,
+)
+from deltamem.errors import AlreadyExists, ConfigError, NoTable, NoView, PrimaryKeyError, SchemaError, did_you_mean
+from deltamem.llm import LazyBackend
+from deltamem.llm.base import EmbeddingBackend, LLMBackend
+from deltamem.llm.ledger import Usage
+from deltamem.llm.runner import CallRunner, ProgressHook, RetryPolicy
+from deltamem.maintenance import Maintainer
+from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_source
+from deltamem.store.base import ChangeRow, Store, TableDef, ViewDef
+from deltamem.subscribe import Subscription
+
+
+class Database:
+    """One deltamem database. Use ``deltamem.connect`` to open one."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        llm: LazyBackend[LLMBackend],
+        embedder: LazyBackend[EmbeddingBackend],
+        clock: Clock | None = None,
+        background: bool = True,
+        retry: RetryPolicy = RetryPolicy(),
+        max_workers: int = 4,
+        progress: ProgressHook | None = None,
+        poll_interval: float = 1.0,
+    ):
+        self.store = store
+        self.clock = clock or SystemClock()
+        self._embedder = embedder
+        self.runner = CallRunner(store, llm, retry=retry, max_workers=max_workers, clock=self.clock.now,
+                                 progress=progress)
+        self._lock = threading.RLock()  # guards the catalog caches and batches
+        self._batches = threading.local()
+        self._tables = {t.name: t for t in store.get_table_defs()}
+        self._views = {v.name: v for v in store.get_view_defs()}
+        self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval)
+
+    # --- backends -----------------------------------------------------------------------------------------------
+    @property
+    def llm(self) -> LLMBackend:
+        """The chat backend (loaded on first use)."""
+        return self.runner.backend
+
+    @property
+    def embedder(self) -> EmbeddingBackend:
+        """The embedding backend (loaded on first use)."""
+        return self._embedder.get()
+
+    # --- catalog ------------------------------------------------------------------------------------------------
+    def table(
+        self,
+        name: str,
+        *,
+        key: str | None = None,
+        columns: dict[str, str | ColumnType] | None = None,
+        ttl: str | float | None = None,
+        ttl_column: str | None = None,
+        expire: str = "retract",
+    ) -> Table:
+        """Open table ``name``, or create it when ``key`` is given and it does not exist.
+
+        ``columns`` maps names to ``text``, ``int``, ``float``, ``bool`` or ``json``; without it, the first row
+        inserted fixes them. ``ttl`` (``'30 days'``) expires rows that long after their last write, or after the
+        time in ``ttl_column``; ``expire='retract'`` retracts what was derived from them, ``'keep'`` keeps it.
+        """
+        with self._lock:
+            if name in self._tables:
+                if key is not None and key != self._tables[name].key:
+                    raise AlreadyExists(f'Table "{name}" exists with key {self._tables[name].key!r}, not {key!r}')
+                return Table(self, name)
+            if key is None:
+                raise NoTable(
+                    f'Table "{name}" does not exist; create it with db.table({name!r}, key="id").'
+                    + did_you_mean(name, self._tables)
+                )
+            if name in self._views:
+                raise AlreadyExists(f'"{name}" is already a view')
+            if not name.isidentifier():
+                raise SchemaError(f"Table name {name!r} is not an identifier")
+            definition = self._make_table_def(name, key, columns, ttl, ttl_column, expire)
+            self.store.put_table_def(definition)
+            self._tables[name] = definition
+            return Table(self, name)
+
+    def tables(self) -> list[str]:
+        return sorted(self._tables)
+
+    def view(self, name: str, relation: Relation | None = None) -> View:
+        """Open view ``name``, or create it from ``relation``; it is built and then maintained in the background."""
+        with self._lock:
+            if relation is None:
+                self._view_def(name)
+                return View(self, name)
+            if relation._db is not self:
+                raise ConfigError(f"View {name!r}: the relation belongs to another database")
+            if name in self._views:
+                if self._views[name].plan != relation.plan:
+                    raise AlreadyExists(f'View "{name}" exists with another definition; pick a new name')
+                return View(self, name)
+            if name in self._tables:
+                raise AlreadyExists(f'"{name}" is already a table')
+            if not name.isidentifier():
+                raise SchemaError(f"View name {name!r} is not an identifier")
+            if "input" not in relation.plan:
+                raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
+            definition = ViewDef(name, relation.plan)
+            self.store.put_view_def(definition)
+            self._views[name] = definition
+        self.maintainer.notify()
+        return View(self, name)
+
+    def views(self) -> list[str]:
+        return list(self._views)
+
+    def _table_def(self, name: str) -> TableDef:
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise NoTable(f'Table "{name}" does not exist.' + did_you_mean(name, self._tables)) from None
+
+    def _view_def(self, name: str) -> ViewDef:
+        try:
+            return self._views[name]
+        except KeyError:
+            raise NoView(f'View "{name}" does not exist.' + did_you_mean(name, self._views)) from None
+
+    def _source_columns(self, source: Plan) -> tuple[str, ...]:
+        if source["source"] == "view":
+            return Relation(self, self._view_def(source["name"]).plan).columns
+        table = self._table_def(source["name"])
+        if table.columns is None:
+            raise SchemaError(
+                f'Table "{table.name}" has no columns yet; declare them with columns={{...}} or insert a row first'
+            )
+        return tuple(table.columns)
+
+    def _make_table_def(self, name, key, columns, ttl, ttl_column, expire) -> TableDef:
+        try:
+            mode = ExpireMode(expire)
+        except ValueError:
+            raise ConfigError(f"Unknown expire mode {expire!r}." + did_you_mean(expire, [m.value for m in ExpireMode])) from None
+        typed = None
+        if columns is not None:
+            typed = {}
+            for column, kind in columns.items():
+                try:
+                    typed[column] = ColumnType(kind)
+                except ValueError:
+                    raise SchemaError(
+                        f"Column {column!r} of table {name!r} has unknown type {kind!r}."
+                        + did_you_mean(str(kind), [t.value for t in ColumnType])
+                    ) from None
+            if key not in typed:
+                raise SchemaError(f"Key column {key!r} is not among the columns of table {name!r}")
+        for column in [key, ttl_column] + list(typed or []):
+            if column == ERROR_COLUMN:
+                raise SchemaError(f"Column name {ERROR_COLUMN!r} is reserved for errors")
+        if ttl_column is not None and ttl is None:
+            raise SchemaError(f"Table {name!r}: ttl_column={ttl_column!r} needs a ttl")
+        if ttl_column is not None and typed is not None and ttl_column not in typed:
+            raise SchemaError(f"TTL column {ttl_column!r} is not a column of {name!r}." + did_you_mean(ttl_column, typed))
+        return TableDef(name, key, typed, None if ttl is None else parse_duration(ttl), ttl_column, mode)
+
+    # --- writes -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def batch(self) -> Iterator["Database"]:
+        """Commit every write made inside the block as one version, or none of them if the block raises."""
+        if getattr(self._batches, "writes", None) is not None:
+            raise ConfigError("Batches do not nest")
+        self._batches.writes, self._batches.defs = {}, {}
+        try:
+            yield self
+            writes, defs = list(self._batches.writes.values()), list(self._batches.defs.values())
+        finally:
+            self._batches.writes = self._batches.defs = None
+        self._commit(writes, defs)
+
+    def _write_rows(self, table: str, rows: Sequence[Row]) -> int:
+        definition = self._table_def(table)
+        now = self.clock.now()
+        pending = getattr(self._batches, "defs", None) or {}
+        definition = pending.get(table, definition)
+        writes: dict[RowKey, RowWrite] = {}
+        for position, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise SchemaError(f"Row {position} for table {table!r} is a {type(row).__name__}, not a dict")
+            if definition.columns is None:
+                definition = TableDef(definition.name, definition.key, {c: ColumnType.of(v) for c, v in row.items()},
+                                      definition.ttl, definition.ttl_column, definition.expire)
+            clean = self._check_row(definition, row, position)
+            key = encode_key(clean[definition.key])
+            if key in writes:
+                raise PrimaryKeyError(f"Key {clean[definition.key]!r} appears twice in one write to table {table!r}")
+            writes[key] = RowWrite(table, key, clean, self._expires_at(definition, clean, now))
+        new_defs = [definition] if definition is not self._tables[table] else []
+        return self._commit(list(writes.values()), new_defs)
+
+    def _delete_rows(self, table: str, keys: Sequence[Any]) -> int:
+        self._table_def(table)
+        writes = {encode_key(k): RowWrite(table, encode_key(k), None) for k in keys}
+        return self._commit(list(writes.values()), [])
+
+    def _check_row(self, table: TableDef, row: Row, position: int) -> Row:
+        assert table.columns is not None
+        where = f"Row {position} for table {table.name!r}"
+        if row.get(table.key) is None:
+            raise PrimaryKeyError(f"{where} has no value for its key column {table.key!r}")
+        for column, value in row.items():
+            if column not in table.columns:
+                raise SchemaError(f"{where} has unknown column {column!r}." + did_you_mean(column, table.columns))
+            kind = table.columns[column]
+            if not kind.accepts(value):
+                raise SchemaError(f"{where}: column {column!r} is {kind.value}, got {value!r} ({type(value).__name__})")
+        encode_key(row[table.key])  # raises for a bad key type
+        if table.ttl_column is not None:
+            if row.get(table.ttl_column) is None:
+                raise SchemaError(f"{where} has no value for its TTL column {table.ttl_column!r}")
+            parse_timestamp(row[table.ttl_column], column=table.ttl_column)
+        return {column: row.get(column) for column in table.columns}
+
+    @staticmethod
+    def _expires_at(table: TableDef, row: Row, now: float) -> float | None:
+        if table.ttl is None:
+            return None
+        start = now if table.ttl_column is None else parse_timestamp(row[table.ttl_column], column=table.ttl_column)
+        return start + table.ttl
+
+    def _commit(self, writes: list[RowWrite], defs: list[TableDef]) -> int:
+        batch = getattr(self._batches, "writes", None)
+        if batch is not None:  # inside db.batch(): buffer; the last write of a key wins
+            for write in writes:
+                batch[(write.table, write.key)] = write
+            for definition in defs:
+                self._batches.defs[definition.name] = definition
+            return self.store.get_latest_version() + 1
+        with self._lock:
+            version, _changes = self.store.commit(writes, self.clock.now(), table_defs=defs)
+            for definition in defs:
+                self._tables[definition.name] = definition
+        self.maintainer.notify()
+        return version
+
+    def expire(self) -> int:
+        """Expire every row whose TTL has ended, as one commit; return how many rows expired."""
+        modes = {t.name: t.expire for t in self._tables.values() if t.ttl is not None}
+        if not modes:
+            return 0
+        result = self.store.expire(modes, self.clock.now())
+        if result is None:
+            return 0
+        self.maintainer.notify()
+        return len(result[1])
+
+    def refresh(self) -> int:
+        """Commit an empty version: every view refreshes at it, retrying the calls that failed before."""
+        version, _ = self.store.commit([], self.clock.now(), note="refresh")
+        self.maintainer.notify()
+        return version
+
+    # --- reads --------------------------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The latest committed version."""
+        return self.store.get_latest_version()
+
+    def _read_view(self, name: str, *, fresh: bool, as_of: int | None, timeout: float | None) -> ViewRows:
+        self._view_def(name)
+        latest = self.version
+        if fresh:
+            self.maintainer.wait_for(name, latest if as_of is None else min(as_of, latest), timeout)
+        applied = self.store.get_applied_version(name)
+        if as_of is not None and (applied is None or as_of > applied):
+            raise ConfigError(
+                f'View "{name}" reflects version {applied}; as_of={as_of} is ahead of it. Pass fresh=True to wait'
+            )
+        rows = self.store.get_view_rows(name, as_of)
+        applied = applied or 0
+        behind = self.store.get_commit_time(applied + 1) if latest > applied else None
+        return ViewRows(
+            rows=list(rows.values()),
+            version=applied if as_of is None else as_of,
+            lag=latest - applied,
+            lag_seconds=0.0 if behind is None else max(0.0, self.clock.now() - behind),
+        )
+
+    def _subscribe(self, name: str, callback: Callable[[ChangeRow], None], *, snapshot: bool) -> Subscription:
+        self._view_def(name)
+        return self.maintainer.subscribe(name, callback, snapshot=snapshot)
+
+    def maintain(self, timeout: float | None = None) -> None:
+        """Bring every view up to the latest version now (what the background thread does on its own)."""
+        latest = self.version
+        for name in list(self._views):
+            self.maintainer.wait_for(name, latest, timeout)
+
+    def usage(self) -> Usage:
+        """Calls, tokens and seconds paid, by view and operator, beside the full-recompute cost of each view."""
+        once_now = {name: self.store.get_state_cost(name) for name in self._views}
+        return Usage.build(self.store.get_ledger_totals(), self.store.get_baselines(), once_now)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop maintenance (finishing the version in progress) and close the store."""
+        self.maintainer.stop()
+        self.runner.close()
+        self.store.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _view_plan(self, name: str) -> tuple[Plan, list]:
+        plan = self._view_def(name).plan
+        return plan_source(plan), build_operators(plan)

@@ -1,0 +1,69 @@
+"""Errors raised to callers of deltamem.
+
+Every class here is a *caller* error or an expected failure: it says what is wrong and how to fix it, in one line.
+Internal corruption is an ``assert`` that names the guilty component, never one of these.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DeltamemError(Exception):
+    """Base class of every error deltamem raises on purpose."""
+
+
+class NoTable(DeltamemError):
+    """Raised when a table name does not exist."""
+
+
+class NoView(DeltamemError):
+    """Raised when a view name does not exist."""
+
+
+class AlreadyExists(DeltamemError):
+    """Raised when a table or view is created under a name that is taken by a different definition."""
+
+
+class SchemaError(DeltamemError):
+    """Raised when a row, template or definition does not fit a table's columns or types."""
+
+
+class PrimaryKeyError(DeltamemError):
+    """Raised when a row's primary key is missing, duplicated in one batch, or of the wrong type."""
+
+
+class TemplateError(SchemaError):
+    """Raised when a prompt template names a column the input does not have, or is malformed."""
+
+
+class ConfigError(DeltamemError):
+    """Raised when a backend, option or setting is unknown or malformed."""
+
+
+class BackendError(DeltamemError):
+    """Raised by a backend when one model call failed; the engine retries it and then records it on the row."""
+
+
+class BackendUnavailable(ConfigError):
+    """Raised when a backend cannot be loaded here (missing package, model file or endpoint settings)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or a list of the valid ones when none is close."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f" Did you mean '{close[0]}'?"
+    if choices:
+        return " Valid names: " + ", ".join(f"'{c}'" for c in choices) + "."
+    return ""
+
+
+class MaintenanceError(DeltamemError):
+    """Raised by a read that waits for freshness when view maintenance stopped on an error (the cause is chained)."""
+
+
+class FreshnessTimeout(DeltamemError):
+    """Raised when ``fresh=True`` waited ``timeout`` seconds and the view had still not caught up."""

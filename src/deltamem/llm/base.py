@@ -1,0 +1,121 @@
+"""The interface every LLM and embedding backend implements.
+
+A backend only runs calls; deciding *which* calls to make is the engine's job. Backends count their own work
+(prompt tokens computed, prompt tokens reused from a cache, output tokens, seconds), so the ledger records what the
+backend measured rather than an estimate.
+
+Requests and results are small frozen records, so a request can be hashed into a memo key and a result stored as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One chat completion call. Decoding is greedy (temperature 0) unless a caller asks otherwise."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        """Canonical JSON form; the memo key is the SHA-256 of this plus the model id."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CompletionRequest":
+        return cls(
+            messages=tuple(Message(**m) for m in data["messages"]),
+            max_tokens=data["max_tokens"],
+            temperature=data["temperature"],
+            stop=tuple(data["stop"]),
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one call returned and what it cost, as measured by the backend."""
+
+    text: str
+    prompt_tokens: int  # prompt tokens computed by this call (excludes reused_tokens)
+    output_tokens: int
+    seconds: float
+    model: str
+    reused_tokens: int = 0  # prompt tokens served from a KV / prefix cache instead of computed
+    finish_reason: str = "stop"  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a backend can do beyond plain completion; the engine picks strategies from this."""
+
+    logits: bool = False  # can score a given continuation (needed to re-score a draft)
+    attention: bool = False  # can return attention weights
+    kv_cache: bool = False  # can keep and reuse a prompt's KV cache
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """A chat model. ``complete`` raises ``deltamem.errors.BackendError`` when a call fails."""
+
+    model_id: str  # names the model *and* its weights/settings; part of every memo key
+    capabilities: BackendCapabilities
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """A sentence embedder: ``embed`` returns one L2-normalised float32 row per text, shape (len(texts), dim)."""
+
+    model_id: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass
+class Usage:
+    """A running count a backend may keep of its own work (for tests and diagnostics)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    failures: int = 0
+
+    def add(self, completion: Completion) -> None:
+        self.calls += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.reused_tokens += completion.reused_tokens
+        self.output_tokens += completion.output_tokens
+        self.seconds += completion.seconds
+
+
+__all__ = [
+    "BackendCapabilities",
+    "Completion",
+    "CompletionRequest",
+    "EmbeddingBackend",
+    "LLMBackend",
+    "Message",
+    "Usage",
+]

@@ -1,0 +1,108 @@
+"""The usage report: what was paid, what the memo saved, and what a full recompute would have paid.
+
+    usage = db.usage(); usage.calls, usage.prompt_tokens, usage.by_view["digest"].calls
+
+Every call is on the store's ledger (``deltamem.llm.runner`` writes it). ``paid`` calls are counted in the totals;
+memo hits are counted apart, with the tokens they saved; failed calls are counted as ``failures``.
+
+The full-recompute baseline of a view is what a system without incremental maintenance would pay: at every version
+that changed the view's inputs, recompute every operator over every row that reaches it. deltamem knows that cost
+exactly, because every stored value carries what its call cost when it was paid.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from deltamem.store.base import CallCost, LedgerTotals
+
+
+@dataclass
+class CostTotals:
+    """Summed ledger counts for one slice (all, one view, one operator)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0  # prompt tokens computed
+    reused_tokens: int = 0  # prompt tokens served from a KV / prefix cache
+    output_tokens: int = 0
+    seconds: float = 0.0
+    memo_hits: int = 0
+    saved_tokens: int = 0  # prompt + output tokens of the calls the memo answered
+    failures: int = 0
+
+    def add(self, row: LedgerTotals) -> None:
+        if row.outcome == "paid":
+            self.calls += row.calls
+            self.prompt_tokens += row.prompt_tokens
+            self.reused_tokens += row.reused_tokens
+            self.output_tokens += row.output_tokens
+            self.seconds += row.seconds
+        elif row.outcome == "memo":
+            self.memo_hits += row.calls
+            self.saved_tokens += row.prompt_tokens + row.reused_tokens + row.output_tokens
+        else:
+            self.failures += row.calls
+
+
+@dataclass(frozen=True)
+class FullRecompute:
+    """The counterfactual for one view: ``refreshes`` full recomputes costing ``cost`` in all, and one now."""
+
+    refreshes: int
+    cost: CallCost
+    once_now: CallCost
+
+
+@dataclass
+class Usage(CostTotals):
+    """``db.usage()``: totals as attributes, then ``by_view``, ``by_operator`` and ``full_recompute`` per view."""
+
+    by_view: dict[str, CostTotals] = field(default_factory=dict)
+    by_operator: dict[tuple[str, str], CostTotals] = field(default_factory=dict)
+    full_recompute: dict[str, FullRecompute] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, ledger: list[LedgerTotals], baselines: dict[str, tuple[int, CallCost]], once_now: dict[str, CallCost]
+    ) -> "Usage":
+        usage = cls()
+        by_view: dict[str, CostTotals] = defaultdict(CostTotals)
+        by_operator: dict[tuple[str, str], CostTotals] = defaultdict(CostTotals)
+        for row in ledger:
+            usage.add(row)
+            by_view[row.view].add(row)
+            by_operator[(row.view, row.operator)].add(row)
+        usage.by_view = dict(by_view)
+        usage.by_operator = dict(by_operator)
+        usage.full_recompute = {
+            view: FullRecompute(refreshes, cost, once_now.get(view, CallCost()))
+            for view, (refreshes, cost) in baselines.items()
+        }
+        return usage
+
+    @property
+    def full_recompute_calls(self) -> int:
+        return sum(f.cost.calls for f in self.full_recompute.values())
+
+    def rich_table(self):  # -> rich.table.Table; imported lazily so the core does not need rich
+        """A table with one row per view and a total: paid against a full recompute at every refresh."""
+        from rich.table import Table
+
+        table = Table(title="LLM cost: deltamem (incremental) vs full recompute at every refresh")
+        for name in ("view", "refreshes", "calls", "full calls", "tokens", "full tokens", "seconds", "full s",
+                     "memo hits", "calls saved"):
+            table.add_column(name, justify="left" if name == "view" else "right")
+        views = sorted(set(self.by_view) | set(self.full_recompute))
+        none = FullRecompute(0, CallCost(), CallCost())
+        rows = [(v, self.by_view.get(v, CostTotals()), self.full_recompute.get(v, none)) for v in views]
+        total = FullRecompute(sum(f.refreshes for *_, f in rows), sum((f.cost for *_, f in rows), CallCost()), CallCost())
+        for name, paid, full in [*rows, ("total", self, total)]:
+            saved = 1 - paid.calls / full.cost.calls if full.cost.calls else 0.0
+            table.add_row(
+                name, str(full.refreshes), str(paid.calls), str(full.cost.calls),
+                str(paid.prompt_tokens + paid.output_tokens), str(full.cost.prompt_tokens + full.cost.output_tokens),
+                f"{paid.seconds:.1f}", f"{full.cost.seconds:.1f}", str(paid.memo_hits), f"{saved:.0%}",
+                style="bold" if name == "total" else None,
+            )
+        return table

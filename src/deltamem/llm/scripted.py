@@ -1,0 +1,124 @@
+"""The deterministic test backend (``llm="test"``, ``embedder="test"``).
+
+Its answers are a pure function of the request, so a view maintained incrementally can be compared with one built
+from scratch, and it counts calls and tokens like a real backend. It plays an obedient model: asked for True/False it
+answers one of them, asked for a JSON object with given keys it returns one, otherwise it answers a short phrase.
+
+Faults are injected by substring: ``ScriptedLLM(failures={"poison": 2})`` fails the first two calls whose prompt
+contains ``poison`` with a ``BackendError``, then answers normally.
+
+    >>> llm = ScriptedLLM()
+    >>> llm.complete(CompletionRequest((Message("user", "Is 2 even? Answer True or False."),))).text in ("True", "False")
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+
+import numpy as np
+
+from deltamem.errors import BackendError
+from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage  # noqa: F401 (doctest)
+
+_WORDS = (
+    "amber basalt cedar delta ember fjord garnet harbor indigo juniper kelp lumen meadow nickel onyx pine quartz "
+    "river saffron tundra umber violet willow xenon yarrow zephyr"
+).split()
+_JSON_KEYS = re.compile(r"JSON object with the keys? ([^.\n]+)")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def count_scripted_tokens(text: str) -> int:
+    """Words and punctuation marks: a stand-in tokenizer that is stable and cheap."""
+    return len(_TOKEN.findall(text))
+
+
+class ScriptedLLM:
+    """A chat model whose answer depends only on the request. ``usage`` counts what it did."""
+
+    capabilities = BackendCapabilities()
+
+    def __init__(self, *, failures: dict[str, int] | None = None, latency: float = 0.0, model_id: str = "scripted-v1"):
+        self.model_id = model_id
+        self.latency = latency
+        self._failures_left = dict(failures or {})
+        self._lock = threading.Lock()
+        self.usage = Usage()
+
+    def count_tokens(self, text: str) -> int:
+        return count_scripted_tokens(text)
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        prompt = "\n".join(f"{m.role}: {m.content}" for m in request.messages)
+        with self._lock:
+            for needle, left in self._failures_left.items():
+                if left > 0 and needle in prompt:
+                    self._failures_left[needle] = left - 1
+                    self.usage.failures += 1
+                    raise BackendError(f"scripted failure for a prompt containing {needle!r}")
+        if self.latency:
+            time.sleep(self.latency)
+        text = self.answer(request)
+        words = text.split()
+        if len(words) > request.max_tokens:
+            text, finish = " ".join(words[: request.max_tokens]), "length"
+        else:
+            finish = "stop"
+        completion = Completion(
+            text=text,
+            prompt_tokens=sum(count_scripted_tokens(m.content) + 4 for m in request.messages),
+            output_tokens=count_scripted_tokens(text),
+            seconds=self.latency,
+            model=self.model_id,
+            finish_reason=finish,
+        )
+        with self._lock:
+            self.usage.add(completion)
+        return completion
+
+    def answer(self, request: CompletionRequest) -> str:
+        """The answer text, a pure function of the messages."""
+        everything = "\n".join(m.content for m in request.messages)
+        digest = _digest(everything)
+        if "True or False" in everything:
+            return "True" if digest[0] % 2 == 0 else "False"
+        keys = _JSON_KEYS.search(everything)
+        if keys:
+            names = [k.strip(" '\"`") for k in re.split(r",|\band\b", keys.group(1)) if k.strip(" '\"`")]
+            return json.dumps({name: _phrase(_digest(name + everything), 2) for name in names})
+        return _phrase(digest, 3)
+
+
+def _phrase(digest: bytes, num_words: int) -> str:
+    return " ".join(_WORDS[b % len(_WORDS)] for b in digest[:num_words])
+
+
+class HashingEmbedder:
+    """A deterministic bag-of-words embedding: each lower-cased word adds a signed unit to one of ``dim`` buckets.
+
+    Texts that share words get close vectors, which is all a unit test of blocking or search needs.
+    """
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self.model_id = f"hashing-{dim}"
+        self.num_texts = 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                d = _digest(word)
+                out[i, int.from_bytes(d[:4], "little") % self.dim] += 1.0 if d[4] % 2 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        self.num_texts += len(texts)
+        return out / np.where(norms == 0, 1.0, norms)

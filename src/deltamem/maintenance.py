@@ -1,0 +1,178 @@
+"""View maintenance: build new views, apply every committed version to every view, in order, exactly once.
+
+    db.maintainer.notify()   # after a commit; the background thread takes it from there
+
+For one view and one version v the maintainer reads the source's deltas at v, runs them through the view's
+operators (which call the model through the runner, memo first), and commits the operator state, the output rows and
+``applied_version = v`` in one store transaction. So after a crash a view is exactly at some version: it resumes
+from the next one, and the calls it had already paid come back from the memo.
+
+::
+
+    versions   ... a-1 | a | a+1 ... latest
+    view            done ^  pending ---->     a = applied_version; each pending version with changes for the
+                                              view is one transaction; the rest are skipped in one step
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from deltamem.changes import Delta, ExpireMode, RowKey
+from deltamem.errors import FreshnessTimeout, MaintenanceError
+from deltamem.operators.base import OperatorContext
+from deltamem.relation import Plan
+from deltamem.store.base import ViewCommit
+from deltamem.subscribe import Subscription
+
+if TYPE_CHECKING:
+    from deltamem.engine import Database
+
+
+class Maintainer:
+    """Keeps every view of one database up to date, on a background thread or, with ``background=False``, inline.
+
+    Only one thread maintains at a time (``_work``). ``_changed`` wakes the background thread on commits and wakes
+    readers and subscribers after each view commit. ``error`` holds what stopped background maintenance, if anything.
+    """
+
+    def __init__(self, db: "Database", *, background: bool, poll_interval: float):
+        self.db = db
+        self.background = background
+        self.poll_interval = poll_interval
+        self.error: BaseException | None = None
+        self._work = threading.Lock()
+        self._changed = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="deltamem-maintenance", daemon=True)
+            self._thread.start()
+
+    # --- public ---------------------------------------------------------------------------------------------------
+    def notify(self) -> None:
+        with self._changed:
+            self._dirty = True
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def wait_for(self, view: str, version: int, timeout: float | None) -> None:
+        """Return once ``view`` reflects ``version``; raise ``FreshnessTimeout`` or ``MaintenanceError``."""
+        if not self.background:
+            self.catch_up_all()
+            return
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: self.error is not None or self._applied(view) >= version, timeout=timeout
+            )
+        if self.error is not None:
+            raise MaintenanceError(f'View maintenance stopped: {self.error}') from self.error
+        if not ok:
+            raise FreshnessTimeout(
+                f'View "{view}" reflects version {self._applied(view)}, not yet {version}, after {timeout} s'
+            )
+
+    def subscribe(self, view: str, callback, *, snapshot: bool) -> Subscription:
+        if not self.background:
+            self.catch_up_all()
+        return Subscription(self.db.store, view, callback, snapshot=snapshot, wakeup=self._changed)
+
+    def catch_up_all(self) -> None:
+        """Bring every view to the latest version, sources before the views that read them."""
+        with self._work:
+            for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
+                self._catch_up(name)
+
+    # --- the background loop --------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if not self._dirty and not self._stopping:
+                    self._changed.wait(self.poll_interval)
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self.db.expire()
+                self.catch_up_all()
+            except BaseException as exc:  # surfaced to readers by wait_for; a broken loop must not spin
+                self.error = exc
+                with self._changed:
+                    self._changed.notify_all()
+                return
+
+    # --- one view ---------------------------------------------------------------------------------------------------
+    def _applied(self, view: str) -> int:
+        applied = self.db.store.get_applied_version(view)
+        return -1 if applied is None else applied
+
+    def _catch_up(self, name: str) -> None:
+        store = self.db.store
+        source, operators = self.db._view_plan(name)
+        applied = store.get_applied_version(name)
+        if applied is None:
+            version, deltas = self._snapshot(source)
+            self._apply(name, operators, version, deltas, building=True)
+            applied = version
+        latest = store.get_latest_version()
+        if source["source"] == "view":
+            latest = min(latest, self._applied(source["name"]))
+        if latest <= applied:
+            return
+        by_version = self._source_deltas(source, applied + 1, latest)
+        has_failures = any(store.get_failed_state(name, op.op_id) for op in operators)
+        if has_failures and latest not in by_version:
+            by_version[latest] = []  # refresh at the latest version so that failed calls are retried
+        for version in sorted(by_version):
+            self._apply(name, operators, version, by_version[version], building=False)
+        if store.get_applied_version(name) < latest:
+            self._commit(ViewCommit(name, latest))
+
+    def _apply(self, name: str, operators: list, version: int, deltas: list[Delta], *, building: bool) -> None:
+        commit = ViewCommit(name, version, count_baseline=bool(deltas))
+        ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building)
+        for operator in operators:
+            deltas = operator.apply(deltas, ctx)
+        for delta in deltas:
+            if not delta.forget:
+                commit.outputs[delta.key] = delta.after
+        self._commit(commit)
+
+    def _commit(self, commit: ViewCommit) -> None:
+        self.db.store.commit_view(commit)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _snapshot(self, source: Plan) -> tuple[int, list[Delta]]:
+        store = self.db.store
+        if source["source"] == "table":
+            version, rows = store.get_snapshot(source["name"])
+        else:
+            version = self._applied(source["name"])
+            assert version >= 0, "maintenance: a view was built before the view it reads"
+            rows = store.get_view_rows(source["name"], version)
+        return version, [Delta(key, None, row) for key, row in sorted(rows.items())]
+
+    def _source_deltas(self, source: Plan, first: int, last: int) -> dict[int, list[Delta]]:
+        store = self.db.store
+        by_version: dict[int, list[Delta]] = defaultdict(list)
+        if source["source"] == "table":
+            for change in store.get_changes(first, last, [source["name"]]):
+                forget = change.expire_mode is ExpireMode.KEEP
+                by_version[change.version].append(Delta(change.key, change.before, change.after, forget=forget))
+            return by_version
+        pairs: dict[tuple[int, RowKey], list] = defaultdict(lambda: [None, None])
+        for change in store.get_view_changes(source["name"], first, last):
+            pairs[(change.version, change.key)][0 if change.diff < 0 else 1] = change.row
+        for (version, key), (before, after) in sorted(pairs.items()):
+            by_version[version].append(Delta(key, before, after))
+        return by_version

@@ -1,0 +1,60 @@
+"""What every operator gets from the engine, and what it must provide.
+
+An operator turns the deltas of one version into output deltas, reading and writing only its own state through the
+``OperatorContext`` the engine hands it. It never imports a store or a backend: the context carries both, so any
+operator runs on the deterministic test backend in a unit test.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from deltamem.changes import Delta, RowKey
+from deltamem.llm.runner import CallResult, CallRunner, CallSpec
+from deltamem.store.base import StateEntry, Store, ViewCommit
+
+
+@dataclass
+class OperatorContext:
+    """One view's refresh at one version: the state reads and call runs it makes, and the writes it buffers.
+
+    Writes go into ``commit`` and reach the store only when the engine commits the whole version at once.
+    """
+
+    view: str
+    version: int
+    store: Store
+    runner: CallRunner
+    commit: ViewCommit
+    building: bool = False  # True while a new view is built from its source's rows: its calls are "refresh"
+
+    def get_state(self, op_id: str, keys: Iterable[RowKey]) -> dict[RowKey, StateEntry]:
+        return self.store.get_state(self.view, op_id, keys)
+
+    def get_failed_state(self, op_id: str) -> list[StateEntry]:
+        return self.store.get_failed_state(self.view, op_id)
+
+    def put_state(self, op_id: str, entry: StateEntry) -> None:
+        self.commit.state_puts.append((op_id, entry))
+
+    def delete_state(self, op_id: str, key: RowKey) -> None:
+        self.commit.state_deletes.append((op_id, key))
+
+    def run_calls(self, op_id: str, calls: Sequence[CallSpec]) -> list[CallResult]:
+        return self.runner.run(calls, view=self.view, operator=op_id, version=self.version)
+
+
+class Operator(abc.ABC):
+    """A node of a view's operator graph. ``op_id`` is unique within its view and stable across restarts."""
+
+    op_id: str
+
+    @abc.abstractmethod
+    def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
+        """The columns of this operator's output rows, given its input's."""
+
+    @abc.abstractmethod
+    def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
+        """Turn one version's input deltas into output deltas, retrying stored failures on the way."""

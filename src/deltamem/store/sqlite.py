@@ -1,0 +1,389 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+    >>> store = SQLiteStore(":memory:")
+    >>> store.commit([], committed_at=0.0)[0]
+    1
+
+One connection is shared by the threads of a process behind a re-entrant lock; every write is one ``BEGIN
+IMMEDIATE`` transaction, so several processes on one file serialise on SQLite's own lock. ``synchronous=FULL``
+makes a commit survive a killed process and a power cut alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from deltamem.changes import Change, ExpireMode, Row, RowKey, RowWrite
+from deltamem.llm.base import Completion
+from deltamem.store.base import (
+    CallCost,
+    ChangeRow,
+    HistoryEntry,
+    LedgerEntry,
+    LedgerTotals,
+    StateEntry,
+    Store,
+    TableDef,
+    ViewCommit,
+    ViewDef,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS table_defs (name TEXT PRIMARY KEY, def TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS view_defs (
+    name TEXT PRIMARY KEY, def TEXT NOT NULL, applied_version INTEGER,
+    refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
+    base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
+    base_seconds REAL NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS commits (version INTEGER PRIMARY KEY, committed_at REAL NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, expires_at REAL, PRIMARY KEY (tbl, key));
+CREATE INDEX IF NOT EXISTS rows_expiry ON rows (tbl, expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes (
+    version INTEGER NOT NULL, seq INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
+    before TEXT, after TEXT, expire_mode TEXT, PRIMARY KEY (version, seq));
+CREATE INDEX IF NOT EXISTS changes_by_table ON changes (tbl, version);
+CREATE TABLE IF NOT EXISTS op_state (
+    view TEXT NOT NULL, op TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, input_row TEXT NOT NULL,
+    value TEXT, error TEXT, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL, PRIMARY KEY (view, op, key));
+CREATE INDEX IF NOT EXISTS op_state_errors ON op_state (view, op) WHERE error IS NOT NULL;
+CREATE TABLE IF NOT EXISTS view_rows (
+    view TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, valid_from INTEGER NOT NULL, valid_to INTEGER);
+CREATE INDEX IF NOT EXISTS view_rows_current ON view_rows (view, key) WHERE valid_to IS NULL;
+CREATE INDEX IF NOT EXISTS view_rows_from ON view_rows (view, valid_from);
+CREATE INDEX IF NOT EXISTS view_rows_to ON view_rows (view, valid_to);
+CREATE TABLE IF NOT EXISTS memo (
+    call_hash TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
+    finish_reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, version INTEGER, view TEXT NOT NULL, operator TEXT NOT NULL,
+    reason TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, call_hash TEXT NOT NULL,
+    error TEXT);
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class SQLiteStore(Store):
+    """A ``Store`` in one SQLite file (``":memory:"`` for a throwaway one)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            found = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            if found is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{path} has store schema {found[0]}; this deltamem reads {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- catalog ------------------------------------------------------------------------------------------------
+    def put_table_def(self, table: TableDef) -> None:
+        with self._write() as conn:
+            self._put_table_def(conn, table)
+
+    @staticmethod
+    def _put_table_def(conn: sqlite3.Connection, table: TableDef) -> None:
+        conn.execute(
+            "INSERT INTO table_defs VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET def = excluded.def",
+            (table.name, _dumps(table.to_json())),
+        )
+
+    def get_table_defs(self) -> list[TableDef]:
+        return [TableDef.from_json(_loads(d)) for (d,) in self._query("SELECT def FROM table_defs ORDER BY name")]
+
+    def put_view_def(self, view: ViewDef) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO view_defs (name, def) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET def = excluded.def",
+                (view.name, _dumps(view.plan)),
+            )
+
+    def get_view_defs(self) -> list[ViewDef]:
+        return [ViewDef(n, _loads(d)) for n, d in self._query("SELECT name, def FROM view_defs ORDER BY rowid")]
+
+    # --- base tables --------------------------------------------------------------------------------------------
+    def commit(
+        self, writes: Sequence[RowWrite], committed_at: float, note: str = "", table_defs: Sequence[TableDef] = ()
+    ) -> tuple[int, list[Change]]:
+        with self._write() as conn:
+            for table in table_defs:
+                self._put_table_def(conn, table)
+            return self._commit(conn, writes, committed_at, note)
+
+    def _commit(
+        self, conn: sqlite3.Connection, writes: Sequence[RowWrite], committed_at: float, note: str
+    ) -> tuple[int, list[Change]]:
+        changes: list[Change] = []
+        (last,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM commits").fetchone()
+        version = last + 1
+        conn.execute("INSERT INTO commits VALUES (?, ?, ?)", (version, committed_at, note))
+        for write in writes:
+            found = conn.execute(
+                "SELECT row FROM rows WHERE tbl = ? AND key = ?", (write.table, write.key)
+            ).fetchone()
+            before = _loads(found[0]) if found else None
+            if write.after is None:
+                if before is None:
+                    continue
+                conn.execute("DELETE FROM rows WHERE tbl = ? AND key = ?", (write.table, write.key))
+            else:
+                conn.execute(
+                    "INSERT INTO rows VALUES (?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
+                    "row = excluded.row, expires_at = excluded.expires_at",
+                    (write.table, write.key, _dumps(write.after), write.expires_at),
+                )
+                if before == write.after:
+                    continue  # a rewrite of the same row only renews its TTL
+            change = Change(write.table, write.key, before, write.after, version, write.expire_mode)
+            conn.execute(
+                "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (version, len(changes), write.table, write.key,
+                 None if before is None else _dumps(before),
+                 None if write.after is None else _dumps(write.after),
+                 None if write.expire_mode is None else write.expire_mode.value),
+            )
+            changes.append(change)
+        return version, changes
+
+    def get_latest_version(self) -> int:
+        return self._query("SELECT COALESCE(MAX(version), 0) FROM commits")[0][0]
+
+    def get_commit_time(self, version: int) -> float | None:
+        found = self._query("SELECT committed_at FROM commits WHERE version = ?", (version,))
+        return found[0][0] if found else None
+
+    def get_changes(self, first: int, last: int, tables: Iterable[str]) -> list[Change]:
+        tables = list(tables)
+        if not tables:
+            return []
+        marks = ",".join("?" * len(tables))
+        found = self._query(
+            f"SELECT tbl, key, before, after, version, expire_mode FROM changes "
+            f"WHERE version BETWEEN ? AND ? AND tbl IN ({marks}) ORDER BY version, seq",
+            (first, last, *tables),
+        )
+        return [
+            Change(t, RowKey(k), _loads(b), _loads(a), v, None if m is None else ExpireMode(m))
+            for t, k, b, a, v, m in found
+        ]
+
+    def get_rows(self, table: str) -> dict[RowKey, Row]:
+        return {RowKey(k): _loads(r) for k, r in self._query("SELECT key, row FROM rows WHERE tbl = ?", (table,))}
+
+    def get_snapshot(self, table: str) -> tuple[int, dict[RowKey, Row]]:
+        with self._lock:
+            self._conn.execute("BEGIN")  # one read transaction: no commit can land between the two reads
+            try:
+                return self.get_latest_version(), self.get_rows(table)
+            finally:
+                self._conn.execute("COMMIT")
+
+    def get_row(self, table: str, key: RowKey) -> Row | None:
+        found = self._query("SELECT row FROM rows WHERE tbl = ? AND key = ?", (table, key))
+        return _loads(found[0][0]) if found else None
+
+    def expire(self, tables: dict[str, ExpireMode], now: float) -> tuple[int, list[Change]] | None:
+        with self._write() as conn:
+            writes = [
+                RowWrite(table, RowKey(key), None, expire_mode=mode)
+                for table, mode in sorted(tables.items())
+                for (key,) in conn.execute(
+                    "SELECT key FROM rows WHERE tbl = ? AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY key",
+                    (table, now),
+                )
+            ]
+            return self._commit(conn, writes, now, "ttl expiry") if writes else None
+
+    # --- views --------------------------------------------------------------------------------------------------
+    def get_applied_version(self, view: str) -> int | None:
+        found = self._query("SELECT applied_version FROM view_defs WHERE name = ?", (view,))
+        return found[0][0] if found else None
+
+    def get_state(self, view: str, op_id: str, keys: Iterable[RowKey]) -> dict[RowKey, StateEntry]:
+        out: dict[RowKey, StateEntry] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for record in self._query(
+                f"SELECT * FROM op_state WHERE view = ? AND op = ? AND key IN ({marks})", (view, op_id, *chunk)
+            ):
+                entry = _state_entry(record)
+                out[entry.key] = entry
+        return out
+
+    def get_failed_state(self, view: str, op_id: str) -> list[StateEntry]:
+        found = self._query(
+            "SELECT * FROM op_state WHERE view = ? AND op = ? AND error IS NOT NULL ORDER BY key", (view, op_id)
+        )
+        return [_state_entry(record) for record in found]
+
+    def get_state_cost(self, view: str) -> CallCost:
+        with self._lock:
+            return self._state_cost(self._conn, view)
+
+    @staticmethod
+    def _state_cost(conn: sqlite3.Connection, view: str) -> CallCost:
+        calls, prompt, output, seconds = conn.execute(
+            "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+            "COALESCE(SUM(seconds), 0) FROM op_state WHERE view = ?",
+            (view,),
+        ).fetchone()
+        return CallCost(calls, prompt, output, seconds)
+
+    def commit_view(self, commit: ViewCommit) -> None:
+        with self._write() as conn:
+            (applied,) = conn.execute(
+                "SELECT applied_version FROM view_defs WHERE name = ?", (commit.view,)
+            ).fetchone()
+            if applied is not None and applied >= commit.version:
+                return  # already applied: a commit is idempotent
+            for op_id, key in commit.state_deletes:
+                conn.execute("DELETE FROM op_state WHERE view = ? AND op = ? AND key = ?", (commit.view, op_id, key))
+            for op_id, e in commit.state_puts:
+                conn.execute(
+                    "INSERT OR REPLACE INTO op_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (commit.view, op_id, e.key, e.fingerprint, _dumps(e.input_row), _dumps(e.value), e.error,
+                     e.cost.calls, e.cost.prompt_tokens, e.cost.output_tokens, e.cost.seconds),
+                )
+            for key, row in commit.outputs.items():
+                current = conn.execute(
+                    "SELECT rowid, row FROM view_rows WHERE view = ? AND key = ? AND valid_to IS NULL",
+                    (commit.view, key),
+                ).fetchone()
+                if current is not None and row is not None and _loads(current[1]) == row:
+                    continue
+                if current is not None:
+                    conn.execute("UPDATE view_rows SET valid_to = ? WHERE rowid = ?", (commit.version, current[0]))
+                if row is not None:
+                    conn.execute(
+                        "INSERT INTO view_rows VALUES (?, ?, ?, ?, NULL)",
+                        (commit.view, key, _dumps(row), commit.version),
+                    )
+            base = self._state_cost(conn, commit.view) if commit.count_baseline else None
+            conn.execute(
+                "UPDATE view_defs SET applied_version = ?, refreshes = refreshes + ?, base_calls = base_calls + ?, "
+                "base_prompt_tokens = base_prompt_tokens + ?, base_output_tokens = base_output_tokens + ?, "
+                "base_seconds = base_seconds + ? WHERE name = ?",
+                (commit.version, 0 if base is None else 1, *_cost_tuple(base or CallCost()), commit.view),
+            )
+
+    def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]:
+        if as_of is None:
+            found = self._query("SELECT key, row FROM view_rows WHERE view = ? AND valid_to IS NULL", (view,))
+        else:
+            found = self._query(
+                "SELECT key, row FROM view_rows WHERE view = ? AND valid_from <= ? "
+                "AND (valid_to IS NULL OR valid_to > ?)",
+                (view, as_of, as_of),
+            )
+        return {RowKey(k): _loads(r) for k, r in sorted(found)}
+
+    def get_view_history(self, view: str, key: RowKey) -> list[HistoryEntry]:
+        found = self._query(
+            "SELECT valid_from, valid_to, row FROM view_rows WHERE view = ? AND key = ? ORDER BY valid_from",
+            (view, key),
+        )
+        return [HistoryEntry(f, t, _loads(r)) for f, t, r in found]
+
+    def get_view_changes(self, view: str, first: int, last: int) -> list[ChangeRow]:
+        found = self._query(
+            "SELECT valid_to AS version, -1, key, row FROM view_rows WHERE view = ? AND valid_to BETWEEN ? AND ? "
+            "UNION ALL SELECT valid_from, 1, key, row FROM view_rows WHERE view = ? AND valid_from BETWEEN ? AND ? "
+            "ORDER BY 1, 2, 3",
+            (view, first, last, view, first, last),
+        )
+        return [ChangeRow(v, d, RowKey(k), _loads(r)) for v, d, k, r in found]
+
+    def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
+        found = self._query(
+            "SELECT name, refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds FROM view_defs"
+        )
+        return {name: (n, CallCost(c, p, o, s)) for name, n, c, p, o, s in found}
+
+    # --- memo and ledger ----------------------------------------------------------------------------------------
+    def get_memo(self, call_hash: str) -> Completion | None:
+        found = self._query(
+            "SELECT text, prompt_tokens, output_tokens, seconds, model, reused_tokens, finish_reason "
+            "FROM memo WHERE call_hash = ?",
+            (call_hash,),
+        )
+        return Completion(*found[0]) if found else None
+
+    def record_call(self, entry: LedgerEntry, memo: Completion | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO ledger (ts, version, view, operator, reason, model, outcome, prompt_tokens, "
+                "reused_tokens, output_tokens, seconds, call_hash, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
+                 entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash,
+                 entry.error),
+            )
+            if memo is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO memo VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
+                     memo.output_tokens, memo.seconds, memo.finish_reason),
+                )
+
+    def get_ledger_totals(self) -> list[LedgerTotals]:
+        found = self._query(
+            "SELECT view, operator, outcome, COUNT(*), SUM(prompt_tokens), SUM(reused_tokens), SUM(output_tokens), "
+            "SUM(seconds) FROM ledger GROUP BY view, operator, outcome ORDER BY view, operator, outcome"
+        )
+        return [LedgerTotals(*record) for record in found]
+
+
+def _state_entry(record: tuple) -> StateEntry:
+    _view, _op, key, fingerprint, input_row, value, error, calls, prompt, output, seconds = record
+    return StateEntry(
+        RowKey(key), fingerprint, _loads(input_row), _loads(value), error, CallCost(calls, prompt, output, seconds)
+    )
+
+
+def _cost_tuple(cost: CallCost) -> tuple[int, int, int, float]:
+    return cost.calls, cost.prompt_tokens, cost.output_tokens, cost.seconds

@@ -1,0 +1,81 @@
+"""Subscriptions: a view's change rows delivered to a callback, as Materialize's ``SUBSCRIBE`` prints them.
+
+    sub = view.subscribe(print)   # ChangeRow(version=7, diff=1, key='1', row={...}) ...; sub.close()
+
+Each subscription reads the view's history from the store on its own thread, in version order, each change row
+exactly once, retractions before insertions within a version. A slow callback delays only itself: maintenance and
+writers never wait for it, and nothing is lost while it lags, because the history is the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from deltamem.store.base import ChangeRow, Store
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """Delivers the change rows of ``view`` after version ``delivered`` to ``callback`` until ``close()``.
+
+    ``delivered`` only grows; it is the last version whose change rows were all handed to the callback.
+    If the callback raises, the subscription stops and keeps the exception in ``error``.
+    """
+
+    def __init__(
+        self, store: Store, view: str, callback: Callable[[ChangeRow], None], *, snapshot: bool,
+        wakeup: threading.Condition,
+    ):
+        self.view = view
+        self.error: BaseException | None = None
+        self._store = store
+        self._callback = callback
+        self._wakeup = wakeup
+        self._closed = threading.Event()
+        applied = store.get_applied_version(view)
+        self.delivered = -1 if applied is None else applied
+        self._snapshot = None
+        if snapshot and applied is not None:
+            self._snapshot = [ChangeRow(applied, 1, k, r) for k, r in store.get_view_rows(view, applied).items()]
+        elif applied is None:
+            self.delivered = -1 if snapshot else None  # type: ignore[assignment]
+        self._thread = threading.Thread(target=self._run, name=f"deltamem-subscribe-{view}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        self._closed.set()
+        with self._wakeup:
+            self._wakeup.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        try:
+            for change in self._snapshot or ():
+                self._callback(change)
+            self._snapshot = None
+            while not self._closed.is_set():
+                applied = self._store.get_applied_version(self.view)
+                if applied is not None and self.delivered is None:
+                    self.delivered = applied  # created before the first build without a snapshot: skip it
+                if applied is not None and applied > self.delivered:
+                    for change in self._store.get_view_changes(self.view, self.delivered + 1, applied):
+                        if self._closed.is_set():
+                            return
+                        self._callback(change)
+                    self.delivered = applied
+                    continue
+                with self._wakeup:
+                    self._wakeup.wait(0.5)
+        except BaseException as exc:  # the callback's error, kept for the owner; the thread must not die silently
+            log.exception("subscription to %s stopped", self.view)
+            self.error = exc
