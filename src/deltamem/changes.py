@@ -39,6 +39,12 @@ def decode_key(key: RowKey) -> Any:
     return json.loads(key)
 
 
+def key_order(key: RowKey) -> tuple[bool, Any]:
+    """Sort key for row keys: numbers numerically, then strings (``sorted(keys, key=key_order)``)."""
+    value = decode_key(key)
+    return isinstance(value, str), value
+
+
 class ExpireMode(str, enum.Enum):
     """What a TTL expiry does to outputs derived from the expired row."""
 

@@ -23,6 +23,7 @@ from deltamem.changes import (
     RowWrite,
     SystemClock,
     encode_key,
+    key_order,
     parse_duration,
     parse_timestamp,
 )
@@ -306,7 +307,7 @@ class Database:
         applied = applied or 0
         behind = self.store.get_commit_time(applied + 1) if latest > applied else None
         return ViewRows(
-            rows=list(rows.values()),
+            rows=[rows[key] for key in sorted(rows, key=key_order)],
             version=applied if as_of is None else as_of,
             lag=latest - applied,
             lag_seconds=0.0 if behind is None else max(0.0, self.clock.now() - behind),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from deltamem.changes import Row, decode_key, encode_key
+from deltamem.changes import Row, decode_key, encode_key, key_order
 from deltamem.errors import ConfigError
 from deltamem.operators.rowwise import OPERATORS, RowwiseOperator
 from deltamem.store.base import ChangeRow, HistoryEntry
@@ -117,7 +117,8 @@ class Table(Relation):
 
     def rows(self) -> list[Row]:
         """The table's current rows, ordered by key."""
-        return [row for _key, row in sorted(self._db.store.get_rows(self.name).items())]
+        rows = self._db.store.get_rows(self.name)
+        return [rows[key] for key in sorted(rows, key=key_order)]
 
     def __repr__(self) -> str:
         return f"<Table {self.name!r} key={self.key!r}>"

@@ -19,7 +19,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from deltamem.errors import BackendError, BackendUnavailable
 from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
@@ -78,7 +79,8 @@ class DraftScore:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A greedy decode: ``ids`` are the generated token ids (without the EOS); ``text`` is cut at the first stop string."""
+    """A greedy decode: ``ids`` are the generated token ids (without the EOS); ``text`` is cut at the first stop
+    string."""
 
     ids: tuple[int, ...]
     text: str
@@ -99,7 +101,9 @@ class LocalLLM:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
-            raise BackendUnavailable(f"The local model needs torch and transformers ({exc}): pip install 'deltamem[local]'.") from exc
+            raise BackendUnavailable(
+                f"The local model needs torch and transformers ({exc}): pip install 'deltamem[local]'."
+            ) from exc
         if num_threads:
             torch.set_num_threads(num_threads)  # process-wide: torch has no per-model thread pool
         self._torch = torch
@@ -132,8 +136,8 @@ class LocalLLM:
     def complete(self, request: CompletionRequest) -> Completion:
         """Greedy completion of the chat. ``request.temperature`` is ignored: this backend only decodes greedily, so
         a memo key with any temperature still names one deterministic answer."""
-        start = time.perf_counter()
         with self._lock:
+            start = time.perf_counter()  # after the lock: a call's seconds are its own work, not its wait
             try:
                 prompt_ids = self.encode_chat(request.messages)
                 decoded = self.decode(prompt_ids, request.max_tokens, request.stop)
@@ -164,7 +168,9 @@ class LocalLLM:
             text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, tokenize=False)
             return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def forward(self, input_ids: Sequence[int], past_key_values: Any = None, output_attentions: bool = False) -> ForwardResult:
+    def forward(
+        self, input_ids: Sequence[int], past_key_values: Any = None, output_attentions: bool = False
+    ) -> ForwardResult:
         """Run the model over ``input_ids``, continuing ``past_key_values`` when given. The cache is extended in place
         and returned; ``copy.deepcopy`` it first to branch several continuations from one prefix."""
         if not input_ids:
@@ -194,16 +200,17 @@ class LocalLLM:
                 if token in self._eos_ids:
                     return Decoded(tuple(ids), self._text(ids), "stop")
                 ids.append(token)
-                text = self._text(ids)
-                cut = _cut_at_stop(text, stop)
+                # Stop strings are matched on decoded text, since one may span several tokens or end mid-token.
+                cut = _cut_at_stop(self._text(ids), stop) if stop else None
                 if cut is not None:
                     return Decoded(tuple(ids), cut, "stop")
                 if len(ids) >= max_tokens:
-                    return Decoded(tuple(ids), text, "length")
+                    return Decoded(tuple(ids), self._text(ids), "length")
                 result = self.forward([token], result.past_key_values)
 
     def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]) -> DraftScore:
-        """Log-probability and greedy choice at each continuation position, from ONE forward over prompt + continuation."""
+        """Log-probability and greedy choice at each continuation position, from ONE forward over prompt +
+        continuation, so a whole draft is checked for the cost of a prefill."""
         if not prompt_ids:
             raise BackendError("score() needs a non-empty prompt")
         if not continuation_ids:
@@ -234,7 +241,8 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     # The GGUF sets eos to <|im_end|>; the generation config may list more, and any of them ends a turn.
     ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    generation_eos = getattr(model.generation_config, "eos_token_id", None)
+    for source in (tokenizer.eos_token_id, model.config.eos_token_id, generation_eos):
         if isinstance(source, int):
             ids.add(source)
         elif source:

@@ -107,7 +107,9 @@ class CallRunner:
         for spec, h in zip(calls, hashes):
             if h in to_pay:
                 duplicate_hits.append((h, spec))
-            elif h not in results:
+            elif h in results:
+                self._record(spec, h, results[h].completion, "memo", view, operator, version)
+            else:
                 memo = self.store.get_memo(h)
                 if memo is None:
                     to_pay[h] = spec

@@ -1,0 +1,183 @@
+"""Versions, AS OF reads, history, subscriptions, freshness and TTL expiry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import deltamem as dm
+from deltamem.errors import FreshnessTimeout
+from deltamem.llm.scripted import ScriptedLLM
+from tests.helpers import scripted_db
+
+
+def docs_view(db: dm.Database, **table_options) -> dm.View:
+    docs = db.table("docs", key="id", columns={"id": "int", "text": "text", "ts": "float"}, **table_options)
+    return db.view("v", docs.sem_map("Summarise {text}", out="s"))
+
+
+def test_every_commit_gets_the_next_version():
+    db = scripted_db()
+    docs = db.table("docs", key="id")
+    assert [docs.upsert({"id": 1, "text": "a"}), docs.upsert({"id": 2, "text": "b"}), docs.delete(1)] == [1, 2, 3]
+    assert db.version == 3
+
+
+def test_as_of_reads_an_older_version_and_history_keeps_every_version():
+    db = scripted_db()
+    view = docs_view(db)
+    docs = db.table("docs")
+    v1 = docs.upsert({"id": 1, "text": "first"})
+    db.maintain()
+    v2 = docs.upsert({"id": 1, "text": "second"})
+    db.maintain()
+    v3 = docs.delete(1)
+    db.maintain()
+    assert [r["text"] for r in view.rows(as_of=v1)] == ["first"]
+    assert [r["text"] for r in view.rows(as_of=v2)] == ["second"]
+    assert view.rows(as_of=v3).rows == [] and view.rows().rows == []
+    history = view.history(1)
+    assert [(h.valid_from, h.valid_to, h.row["text"]) for h in history] == [(v1, v2, "first"), (v2, v3, "second")]
+
+
+def test_as_of_ahead_of_the_view_is_refused():
+    db = scripted_db()
+    view = docs_view(db)
+    db.table("docs").upsert({"id": 1, "text": "x"})
+    with pytest.raises(dm.DeltamemError, match="ahead of it. Pass fresh=True"):
+        view.rows(as_of=99)
+
+
+def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order():
+    clock = dm.ManualClock()
+    db = scripted_db(clock=clock, background=True, poll_interval=0.05)
+    view = docs_view(db, ttl="1 day")
+    docs = db.table("docs")
+    docs.upsert({"id": 1, "text": "old", "ts": 0.0})
+    view.rows(fresh=True, timeout=10)
+    seen: list[dm.ChangeRow] = []
+    done = threading.Event()
+
+    def collect(change: dm.ChangeRow) -> None:
+        seen.append(change)
+        if len(seen) == 6:
+            done.set()
+
+    with view.subscribe(collect):
+        v_ins = docs.upsert({"id": 2, "text": "new", "ts": 0.0})
+        v_upd = docs.upsert({"id": 1, "text": "newer", "ts": 0.0})
+        v_del = docs.delete(2)
+        clock.advance("2 days")  # the background loop expires id 1
+        assert done.wait(10), seen
+    versions_and_diffs = [(c.version, c.diff, c.row["text"]) for c in seen]
+    assert versions_and_diffs[:5] == [
+        (1, 1, "old"),  # the snapshot
+        (v_ins, 1, "new"),
+        (v_upd, -1, "old"),
+        (v_upd, 1, "newer"),
+        (v_del, -1, "new"),
+    ]
+    assert versions_and_diffs[5][1:] == (-1, "newer") and versions_and_diffs[5][0] > v_del
+    db.close()
+
+
+def test_background_maintenance_reports_lag_and_fresh_waits_for_it():
+    db = scripted_db(llm=ScriptedLLM(latency=0.2), background=True)
+    view = docs_view(db)
+    version = db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)])
+    stale = view.rows()
+    assert stale.lag >= 1 and stale.version < version
+    fresh = view.rows(fresh=True, timeout=10)
+    assert (fresh.version, fresh.lag, len(fresh)) == (version, 0, 3)
+    db.close()
+
+
+def test_fresh_read_times_out_with_a_clear_error():
+    db = scripted_db(llm=ScriptedLLM(latency=1.0), background=True)
+    view = docs_view(db)
+    db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)])
+    with pytest.raises(FreshnessTimeout, match='View "v" reflects version'):
+        view.rows(fresh=True, timeout=0.1)
+    db.close()
+
+
+def test_ttl_column_sets_when_a_row_expires():
+    clock = dm.ManualClock(start=1000.0)
+    db = scripted_db(clock=clock)
+    view = docs_view(db, ttl="10 s", ttl_column="ts")
+    db.table("docs").upsert([{"id": 1, "text": "early", "ts": 995.0}, {"id": 2, "text": "late", "ts": 1005.0}])
+    db.maintain()
+    assert db.expire() == 0
+    clock.advance(6)  # now 1006: id 1 expired at 1005
+    assert db.expire() == 1
+    assert [r["id"] for r in view.rows(fresh=True)] == [2]
+    assert [r["id"] for r in db.table("docs").rows()] == [2]
+
+
+def test_a_rewrite_renews_the_ttl():
+    clock = dm.ManualClock()
+    db = scripted_db(clock=clock)
+    docs_view(db, ttl="1 day")
+    docs = db.table("docs")
+    docs.upsert({"id": 1, "text": "a"})
+    clock.advance("20 hours")
+    docs.upsert({"id": 1, "text": "a"})
+    clock.advance("20 hours")
+    assert db.expire() == 0
+    clock.advance("5 hours")
+    assert db.expire() == 1
+
+
+def test_keep_mode_frees_state_but_keeps_outputs():
+    clock = dm.ManualClock()
+    db = scripted_db(clock=clock)
+    view = docs_view(db, ttl="1 day", expire="keep")
+    db.table("docs").upsert({"id": 1, "text": "a"})
+    kept = view.rows(fresh=True).rows
+    clock.advance("2 days")
+    assert db.expire() == 1
+    assert view.rows(fresh=True).rows == kept
+    assert db.table("docs").rows() == []
+    assert db.store._query("SELECT COUNT(*) FROM op_state")[0][0] == 0
+    db.table("docs").upsert({"id": 1, "text": "b"})  # a new row under the same key replaces the kept output
+    assert [r["text"] for r in view.rows(fresh=True)] == ["b"]
+
+
+def test_retract_mode_retracts_outputs():
+    clock = dm.ManualClock()
+    db = scripted_db(clock=clock)
+    view = docs_view(db, ttl="1 day")
+    db.table("docs").upsert({"id": 1, "text": "a"})
+    db.maintain()
+    clock.advance("2 days")
+    db.expire()
+    assert view.rows(fresh=True).rows == []
+
+
+def test_a_view_can_read_a_view():
+    db = scripted_db()
+    first = docs_view(db)
+    second = db.view("w", first.sem_filter("{s} sounds good"))
+    db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(12)])
+    inner = {r["id"]: r for r in first.rows(fresh=True)}
+    outer = second.rows(fresh=True)
+    assert 0 < len(outer) < 12 and all(inner[r["id"]] == r for r in outer)
+    assert second.version == first.version == db.version
+
+
+def test_usage_reports_totals_by_view_and_operator_beside_full_recompute():
+    db = scripted_db()
+    docs_view(db)
+    docs = db.table("docs")
+    for i in range(4):
+        docs.upsert({"id": i, "text": f"t{i}"})
+        db.maintain()
+    usage = db.usage()
+    assert usage.calls == 4 and usage.by_view["v"].calls == 4
+    assert usage.prompt_tokens > 0 and usage.output_tokens > 0 and usage.reused_tokens == 0
+    full = usage.full_recompute["v"]
+    # a full recompute reruns every row at every one of the 4 versions: 1 + 2 + 3 + 4 calls
+    assert (full.refreshes, full.cost.calls, full.once_now.calls) == (4, 10, 4)
+    assert usage.full_recompute_calls == 10
