@@ -17,9 +17,9 @@ import importlib.util
 import inspect
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from deltamem.errors import BackendError, BackendUnavailable

