@@ -24,7 +24,7 @@ import deltamem as dm
 from deltamem.bench.datasets import default_data_dir, load_passages
 
 DAY = 86400.0
-FILTER = "This passage is about a person: {text}"
+FILTER = "The passage below describes the life of a person (born, died, worked as ...).\n\n{text}"
 MAP = "In at most eight words, say what {title} is known for. Passage: {text}"
 
 
@@ -131,7 +131,7 @@ def run_demo(
 
 def _report(db: dm.Database, people: dm.View, console: Console) -> None:
     read = people.rows(fresh=True)
-    sample = RichTable(title=f"view 'people' at version {read.version} (first 8 of {len(read)} rows)")
+    sample = RichTable(title=f"view 'people' at version {read.version}: {min(8, len(read))} of its {len(read)} rows")
     for column in ("title", "known_for"):
         sample.add_column(column, overflow="fold")
     for row in read.rows[:8]:

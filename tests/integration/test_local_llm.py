@@ -36,8 +36,8 @@ def _passage(title: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def llm() -> LocalLLM:
-    return LocalLLM()
+def llm(local_llm) -> LocalLLM:
+    return local_llm
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ from typing import Any
 
 import deltamem as dm
 from deltamem.bench.datasets import load_passages
+from deltamem.demo import FILTER, MAP
 from deltamem.llm import lazy_llm
 
-FILTER = "This passage is about a person: {text}"
-MAP = "In at most eight words, say what {title} is known for. Passage: {text}"
 COLUMNS = {"id": "text", "title": "text", "text": "text", "source": "text"}
 
 

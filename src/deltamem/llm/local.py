@@ -107,11 +107,17 @@ class LocalLLM:
         if num_threads:
             torch.set_num_threads(num_threads)  # process-wide: torch has no per-model thread pool
         self._torch = torch
-        self.model_id = _model_id_for(path)
         self.model_path = path
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # Greedy decoding can differ between kernels, so memo entries are not shared across device types.
+        device_type = torch.device(self.device).type
+        self.model_id = _model_id_for(path) + ("" if device_type == "cpu" else f"@{device_type}")
         self._lock = threading.RLock()
         self.usage = Usage()
+        from transformers.utils import logging as hf_logging
+
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its GGUF conversion bar would interleave with the caller's output
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             # eager attention: the SDPA kernels cannot return attention weights.
@@ -121,6 +127,9 @@ class LocalLLM:
             self.model = model.to(self.device).eval()
         except Exception as exc:
             raise BackendUnavailable(f"Could not load {path.name} on {self.device}: {exc}") from exc
+        finally:
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
         # transformers 5 renamed the forward argument `past_key_values` to `cache`; accept either version.
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._eos_ids = _eos_ids(self.tokenizer, self.model)
