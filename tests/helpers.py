@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import deltamem as dm
 from deltamem.llm.runner import RetryPolicy
+from deltamem.operators.rowwise import PASSTHROUGH
 
 NO_WAIT = RetryPolicy(attempts=3, base_delay=0.0)
 
@@ -32,18 +33,19 @@ def recompute_from_scratch(
     build(db)
     result = {name: db.view(name).rows(fresh=True).rows for name in db.views()}
     needed = {
-        (view, op, key): fingerprint
-        for view, op, key, fingerprint in db.store._query("SELECT view, op, key, fingerprint FROM op_state")
-        if fingerprint != "passthrough"
+        (view, op, key): entry.fingerprint
+        for view in db.views()
+        for (op, key), entry in db.store.get_all_state(view).items()
+        if entry.fingerprint != PASSTHROUGH
     }
     db.close()
     return result, needed
 
 
 def paid_hashes(db: dm.Database) -> list[str]:
-    return [h for (h,) in db.store._query("SELECT call_hash FROM ledger WHERE outcome = 'paid'")]
+    return [entry.call_hash for entry in db.store.get_ledger() if entry.outcome == "paid"]
 
 
 def num_requested_calls(db: dm.Database) -> int:
     """Calls the operators asked for: paid, answered by the memo, or failed."""
-    return db.store._query("SELECT COUNT(*) FROM ledger")[0][0]
+    return len(db.store.get_ledger())

@@ -23,7 +23,6 @@ from deltamem.errors import PrimaryKeyError, SchemaError
 
 Row = dict[str, Any]
 RowKey = NewType("RowKey", str)  # canonical JSON text of a primary-key value: '1' and '"1"' are different keys
-Version = NewType("Version", int)
 
 ERROR_COLUMN = "_error"  # reserved: set on a view row whose LLM call failed, so a failure is never a silent NULL
 

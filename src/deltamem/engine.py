@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from deltamem.changes import (
@@ -36,6 +37,15 @@ from deltamem.maintenance import Maintainer
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_source
 from deltamem.store.base import ChangeRow, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
+
+
+@dataclass
+class Batch:
+    """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` is set when it commits."""
+
+    writes: dict[tuple[str, RowKey], RowWrite] = field(default_factory=dict)
+    defs: dict[str, TableDef] = field(default_factory=dict)
+    version: int | None = None
 
 
 class Database:
@@ -193,23 +203,25 @@ class Database:
 
     # --- writes -------------------------------------------------------------------------------------------------
     @contextmanager
-    def batch(self) -> Iterator["Database"]:
-        """Commit every write made inside the block as one version, or none of them if the block raises."""
-        if getattr(self._batches, "writes", None) is not None:
-            raise ConfigError("Batches do not nest")
-        self._batches.writes, self._batches.defs = {}, {}
-        try:
-            yield self
-            writes, defs = list(self._batches.writes.values()), list(self._batches.defs.values())
-        finally:
-            self._batches.writes = self._batches.defs = None
-        self._commit(writes, defs)
+    def batch(self) -> Iterator["Batch"]:
+        """Commit every write made in the block, on this thread, as one version, or none if the block raises.
 
-    def _write_rows(self, table: str, rows: Sequence[Row]) -> int:
+        Within a batch the last write of a key wins; ``batch.version`` is set when the block commits.
+        """
+        if getattr(self._batches, "current", None) is not None:
+            raise ConfigError("Batches do not nest")
+        batch = self._batches.current = Batch()
+        try:
+            yield batch
+        finally:
+            self._batches.current = None
+        batch.version = self._commit(list(batch.writes.values()), list(batch.defs.values()))
+
+    def _write_rows(self, table: str, rows: Sequence[Row]) -> int | None:
         definition = self._table_def(table)
         now = self.clock.now()
-        pending = getattr(self._batches, "defs", None) or {}
-        definition = pending.get(table, definition)
+        batch = getattr(self._batches, "current", None)
+        definition = batch.defs.get(table, definition) if batch else definition
         writes: dict[RowKey, RowWrite] = {}
         for position, row in enumerate(rows):
             if not isinstance(row, dict):
@@ -223,12 +235,12 @@ class Database:
                 raise PrimaryKeyError(f"Key {clean[definition.key]!r} appears twice in one write to table {table!r}")
             writes[key] = RowWrite(table, key, clean, self._expires_at(definition, clean, now))
         new_defs = [definition] if definition is not self._tables[table] else []
-        return self._commit(list(writes.values()), new_defs)
+        return self._write(list(writes.values()), new_defs)
 
-    def _delete_rows(self, table: str, keys: Sequence[Any]) -> int:
+    def _delete_rows(self, table: str, keys: Sequence[Any]) -> int | None:
         self._table_def(table)
         writes = {encode_key(k): RowWrite(table, encode_key(k), None) for k in keys}
-        return self._commit(list(writes.values()), [])
+        return self._write(list(writes.values()), [])
 
     def _check_row(self, table: TableDef, row: Row, position: int) -> Row:
         assert table.columns is not None
@@ -255,14 +267,18 @@ class Database:
         start = now if table.ttl_column is None else parse_timestamp(row[table.ttl_column], column=table.ttl_column)
         return start + table.ttl
 
+    def _write(self, writes: list[RowWrite], defs: list[TableDef]) -> int | None:
+        """Commit now, or add to the thread's open batch (and return None)."""
+        batch = getattr(self._batches, "current", None)
+        if batch is None:
+            return self._commit(writes, defs)
+        for write in writes:
+            batch.writes[(write.table, write.key)] = write
+        for definition in defs:
+            batch.defs[definition.name] = definition
+        return None
+
     def _commit(self, writes: list[RowWrite], defs: list[TableDef]) -> int:
-        batch = getattr(self._batches, "writes", None)
-        if batch is not None:  # inside db.batch(): buffer; the last write of a key wins
-            for write in writes:
-                batch[(write.table, write.key)] = write
-            for definition in defs:
-                self._batches.defs[definition.name] = definition
-            return self.store.get_latest_version() + 1
         with self._lock:
             version, _changes = self.store.commit(writes, self.clock.now(), table_defs=defs)
             for definition in defs:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from deltamem.changes import Row, decode_key, encode_key, key_order
+from deltamem.changes import Row, encode_key, key_order
 from deltamem.errors import ConfigError
 from deltamem.operators.rowwise import OPERATORS, RowwiseOperator
 from deltamem.store.base import ChangeRow, HistoryEntry
@@ -103,12 +103,12 @@ class Table(Relation):
     def key(self) -> str:
         return self._db._table_def(self.name).key
 
-    def upsert(self, rows: Row | Iterable[Row]) -> int:
-        """Insert or replace rows (each a full row); return the version that holds them."""
+    def upsert(self, rows: Row | Iterable[Row]) -> int | None:
+        """Insert or replace rows (each a full row); return the version that holds them (None inside a batch)."""
         return self._db._write_rows(self.name, [rows] if isinstance(rows, Mapping) else list(rows))
 
-    def delete(self, keys: Any) -> int:
-        """Delete rows by primary key (a missing key is a no-op); return the version of the commit."""
+    def delete(self, keys: Any) -> int | None:
+        """Delete rows by primary key (a missing key is a no-op); return the commit's version (None inside a batch)."""
         keys = list(keys) if isinstance(keys, (list, tuple, set)) else [keys]
         return self._db._delete_rows(self.name, keys)
 
@@ -178,7 +178,3 @@ class View(Relation):
 
     def __repr__(self) -> str:
         return f"<View {self.name!r}: {self.definition.describe()}>"
-
-
-def key_of(change: ChangeRow) -> Any:
-    return decode_key(change.key)

@@ -87,10 +87,10 @@ def test_failed_batch_commits_nothing(db):
 
 def test_batch_commits_all_writes_as_one_version(db):
     version = db.version
-    with db.batch():
-        db.table("docs").upsert({"id": 10, "text": "ten"})
+    with db.batch() as batch:
+        assert db.table("docs").upsert({"id": 10, "text": "ten"}) is None
         db.table("docs").delete(1)
-    assert db.version == version + 1
+    assert db.version == batch.version == version + 1
     assert [r["id"] for r in db.table("docs").rows()] == [2, 10]
 
 

@@ -95,8 +95,8 @@ def test_failed_call_is_shown_as_an_error_and_retried_at_the_next_refresh():
     db.refresh()
     rows = view.rows(fresh=True)
     assert rows[0]["summary"] and "_error" not in rows[0]
-    reasons = db.store._query("SELECT reason, outcome FROM ledger ORDER BY id")
-    assert reasons[-1] == ("retry", "paid")
+    last = db.store.get_ledger()[-1]
+    assert (last.reason, last.outcome) == ("retry", "paid")
 
 
 def test_a_failed_filter_shows_the_row_and_downstream_passes_it_through():

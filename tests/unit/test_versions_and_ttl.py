@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -140,7 +139,7 @@ def test_keep_mode_frees_state_but_keeps_outputs():
     assert db.expire() == 1
     assert view.rows(fresh=True).rows == kept
     assert db.table("docs").rows() == []
-    assert db.store._query("SELECT COUNT(*) FROM op_state")[0][0] == 0
+    assert db.store.get_all_state("v") == {}
     db.table("docs").upsert({"id": 1, "text": "b"})  # a new row under the same key replaces the kept output
     assert [r["text"] for r in view.rows(fresh=True)] == ["b"]
 

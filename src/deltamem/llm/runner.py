@@ -104,7 +104,7 @@ class CallRunner:
         results: dict[str, CallResult] = {}
         to_pay: dict[str, CallSpec] = {}
         duplicate_hits: list[tuple[str, CallSpec]] = []
-        for spec, h in zip(calls, hashes):
+        for spec, h in zip(calls, hashes, strict=True):
             if h in to_pay:
                 duplicate_hits.append((h, spec))
             elif h in results:

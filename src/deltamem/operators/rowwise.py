@@ -30,7 +30,7 @@ from deltamem.llm.memo import call_hash
 from deltamem.llm.runner import CallSpec
 from deltamem.operators.base import Operator, OperatorContext
 from deltamem.operators.template import Template
-from deltamem.store.base import CallCost, StateEntry
+from deltamem.store.base import StateEntry
 
 PASSTHROUGH = "passthrough"  # fingerprint of an entry whose input carried an upstream error: no call was made
 
@@ -116,7 +116,7 @@ class RowwiseOperator(Operator):
                 pending.append((retry, self.output_for(row, failed), CallSpec(request, "retry"), call_hash(model, request)))
 
         results = ctx.run_calls(self.op_id, [spec for _d, _b, spec, _h in pending])
-        for (delta, before_out, _spec, h), result in zip(pending, results):
+        for (delta, before_out, _spec, h), result in zip(pending, results, strict=True):
             assert delta.after is not None, "rowwise: only rows with an after-image are sent to the model"
             if result.completion is None:
                 entry = StateEntry(delta.key, h, delta.after, None, result.error, result.cost)

@@ -222,6 +222,10 @@ class Store(abc.ABC):
     def get_failed_state(self, view: str, op_id: str) -> list[StateEntry]: ...
 
     @abc.abstractmethod
+    def get_all_state(self, view: str) -> dict[tuple[str, RowKey], StateEntry]:
+        """Every stored value of a view, keyed by (op_id, key): for inspection and tests."""
+
+    @abc.abstractmethod
     def get_state_cost(self, view: str) -> CallCost:
         """The summed cost of a view's stored values: what recomputing the view once, now, would cost."""
 
@@ -253,6 +257,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_ledger_totals(self) -> list[LedgerTotals]: ...
+
+    @abc.abstractmethod
+    def get_ledger(self, view: str | None = None) -> list[LedgerEntry]:
+        """Every ledger entry (of one view, if given), oldest first."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

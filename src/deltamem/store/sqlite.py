@@ -227,6 +227,12 @@ class SQLiteStore(Store):
         return _loads(found[0][0]) if found else None
 
     def expire(self, tables: dict[str, ExpireMode], now: float) -> tuple[int, list[Change]] | None:
+        marks = ",".join("?" * len(tables))
+        if not self._query(  # a read first: the write lock is taken only when something has expired
+            f"SELECT 1 FROM rows WHERE tbl IN ({marks}) AND expires_at IS NOT NULL AND expires_at <= ? LIMIT 1",
+            (*tables, now),
+        ):
+            return None
         with self._write() as conn:
             writes = [
                 RowWrite(table, RowKey(key), None, expire_mode=mode)
@@ -261,6 +267,10 @@ class SQLiteStore(Store):
             "SELECT * FROM op_state WHERE view = ? AND op = ? AND error IS NOT NULL ORDER BY key", (view, op_id)
         )
         return [_state_entry(record) for record in found]
+
+    def get_all_state(self, view: str) -> dict[tuple[str, RowKey], StateEntry]:
+        found = self._query("SELECT * FROM op_state WHERE view = ? ORDER BY op, key", (view,))
+        return {(record[1], RowKey(record[2])): _state_entry(record) for record in found}
 
     def get_state_cost(self, view: str) -> CallCost:
         with self._lock:
@@ -369,6 +379,15 @@ class SQLiteStore(Store):
                     (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
                      memo.output_tokens, memo.seconds, memo.finish_reason),
                 )
+
+    def get_ledger(self, view: str | None = None) -> list[LedgerEntry]:
+        columns = "ts, version, view, operator, reason, model, outcome, prompt_tokens, reused_tokens, " \
+                  "output_tokens, seconds, call_hash, error"
+        if view is None:
+            found = self._query(f"SELECT {columns} FROM ledger ORDER BY id")
+        else:
+            found = self._query(f"SELECT {columns} FROM ledger WHERE view = ? ORDER BY id", (view,))
+        return [LedgerEntry(*record) for record in found]
 
     def get_ledger_totals(self) -> list[LedgerTotals]:
         found = self._query(

@@ -1,0 +1,51 @@
+"""The command line: thin wrappers over the API, with exact errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from deltamem.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_on_the_test_backend_ends_with_the_cost_table(tmp_path):
+    db = tmp_path / "demo.db"
+    result = runner.invoke(app, ["demo", "--llm", "test", "--embedder", "test", "--db", str(db), "--passages", "24"])
+    assert result.exit_code == 0, result.output
+    assert "full recompute at every refresh would have paid" in result.output
+    assert "clock +6 days: TTL expiry" in result.output
+
+    usage = runner.invoke(app, ["usage", str(db), "--json"])
+    assert usage.exit_code == 0, usage.output
+    totals = json.loads(usage.output)
+    assert 0 < totals["calls"] < totals["full_recompute_calls"] and totals["memo_hits"] >= 1  # the restore
+
+    rows = runner.invoke(app, ["rows", str(db), "people", "--as-of", "2"])
+    assert rows.exit_code == 0 and "people at version 2" in rows.output
+
+
+def test_unknown_view_is_an_error_with_the_nearest_name(tmp_path):
+    db = tmp_path / "demo.db"
+    runner.invoke(app, ["demo", "--llm", "test", "--embedder", "test", "--db", str(db), "--passages", "20"])
+    result = runner.invoke(app, ["rows", str(db), "peple"])
+    assert result.exit_code == 1
+    assert 'Error: View "peple" does not exist. Did you mean \'people\'?' in result.output
+
+
+def test_missing_database_file_is_an_error(tmp_path):
+    result = runner.invoke(app, ["usage", str(tmp_path / "nope.db")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_bench_rowwise_reports_ratios_and_agreement(tmp_path):
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "rowwise", "--llm", "test", "--passages", "30", "--changes", "20",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["views_agree"] is True
+    assert data["full_recompute"]["calls"] > data["incremental"]["calls"] > 0
+    assert data["ratios"]["calls"] > 1
