@@ -30,7 +30,7 @@ EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm,
 
 
 def _fail(exc: dm.DeltamemError) -> None:
-    console.print(f"[red]Error:[/] {exc}")
+    typer.echo(f"Error: {exc}", err=True)  # one unwrapped line on stderr, exit status 1
     raise typer.Exit(1)
 
 
