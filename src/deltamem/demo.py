@@ -52,7 +52,7 @@ def build_stream(db: dm.Database, clock: dm.ManualClock, initial: list[dict], ex
     for row in initial[15:20]:
         steps.append(Step(f"delete  {row['title']!r}", lambda key=row["id"]: passages.delete(key)))
     back = initial[15]
-    steps.append(Step(f"restore {back['title']!r} (deleted above, same text)", lambda: passages.upsert(back)))
+    steps.append(Step(f"restore {back['title']!r} (its old text)", lambda: passages.upsert(back)))
 
     def expire() -> int:
         clock.advance(6 * DAY)

@@ -47,6 +47,7 @@ class Maintainer:
         self._changed = threading.Condition()
         self._dirty = True
         self._stopping = False
+        self._subscriptions: list[Subscription] = []
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="deltamem-maintenance", daemon=True)
@@ -59,6 +60,8 @@ class Maintainer:
             self._changed.notify_all()
 
     def stop(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.close()
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
@@ -84,7 +87,9 @@ class Maintainer:
     def subscribe(self, view: str, callback, *, snapshot: bool) -> Subscription:
         if not self.background:
             self.catch_up_all()
-        return Subscription(self.db.store, view, callback, snapshot=snapshot, wakeup=self._changed)
+        subscription = Subscription(self.db.store, view, callback, snapshot=snapshot, wakeup=self._changed)
+        self._subscriptions.append(subscription)
+        return subscription
 
     def catch_up_all(self) -> None:
         """Bring every view to the latest version, sources before the views that read them."""

@@ -36,12 +36,14 @@ class Subscription:
         self._wakeup = wakeup
         self._closed = threading.Event()
         applied = store.get_applied_version(view)
-        self.delivered = -1 if applied is None else applied
-        self._snapshot = None
-        if snapshot and applied is not None:
-            self._snapshot = [ChangeRow(applied, 1, k, r) for k, r in store.get_view_rows(view, applied).items()]
-        elif applied is None:
-            self.delivered = -1 if snapshot else None  # type: ignore[assignment]
+        self._snapshot: list[ChangeRow] = []
+        if applied is None:
+            # Not built yet: with a snapshot, the build's rows arrive as +1 changes; without, they are skipped.
+            self.delivered: int | None = -1 if snapshot else None
+        else:
+            self.delivered = applied
+            if snapshot:
+                self._snapshot = [ChangeRow(applied, 1, k, r) for k, r in store.get_view_rows(view, applied).items()]
         self._thread = threading.Thread(target=self._run, name=f"deltamem-subscribe-{view}", daemon=True)
         self._thread.start()
 
@@ -60,9 +62,9 @@ class Subscription:
 
     def _run(self) -> None:
         try:
-            for change in self._snapshot or ():
+            for change in self._snapshot:
                 self._callback(change)
-            self._snapshot = None
+            self._snapshot = []
             while not self._closed.is_set():
                 applied = self._store.get_applied_version(self.view)
                 if applied is not None and self.delivered is None:

@@ -10,6 +10,7 @@ Loading is lazy: a name is checked here, the weights load on first use (see ``La
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -20,46 +21,23 @@ from deltamem.llm.base import EmbeddingBackend, LLMBackend
 T = TypeVar("T")
 
 
-def _local(**options: Any) -> LLMBackend:
-    from deltamem.llm.local import LocalLLM
-
-    return LocalLLM(**options)
-
-
-def _openai(**options: Any) -> LLMBackend:
-    from deltamem.llm.openai import OpenAILLM
-
-    return OpenAILLM(**options)
-
-
-def _test(**options: Any) -> LLMBackend:
-    from deltamem.llm.scripted import ScriptedLLM
-
-    return ScriptedLLM(**options)
-
-
-def _minilm(**options: Any) -> EmbeddingBackend:
-    from deltamem.llm.embed import MiniLMEmbedder
-
-    return MiniLMEmbedder(**options)
-
-
-def _openai_embedder(**options: Any) -> EmbeddingBackend:
-    from deltamem.llm.openai import OpenAIEmbedder
-
-    return OpenAIEmbedder(**options)
-
-
-def _hashing(**options: Any) -> EmbeddingBackend:
-    from deltamem.llm.scripted import HashingEmbedder
-
-    return HashingEmbedder(**options)
-
-
-LLM_BACKENDS: dict[str, Callable[..., LLMBackend]] = {"local": _local, "openai": _openai, "test": _test}
-EMBEDDERS: dict[str, Callable[..., EmbeddingBackend]] = {
-    "minilm": _minilm, "local": _minilm, "openai": _openai_embedder, "test": _hashing,
+# name -> "module:class"; modules are imported only when a backend is built, so torch loads only for "local".
+LLM_BACKENDS: dict[str, str] = {
+    "local": "deltamem.llm.local:LocalLLM",
+    "openai": "deltamem.llm.openai:OpenAILLM",
+    "test": "deltamem.llm.scripted:ScriptedLLM",
 }
+EMBEDDERS: dict[str, str] = {
+    "minilm": "deltamem.llm.embed:MiniLMEmbedder",
+    "local": "deltamem.llm.embed:MiniLMEmbedder",
+    "openai": "deltamem.llm.openai:OpenAIEmbedder",
+    "test": "deltamem.llm.scripted:HashingEmbedder",
+}
+
+
+def _construct(target: str, options: dict[str, Any]) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(**options)
 
 
 class LazyBackend(Generic[T]):
@@ -77,13 +55,13 @@ class LazyBackend(Generic[T]):
             return self._backend
 
 
-def _resolve(kind: str, registry: dict[str, Callable[..., T]], spec: Any, options: dict[str, Any]) -> LazyBackend[T]:
+def _resolve(kind: str, registry: dict[str, str], spec: Any, options: dict[str, Any]) -> LazyBackend[Any]:
     if not isinstance(spec, str):
         return LazyBackend(lambda: spec)
     if spec not in registry:
         raise ConfigError(f"Unknown {kind} {spec!r}." + did_you_mean(spec, registry))
-    factory = registry[spec]
-    return LazyBackend(lambda: factory(**options))
+    target = registry[spec]
+    return LazyBackend(lambda: _construct(target, options))
 
 
 def resolve_llm(spec: str | LLMBackend, **options: Any) -> LLMBackend:

