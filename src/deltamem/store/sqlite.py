@@ -23,6 +23,7 @@ from deltamem.llm.base import Completion
 from deltamem.store.base import (
     CallCost,
     ChangeRow,
+    Decision,
     HistoryEntry,
     LedgerEntry,
     LedgerTotals,
@@ -61,6 +62,11 @@ CREATE TABLE IF NOT EXISTS view_rows (
 CREATE INDEX IF NOT EXISTS view_rows_current ON view_rows (view, key) WHERE valid_to IS NULL;
 CREATE INDEX IF NOT EXISTS view_rows_from ON view_rows (view, valid_from);
 CREATE INDEX IF NOT EXISTS view_rows_to ON view_rows (view, valid_to);
+CREATE TABLE IF NOT EXISTS decisions (
+    view TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, strategy TEXT NOT NULL, reason TEXT NOT NULL,
+    calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, reused_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS decisions_by_key ON decisions (view, key, version);
 CREATE TABLE IF NOT EXISTS memo (
     call_hash TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
     reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
@@ -214,11 +220,11 @@ class SQLiteStore(Store):
     def get_rows(self, table: str) -> dict[RowKey, Row]:
         return {RowKey(k): _loads(r) for k, r in self._query("SELECT key, row FROM rows WHERE tbl = ?", (table,))}
 
-    def get_snapshot(self, table: str) -> tuple[int, dict[RowKey, Row]]:
+    def get_snapshot(self, tables: Sequence[str]) -> tuple[int, dict[str, dict[RowKey, Row]]]:
         with self._lock:
-            self._conn.execute("BEGIN")  # one read transaction: no commit can land between the two reads
+            self._conn.execute("BEGIN")  # one read transaction: no commit can land between the reads
             try:
-                return self.get_latest_version(), self.get_rows(table)
+                return self.get_latest_version(), {table: self.get_rows(table) for table in tables}
             finally:
                 self._conn.execute("COMMIT")
 
@@ -314,6 +320,11 @@ class SQLiteStore(Store):
                         "INSERT INTO view_rows VALUES (?, ?, ?, ?, NULL)",
                         (commit.view, key, _dumps(row), commit.version),
                     )
+            conn.executemany(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.view, d.key, d.version, d.strategy, d.reason, d.calls, d.prompt_tokens, d.reused_tokens,
+                  d.output_tokens, d.seconds) for d in commit.decisions],
+            )
             base = self._state_cost(conn, commit.view) if commit.count_baseline else None
             conn.execute(
                 "UPDATE view_defs SET applied_version = ?, refreshes = refreshes + ?, base_calls = base_calls + ?, "
@@ -348,6 +359,13 @@ class SQLiteStore(Store):
             (view, first, last, view, first, last),
         )
         return [ChangeRow(v, d, RowKey(k), _loads(r)) for v, d, k, r in found]
+
+    def get_decisions(self, view: str, key: RowKey | None = None) -> list[Decision]:
+        if key is None:
+            found = self._query("SELECT * FROM decisions WHERE view = ? ORDER BY rowid", (view,))
+        else:
+            found = self._query("SELECT * FROM decisions WHERE view = ? AND key = ? ORDER BY rowid", (view, key))
+        return [Decision(v, RowKey(k), *rest) for v, k, *rest in found]
 
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
         found = self._query(
