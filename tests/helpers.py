@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import deltamem as dm
 from deltamem.llm.runner import RetryPolicy
+from deltamem.llm.scripted import ScriptedLLM
 from deltamem.operators.rowwise import PASSTHROUGH
 
 NO_WAIT = RetryPolicy(attempts=3, base_delay=0.0)
@@ -49,3 +51,17 @@ def paid_hashes(db: dm.Database) -> list[str]:
 def num_requested_calls(db: dm.Database) -> int:
     """Calls the operators asked for: paid, answered by the memo, or failed."""
     return len(db.store.get_ledger())
+
+
+class ExtractiveLLM(ScriptedLLM):
+    """A test double that answers like an extractive reader: with the document sentence sharing the most words with
+    the question (so its answers copy spans verbatim, as real models often do)."""
+
+    def answer(self, request):
+        user = request.messages[-1].content
+        if "Question:" not in user:
+            return super().answer(request)
+        documents, _, question = user.rpartition("Question:")
+        words = set(re.findall(r"\w+", question.lower()))
+        sentences = re.split(r"(?<=[.!?])\s+", re.sub(r"\[\d+\]", " ", documents.replace("Documents:", "")))
+        return max(sentences, key=lambda s: (len(words & set(re.findall(r"\w+", s.lower()))), -len(s))).strip()

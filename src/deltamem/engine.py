@@ -177,12 +177,16 @@ class Database:
         document: str | None = None,
         out: str = "answer",
         max_tokens: int = 64,
+        shadow: float = 0.0,
+        append_budget: int = 256,
     ) -> View:
         """A continuous ``LLM_GENERATE`` view: one answer (column ``out``) per ``context`` row, from ``data_source``.
 
         ``question`` renders a CONTEXT row (default ``"{question}"`` when that column exists, else every non-key
         column); ``document`` renders a DATA_SOURCE row (default ``"{title}: {text}"``, ``"{text}"``, or every
-        non-key column). See ``deltamem.operators.generate`` for ``retrieve``, ``strategy`` and ``refresh``.
+        non-key column). ``shadow`` is the share of ``auto``'s approximate decisions checked against a full
+        recompute; ``append_budget`` caps an output's delta log in tokens. See ``deltamem.operators.generate`` for
+        ``retrieve``, ``strategy`` and ``refresh``.
         """
         roles = {"context": context, "data_source": data_source}
         for role, table in roles.items():
@@ -194,7 +198,8 @@ class Database:
         document = document or _default_template(self._table_def(data_source.name), ("title", "text"))
         plan = {"op": GenerateOperator.kind, "context": context.plan, "data_source": data_source.plan,
                 "prompt": prompt, "retrieve": retrieve, "strategy": strategy, "refresh": refresh,
-                "question": question, "document": document, "out": out, "max_tokens": max_tokens}
+                "question": question, "document": document, "out": out, "max_tokens": max_tokens,
+                "shadow": shadow, "append_budget": append_budget}
         operator = build_operators(plan)[0]  # validates the parameters
         operator.question.check(context.columns, where=f"CONTEXT table {context.name!r}")
         operator.document.check(data_source.columns, where=f"DATA_SOURCE table {data_source.name!r}")

@@ -27,9 +27,12 @@ STEP = st.one_of(
 
 
 def build(db: dm.Database) -> None:
+    """The exact strategies: skip on retrieval evidence, regenerate (a full recompute on the test backend)."""
     questions, docs = db.table("questions"), db.table("docs")
-    db.generate("all_docs", prompt="Answer from the documents.", context=questions, data_source=docs)
-    db.generate("top2", prompt="Answer from the documents.", context=questions, data_source=docs, retrieve=2)
+    db.generate("all_docs", prompt="Answer from the documents.", context=questions, data_source=docs,
+                strategy="regenerate")
+    db.generate("top2", prompt="Answer from the documents.", context=questions, data_source=docs, retrieve=2,
+                strategy="regenerate")
     db.generate("top2_skip", prompt="Answer from the documents.", context=questions, data_source=docs, retrieve=2,
                 strategy="skip")
 

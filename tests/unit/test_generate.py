@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deltamem.errors import SchemaError, TemplateError
-from tests.helpers import scripted_db
+from tests.helpers import ExtractiveLLM, scripted_db
 
 QUESTIONS = {"qid": "text", "question": "text"}
 DOCS = {"doc_id": "text", "title": "text", "text": "text"}
@@ -52,7 +52,7 @@ def test_retrieval_skips_outputs_a_document_change_cannot_reach(db):
 
 
 def test_retrieval_refreshes_the_output_whose_chunk_changed(db):
-    view = generate(db, retrieve=2)
+    view = generate(db, retrieve=2, strategy="skip")
     before = {r["qid"]: r["answer"] for r in view.rows(fresh=True)}
     explained = view.explain("q1")
     chunks = explained["operators"]["1:llm_generate"]["value"]["chunks"]
@@ -105,3 +105,46 @@ def test_the_default_templates_use_question_title_and_text(db):
     state = view.explain("q1")["operators"]["1:llm_generate"]["value"]
     assert state["question"] == "When was Ada born?"
     assert len(state["chunks"]) == 6  # every sentence of every document
+
+
+def test_auto_patches_a_substituted_value_the_answer_copies():
+    db = scripted_db(llm=ExtractiveLLM())
+    questions = db.table("questions", key="qid", columns=QUESTIONS)
+    docs = db.table("docs", key="doc_id", columns=DOCS)
+    questions.upsert({"qid": "q1", "question": "Where did Alan study?"})
+    docs.upsert({"doc_id": "alan", "title": "Alan Turing", "text": "Alan was born in 1912. Alan studied at Cambridge."})
+    view = generate(db, strategy="auto", shadow=1.0)
+    assert view.rows(fresh=True)[0]["answer"] == "Alan studied at Cambridge."
+    docs.upsert({"doc_id": "alan", "title": "Alan Turing", "text": "Alan was born in 1912. Alan studied at Oxford."})
+    (row,) = view.rows(fresh=True)
+    patch, shadow = view.explain("q1")["decisions"][-2:]
+    assert (patch["strategy"], patch["calls"]) == ("patch", 0)
+    assert "replaced 'Cambridge' by 'Oxford'" in patch["reason"]
+    assert (shadow["strategy"], shadow["reason"]) == ("shadow", "patch: agrees with full recompute")
+    assert row["answer"] == "Alan studied at Oxford."
+
+
+def test_auto_skips_an_edit_that_neither_question_nor_answer_mentions_and_shadow_checks_it(db):
+    view = generate(db, strategy="auto", shadow=1.0)
+    view.rows(fresh=True)
+    db.table("docs").upsert({"doc_id": "tea", "title": "Tea", "text": "Tea is a drink. Tea grows on shrubs."})
+    view.rows(fresh=True)
+    latest = [d for d in db.store.get_decisions("answers") if d.version == db.version]
+    assert {d.strategy for d in latest} == {"skip", "shadow"}
+    assert all(d.reason.startswith("skip: ") for d in latest if d.strategy == "shadow")
+
+
+def test_append_adds_the_delta_as_a_new_turn_within_its_budget(db):
+    view = generate(db, strategy="append", append_budget=60)
+    view.rows(fresh=True)
+    db.table("docs").upsert({"doc_id": "tea", "title": "Tea", "text": "Tea is a drink. Green tea grows in Asia."})
+    view.rows(fresh=True)
+    first = view.explain("q1")
+    assert first["decisions"][-1]["strategy"] == "append"
+    base = first["operators"]["1:llm_generate"]["value"]["base"]
+    assert len(base["log"]) == 1 and base["log"][0][0].startswith("The documents changed")
+    db.table("docs").upsert({"doc_id": "tea", "title": "Tea", "text": "Tea is a drink. Black tea grows in India."})
+    db.table("docs").upsert({"doc_id": "ada", "title": "Ada", "text": "Ada was born in 1815. Ada lived in Paris."})
+    view.rows(fresh=True)
+    strategies = [d["strategy"] for d in view.explain("q1")["decisions"]]
+    assert "full" in strategies[2:]  # past the budget, a full recompute compacts the log into the base

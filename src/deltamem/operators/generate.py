@@ -39,11 +39,22 @@ from deltamem.errors import SchemaError
 from deltamem.llm.base import CompletionRequest, Message
 from deltamem.llm.memo import call_hash
 from deltamem.llm.runner import CallSpec
+from deltamem.memory.strategies import (
+    ChunkChanges,
+    append_request,
+    describe_delta,
+    is_shadowed,
+    lexical_skip,
+    plan_patch,
+    retrieval_skip,
+)
 from deltamem.operators.base import MultiInputOperator, OperatorContext
 from deltamem.operators.template import Template
 from deltamem.store.base import Decision, StateEntry
 
-STRATEGIES = ("auto", "skip", "regenerate", "full")
+STRATEGIES = ("auto", "skip", "patch", "regenerate", "append", "full")
+MIN_CHECKS = 5  # shadow checks of an approximate strategy before its agreement is trusted
+MIN_AGREEMENT = 0.9  # below this measured agreement, auto stops using the strategy
 REFRESH_MODES = ("on_change", "as_of_now")
 MAX_RETRIEVE = 1000
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -73,6 +84,33 @@ class Chunk:
     @property
     def ident(self) -> tuple[str, int, str]:
         return (self.doc, self.position, _text_hash(self.text))
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One output to refresh: its CONTEXT row, its current output row, its stored entry and why it is refreshed."""
+
+    row: Row
+    before_out: Row | None
+    old: StateEntry | None
+    reason: str  # insert | update | refresh | retry | data
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """The strategy chosen for one output: the call to run (``spec``), or the entry that needs none (``entry``),
+    and an optional full recompute to shadow-check an approximate answer."""
+
+    key: RowKey
+    item: _Work
+    spec: CallSpec | None
+    strategy: str
+    why: str
+    value: dict
+    h: str  # the memo hash of the output's current full prompt: its fingerprint, whatever the strategy
+    old: StateEntry | None
+    entry: StateEntry | None = None
+    shadow: CallSpec | None = None
 
 
 @dataclass
@@ -107,6 +145,8 @@ class GenerateOperator(MultiInputOperator):
         document: str,
         out: str = "answer",
         max_tokens: int = 64,
+        shadow: float = 0.0,
+        append_budget: int = 256,
     ):
         if not isinstance(prompt, str) or not prompt.strip():
             raise SchemaError("llm_generate needs a non-empty prompt")
@@ -130,6 +170,10 @@ class GenerateOperator(MultiInputOperator):
         self.document = Template(document)
         self.out = out
         self.max_tokens = max_tokens
+        if not 0.0 <= shadow <= 1.0:
+            raise SchemaError(f"shadow={shadow!r} is out of range; use a share from 0 to 1")
+        self.shadow = shadow
+        self.append_budget = append_budget
 
     def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
         return (*[c for c in input_columns if c != self.out], self.out)
@@ -147,9 +191,9 @@ class GenerateOperator(MultiInputOperator):
 
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
-        docs, removed, added = self._update_documents(inputs.get("data_source", []), ctx)
+        docs, changes = self._update_documents(inputs.get("data_source", []), ctx)
         stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.op_id}
-        work: dict[RowKey, tuple[Row, Row | None, StateEntry | None, str]] = {}  # key -> (row, old out, old, reason)
+        work: dict[RowKey, _Work] = {}
         out: list[Delta] = []
         for delta in inputs.get("context", []):
             old = stored.pop(delta.key, None)
@@ -165,95 +209,163 @@ class GenerateOperator(MultiInputOperator):
                                                          "its CONTEXT row was deleted"))
                 continue
             reason = "refresh" if ctx.building else "insert" if old is None else "update"
-            work[delta.key] = (delta.after, before_out, old, reason)
+            work[delta.key] = _Work(delta.after, before_out, old, reason)
         for key, entry in stored.items():  # outputs whose CONTEXT row did not change
             if entry.error is not None:
-                work[key] = (entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
-            elif (removed or added) and self.refresh == "on_change":
-                work[key] = (entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
-        return out + self._refresh(work, docs, removed, added, ctx)
+                work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
+            elif changes and self.refresh == "on_change":
+                work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
+        return out + self._refresh(work, docs, changes, ctx)
 
-    def _refresh(self, work, docs, removed, added, ctx: OperatorContext) -> list[Delta]:
+    def _refresh(self, work: dict[RowKey, "_Work"], docs: "Documents", changes: ChunkChanges,
+                 ctx: OperatorContext) -> list[Delta]:
         """Decide a strategy per output, run the calls in one batch, and return the output deltas."""
         model = ctx.runner.backend.model_id
-        calls: list[tuple[RowKey, Row, Row | None, dict, CallSpec, str, str]] = []
-        out: list[Delta] = []
         question_vecs = self._embed_questions(work, ctx)
+        disabled = self._calibrate(ctx) if self.strategy == "auto" and changes else set()
+        planned: list[_Planned] = []
         for key in sorted(work, key=key_order):
-            row, before_out, old, reason = work[key]
-            question = self.question.render(row)
-            if reason == "data":
-                evidence = self._retrieval_evidence(old, removed, added, question_vecs.get(key))
-                if evidence is not None and self.strategy in ("auto", "skip"):
-                    ctx.commit.decisions.append(Decision(ctx.view, key, ctx.version, "skip", evidence))
+            item = work[key]
+            question = self.question.render(item.row)
+            old = item.old
+            in_prompt = set() if old is None else {tuple(i) for i in old.value.get("chunks", ())}
+            if item.reason == "data" and self.strategy in ("auto", "skip") and self.retrieve != "all":
+                why = retrieval_skip(in_prompt, old.value.get("kth"), self.retrieve, changes, question_vecs.get(key))
+                if why is not None:
+                    self._decide(ctx, key, "skip", why)
                     continue
             chunks, kth = self._retrieve(docs, question_vecs.get(key))
             request = self.build_request(question, chunks)
             h = call_hash(model, request)
-            identical = old is not None and old.fingerprint == h and old.error is None
-            if identical and not (reason == "data" and self.strategy == "full"):
-                if old.input_row != row:
-                    ctx.put_state(self.op_id, StateEntry(key, h, row, old.value, None, old.cost))
-                out.append(Delta(key, before_out, self._output_for(row, old)))
-                if reason == "data":
-                    ctx.commit.decisions.append(Decision(ctx.view, key, ctx.version, "skip",
-                                                         "the rebuilt prompt is identical"))
-                continue
-            strategy, why, spec = self._strategy(ctx, key, request, old, reason)
             value = {"chunks": [list(c.ident) for c in chunks], "kth": kth, "question": question,
                      "question_vec": None if key not in question_vecs else question_vecs[key].tolist()}
-            calls.append((key, row, before_out, value, spec, strategy, why))
-        results = ctx.run_calls(self.op_id, [c[4] for c in calls])
-        for (key, row, before_out, value, _spec, strategy, why), result in zip(calls, results, strict=True):
-            completion = result.completion
-            if completion is None:
-                entry = StateEntry(key, result.call_hash, row, value, result.error, result.cost)
-            else:
-                text = completion.text.strip()
-                entry = StateEntry(key, result.call_hash, row,
-                                   {**value, "text": text, "output_ids": list(completion.output_ids)}, None,
-                                   result.cost)
-            ctx.put_state(self.op_id, entry)
-            c = completion
-            ctx.commit.decisions.append(Decision(
-                ctx.view, key, ctx.version, "memo" if result.memo_hit else strategy,
-                "an identical call was answered before" if result.memo_hit else why,
-                0 if result.memo_hit else 1,
-                0 if c is None or result.memo_hit else c.prompt_tokens,
-                0 if c is None or result.memo_hit else c.reused_tokens,
-                0 if c is None or result.memo_hit else c.output_tokens,
-                0.0 if c is None or result.memo_hit else c.seconds,
-            ))
-            out.append(Delta(key, before_out, self._output_for(row, entry)))
+            identical = old is not None and old.fingerprint == h and old.error is None
+            if identical and not (item.reason == "data" and self.strategy == "full"):
+                kept = old if old.input_row == item.row else StateEntry(key, h, item.row, old.value, None, old.cost)
+                if item.reason == "data":
+                    self._decide(ctx, key, "skip", "the rebuilt prompt is identical")
+                planned.append(_Planned(key, item, None, "skip", "", value, h, old, entry=kept))
+                continue
+            planned.append(self._plan(ctx, key, item, request, h, value, changes, in_prompt, disabled))
+        calls = [(p, spec) for p in planned for spec in (p.spec, p.shadow) if spec is not None]
+        results = iter(ctx.run_calls(self.op_id, [spec for _p, spec in calls]))
+        out: list[Delta] = []
+        for p in planned:
+            entry = p.entry
+            if p.spec is not None:
+                entry = self._store_result(ctx, p, next(results))
+            if p.shadow is not None:
+                entry = self._check_shadow(ctx, p, entry, next(results))
+            if entry is not p.old:
+                ctx.put_state(self.op_id, entry)
+            out.append(Delta(p.key, p.item.before_out, self._output_for(p.item.row, entry)))
         return [d for d in out if d.forget or d.before != d.after]
 
-    def _strategy(self, ctx: OperatorContext, key: RowKey, request: CompletionRequest, old: StateEntry | None,
-                  reason: str) -> tuple[str, str, CallSpec]:
-        spec_reason = "update" if reason == "data" else reason
-        if old is None or old.error is not None or reason != "data":
+    def _plan(self, ctx, key, item, request, h, value, changes, in_prompt, disabled) -> "_Planned":
+        """The cheapest strategy the evidence allows for one output whose prompt changed."""
+        old = item.old
+        spec_reason = "update" if item.reason == "data" else item.reason
+        if old is None or old.error is not None or item.reason != "data":
             why = {"insert": "a new CONTEXT row", "refresh": "the view was built", "update": "its CONTEXT row changed",
-                   "retry": "its last call failed"}[reason]
-            return "full", why, CallSpec(request, spec_reason)
+                   "retry": "its last call failed", "data": "its last call failed"}[item.reason]
+            return _Planned(key, item, CallSpec(request, spec_reason), "full", why, value, h, old)
+        answer = old.value.get("text") or ""
+        replacements = changes.replacements(in_prompt)
+        approximate = []
+        if self.strategy == "auto":
+            approximate.append(("skip", lexical_skip(answer, value["question"], replacements or {}), answer))
+        if self.strategy in ("auto", "patch"):
+            patch = plan_patch(answer, replacements or {})
+            approximate.append(("patch", patch and patch[1], patch and patch[0]))
+        for strategy, why, text in approximate:
+            if why is None:
+                continue
+            if strategy in disabled:
+                continue
+            entry = StateEntry(key, h, item.row, {**value, "text": text, "output_ids": []}, None, old.cost)
+            shadow = CallSpec(request, "update") if self.strategy == "auto" and is_shadowed(
+                ctx.view, key, ctx.version, self.shadow) else None
+            self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"))
+            return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow)
         why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
-        if self.strategy == "full" or not ctx.runner.backend.capabilities.kv_cache:
-            return "full", why, CallSpec(request, spec_reason)
-        draft = tuple(old.value.get("output_ids") or ()) or None
+        kv = ctx.runner.backend.capabilities.kv_cache
         cache_key = f"{ctx.view}/{key}"
-        return "regenerate", why + "; reusing its prompt KV and re-scoring its answer", \
-            CallSpec(request, spec_reason, cache_key=cache_key, draft=draft)
+        if self.strategy in ("auto", "regenerate") and kv:
+            draft = tuple(old.value.get("output_ids") or ()) or None
+            spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft)
+            return _Planned(key, item, spec, "regenerate", why + "; reusing its prompt KV and re-scoring its answer",
+                            value, h, old)
+        if self.strategy == "append" or (self.strategy == "auto" and "append" not in disabled):
+            planned = self._plan_append(ctx, key, item, request, h, value, changes, why)
+            if planned is not None:
+                return planned
+        return _Planned(key, item, CallSpec(request, spec_reason), "full", why, value, h, old)
 
-    def _retrieval_evidence(self, old, removed, added, question_vec) -> str | None:
-        """Why this output provably does not depend on the change, or None when it may."""
-        if self.retrieve == "all":
+    def _plan_append(self, ctx, key, item, request, h, value, changes, why) -> "_Planned | None":
+        """``LLM(C + LLM(C) + ΔC)`` while the delta log stays within ``append_budget`` tokens, else None (the full
+        recompute that follows makes the current documents the new base: compaction)."""
+        base = item.old.value.get("base")
+        if base is None:
             return None
-        in_prompt = {tuple(ident) for ident in old.value["chunks"]}
-        if in_prompt & removed:
+        delta = describe_delta(changes)
+        log = [tuple(turn) for turn in base["log"]]
+        count = ctx.runner.backend.count_tokens
+        num_tokens = sum(count(d) + count(a) for d, a in log) + count(delta)
+        if num_tokens > self.append_budget:
             return None
-        best = max((float(np.dot(question_vec, chunk_vec)) for chunk_vec in added.values()), default=None)
-        if best is not None and (best >= old.value["kth"] or len(in_prompt) < self.retrieve):
-            return None
-        best_text = "no chunk was added" if best is None else f"the best new chunk scores {best:.3f}"
-        return f"none of its {len(in_prompt)} retrieved chunks changed and {best_text} < its k-th {old.value['kth']:.3f}"
+        base_request = CompletionRequest(tuple(Message(r, c) for r, c in base["messages"]), self.max_tokens)
+        spec = CallSpec(append_request(base_request, log, delta), "update", cache_key=f"{ctx.view}/{key}")
+        value = {**value, "base": {"messages": base["messages"], "log": [*base["log"], [delta, None]]}}
+        return _Planned(key, item, spec, "append", why + f"; the delta ({num_tokens} tokens) is a new turn", value,
+                        h, item.old)
+
+    def _store_result(self, ctx: OperatorContext, p: "_Planned", result) -> StateEntry:
+        """The state entry for a planned call's result, and its decision with what it cost."""
+        c = result.completion
+        if c is None:
+            entry = StateEntry(p.key, p.h, p.item.row, p.value, result.error, result.cost)
+        else:
+            text = c.text.strip()
+            value = {**p.value, "text": text, "output_ids": list(c.output_ids)}
+            if p.strategy == "append":
+                value["base"]["log"][-1][1] = text
+            else:
+                value["base"] = {"messages": [[m.role, m.content] for m in p.spec.request.messages], "log": []}
+            entry = StateEntry(p.key, p.h, p.item.row, value, None, result.cost)
+        paid = c is not None and not result.memo_hit
+        self._decide(
+            ctx, p.key, "memo" if result.memo_hit else p.strategy,
+            "an identical call was answered before" if result.memo_hit else p.why,
+            calls=int(paid), prompt_tokens=c.prompt_tokens if paid else 0, reused_tokens=c.reused_tokens if paid else 0,
+            output_tokens=c.output_tokens if paid else 0, seconds=c.seconds if paid else 0.0,
+        )
+        return entry
+
+    def _check_shadow(self, ctx: OperatorContext, p: "_Planned", approximate: StateEntry, result) -> StateEntry:
+        """Compare an approximate answer with the full recompute run beside it; the full answer is kept."""
+        full = self._store_result(ctx, _Planned(p.key, p.item, p.shadow, "full", "shadow check", p.value, p.h, p.old),
+                                  result)
+        ctx.commit.decisions.pop()  # _store_result logged it as "full"; it is logged as "shadow" below
+        if full.error is not None:
+            return approximate
+        agrees = (full.value["text"] == approximate.value["text"])
+        c = result.completion
+        self._decide(ctx, p.key, "shadow", f"{p.strategy}: {'agrees' if agrees else 'disagrees'} with full recompute",
+                     calls=int(not result.memo_hit), prompt_tokens=c.prompt_tokens, reused_tokens=c.reused_tokens,
+                     output_tokens=c.output_tokens, seconds=c.seconds)
+        return full
+
+    def _calibrate(self, ctx: OperatorContext) -> set[str]:
+        """The approximate strategies whose shadow-checked agreement in this view fell below ``MIN_AGREEMENT``."""
+        checks: dict[str, list[bool]] = {}
+        for decision in ctx.store.get_decisions(ctx.view):
+            if decision.strategy == "shadow":
+                strategy, _, verdict = decision.reason.partition(": ")
+                checks.setdefault(strategy, []).append(verdict.startswith("agrees"))
+        return {s for s, seen in checks.items() if len(seen) >= MIN_CHECKS and sum(seen) / len(seen) < MIN_AGREEMENT}
+
+    def _decide(self, ctx: OperatorContext, key: RowKey, strategy: str, reason: str, **cost) -> None:
+        ctx.commit.decisions.append(Decision(ctx.view, key, ctx.version, strategy, reason, **cost))
 
     def _retrieve(self, docs: "Documents", question_vec) -> tuple[list[Chunk], float | None]:
         """The chunks for one prompt, and the score of the k-th (ties broken by document order)."""
@@ -267,21 +379,24 @@ class GenerateOperator(MultiInputOperator):
         return [chunk for _score, chunk in top], (top[-1][0] if top else None)
 
     # --- documents ----------------------------------------------------------------------------------------------
-    def _update_documents(self, deltas: list[Delta], ctx: OperatorContext) -> tuple["Documents", set, dict]:
-        """Apply this version's DATA_SOURCE deltas to the chunk state; return all documents' chunks, and the
-        idents removed and the vectors of the chunks added by this version."""
+    def _update_documents(self, deltas: list[Delta], ctx: OperatorContext) -> tuple[Documents, ChunkChanges]:
+        """Apply this version's DATA_SOURCE deltas to the chunk state; return all documents' chunks and what changed.
+
+        A sentence that an edit left as it was, at the same position, is not a change.
+        """
         stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.docs_op}
-        removed: set[tuple] = set()
-        added: dict[tuple, np.ndarray] = {}
+        removed: dict[tuple, str] = {}
+        added: dict[tuple, str] = {}
         new_texts: list[tuple[RowKey, list[str]]] = []
         for delta in deltas:
             old = stored.pop(delta.key, None)
             if old is not None:
-                removed |= {tuple(c["ident"]) for c in old.value["chunks"]}
+                removed.update({tuple(c["ident"]): c["text"] for c in old.value["chunks"]})
                 ctx.delete_state(self.docs_op, delta.key)
             if delta.after is not None and not delta.forget:
                 new_texts.append((delta.key, split_sentences(self.document.render(delta.after))))
         vectors = self._embed([s for _key, sentences in new_texts for s in sentences], ctx)
+        added_vectors: dict[tuple, np.ndarray] = {}
         position = 0
         for key, sentences in new_texts:
             chunks = []
@@ -291,9 +406,11 @@ class GenerateOperator(MultiInputOperator):
                 position += 1
                 chunks.append({"ident": list(chunk.ident), "text": text, "vec": None if vec is None else vec.tolist()})
                 if chunk.ident in removed:
-                    removed.discard(chunk.ident)  # the same sentence at the same place: not a change
-                elif vec is not None or self.retrieve == "all":
-                    added[chunk.ident] = vec
+                    del removed[chunk.ident]
+                else:
+                    added[chunk.ident] = text
+                    if vec is not None:
+                        added_vectors[chunk.ident] = vec
             entry = StateEntry(key, _text_hash(" ".join(sentences)), {}, {"chunks": chunks})
             ctx.put_state(self.docs_op, entry)
             stored[key] = entry
@@ -304,7 +421,7 @@ class GenerateOperator(MultiInputOperator):
                 docs.chunks.append(chunk)
                 if c["vec"] is not None:
                     docs.vectors[chunk.ident] = np.asarray(c["vec"], dtype=np.float32)
-        return docs, removed, added
+        return docs, ChunkChanges(removed, added, added_vectors)
 
     def _embed(self, texts: list[str], ctx: OperatorContext) -> np.ndarray | None:
         if self.retrieve == "all" or not texts or ctx.embedder is None:
@@ -316,8 +433,8 @@ class GenerateOperator(MultiInputOperator):
             return {}
         vecs: dict[RowKey, np.ndarray] = {}
         fresh = []
-        for key, (row, _before, old, _reason) in work.items():
-            question = self.question.render(row)
+        for key, item in work.items():
+            question, old = self.question.render(item.row), item.old
             if old is not None and old.value.get("question") == question and old.value.get("question_vec"):
                 vecs[key] = np.asarray(old.value["question_vec"], dtype=np.float32)
             else:
@@ -337,4 +454,5 @@ class GenerateOperator(MultiInputOperator):
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "prompt": self.prompt, "retrieve": self.retrieve, "strategy": self.strategy,
                 "refresh": self.refresh, "question": self.question.text, "document": self.document.text,
-                "out": self.out, "max_tokens": self.max_tokens}
+                "out": self.out, "max_tokens": self.max_tokens, "shadow": self.shadow,
+                "append_budget": self.append_budget}
