@@ -173,3 +173,58 @@ def bench_rowwise(
     console.print(f"final views agree row for row: {result.views_agree}")
     if out:
         out.write_text(json.dumps(result.to_json(), indent=2))
+
+
+@bench_app.command("edit-stream")
+def bench_edit_stream(
+    data: Optional[Path] = typer.Option(None, help="2Wiki/HotpotQA file (default: ../shared/data/2wikimultihopqa/dev_000_099.json)."),
+    questions: int = typer.Option(30, help="Questions to answer."),
+    edits_per_question: int = typer.Option(4, help="Edits per question (2 irrelevant, 1 answer substitution, 1 deletion, ...)."),
+    seed: int = typer.Option(0, help="Seed of the edits."),
+    strategies: str = typer.Option("full,full+prefix,auto,skip,patch,regenerate,append", help="Comma-separated."),
+    shadow: float = typer.Option(0.1, help="Share of auto's approximate decisions checked against full recompute."),
+    llm: str = LLM,
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """Standing answers under seeded edits of known relevance: every strategy beside full recompute, in one run.
+
+    Example: deltamem bench edit-stream --questions 30 --edits-per-question 4 --llm test
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.edit_stream import run_edit_stream
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
+    try:
+        with Progress(console=console) as progress:
+            tasks: dict[str, int] = {}
+
+            def report(side: str, done: int, total: int) -> None:
+                if side not in tasks:
+                    tasks[side] = progress.add_task(side, total=total)
+                progress.update(tasks[side], completed=done)
+
+            result = run_edit_stream(data_file=data_file, llm=llm, num_questions=questions,
+                                     edits_per_question=edits_per_question, seed=seed,
+                                     strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                                     shadow=shadow, progress=report)
+    except dm.DeltamemError as exc:
+        _fail(exc)
+    config = result["config"]
+    table = RichTable(title=f"bench edit-stream · {config['llm']} · {config['questions']} questions · "
+                            f"{config['edits']} edits")
+    columns = ("strategy", "calls", "prompt tok", "reused tok", "output tok", "model s", "wall s", "vs full",
+               "agreement", "take-up", "skip P", "skip R")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    full_wall = result["strategies"]["full"]["wall_seconds"]
+    for name, r in result["strategies"].items():
+        def pct(value):
+            return "" if value is None else f"{value:.0%}"
+        table.add_row(name, str(r["calls"]), str(r["prompt_tokens"]), str(r["reused_tokens"]), str(r["output_tokens"]),
+                      f"{r['seconds']:.1f}", f"{r['wall_seconds']:.1f}", f"{full_wall / max(r['wall_seconds'], 1e-9):.1f}x",
+                      pct(r["agreement"]), pct(r["takeup"]), pct(r.get("skip_precision")), pct(r.get("skip_recall")))
+    console.print(table)
+    if out:
+        out.write_text(json.dumps(result, indent=2))

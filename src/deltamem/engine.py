@@ -179,13 +179,16 @@ class Database:
         max_tokens: int = 64,
         shadow: float = 0.0,
         append_budget: int = 256,
+        partition: str | None = None,
     ) -> View:
         """A continuous ``LLM_GENERATE`` view: one answer (column ``out``) per ``context`` row, from ``data_source``.
 
         ``question`` renders a CONTEXT row (default ``"{question}"`` when that column exists, else every non-key
         column); ``document`` renders a DATA_SOURCE row (default ``"{title}: {text}"``, ``"{text}"``, or every
         non-key column). ``shadow`` is the share of ``auto``'s approximate decisions checked against a full
-        recompute; ``append_budget`` caps an output's delta log in tokens. See ``deltamem.operators.generate`` for
+        recompute; ``append_budget`` caps an output's delta log in tokens; with ``partition``, a column of both tables,
+        an answer reads only the documents with its own value there (a conversation's history, a question's
+        paragraphs), and a document change reaches only those answers. See ``deltamem.operators.generate`` for
         ``retrieve``, ``strategy`` and ``refresh``.
         """
         roles = {"context": context, "data_source": data_source}
@@ -199,7 +202,12 @@ class Database:
         plan = {"op": GenerateOperator.kind, "context": context.plan, "data_source": data_source.plan,
                 "prompt": prompt, "retrieve": retrieve, "strategy": strategy, "refresh": refresh,
                 "question": question, "document": document, "out": out, "max_tokens": max_tokens,
-                "shadow": shadow, "append_budget": append_budget}
+                "shadow": shadow, "append_budget": append_budget, "partition": partition}
+        if partition is not None:
+            for role, table in roles.items():
+                if partition not in table.columns:
+                    raise SchemaError(f"partition column {partition!r} is not a column of {role.upper()} table "
+                                      f"{table.name!r}." + did_you_mean(partition, table.columns))
         operator = build_operators(plan)[0]  # validates the parameters
         operator.question.check(context.columns, where=f"CONTEXT table {context.name!r}")
         operator.document.check(data_source.columns, where=f"DATA_SOURCE table {data_source.name!r}")

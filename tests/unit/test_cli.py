@@ -50,3 +50,22 @@ def test_bench_rowwise_reports_ratios_and_agreement(tmp_path):
     assert data["views_agree"] is True
     assert data["full_recompute"]["calls"] > data["incremental"]["calls"] > 0
     assert data["ratios"]["calls"] > 1
+
+
+def test_bench_edit_stream_reports_every_strategy_against_full(tmp_path):
+    out = tmp_path / "edit.json"
+    result = runner.invoke(app, ["bench", "edit-stream", "--llm", "test", "--questions", "4", "--edits-per-question",
+                                 "4", "--strategies", "auto,skip,regenerate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["config"]["edits"] >= 12 and set(data["strategies"]) == {"full", "auto", "skip", "regenerate"}
+    full, regenerate = data["strategies"]["full"], data["strategies"]["regenerate"]
+    assert full["agreement"] == 1.0 and regenerate["agreement"] == 1.0  # exact strategies agree with full
+    assert full["calls"] == data["config"]["edits"]  # the baseline answers again after every edit
+    for name in ("calls", "prompt_tokens", "reused_tokens", "output_tokens", "seconds", "agreement", "takeup"):
+        assert name in data["strategies"]["auto"]
+
+
+def test_bench_edit_stream_rejects_an_unknown_strategy():
+    result = runner.invoke(app, ["bench", "edit-stream", "--llm", "test", "--strategies", "fastest"])
+    assert result.exit_code == 1 and "Unknown strategies ['fastest']" in result.output

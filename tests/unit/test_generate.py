@@ -148,3 +148,22 @@ def test_append_adds_the_delta_as_a_new_turn_within_its_budget(db):
     view.rows(fresh=True)
     strategies = [d["strategy"] for d in view.explain("q1")["decisions"]]
     assert "full" in strategies[2:]  # past the budget, a full recompute compacts the log into the base
+
+
+def test_a_partition_limits_answers_to_their_own_documents():
+    db = scripted_db()
+    questions = db.table("questions", key="qid", columns={"qid": "text", "topic": "text", "question": "text"})
+    docs = db.table("docs", key="doc_id", columns={"doc_id": "text", "topic": "text", "text": "text"})
+    questions.upsert([{"qid": "q1", "topic": "ada", "question": "When was Ada born?"},
+                      {"qid": "q2", "topic": "alan", "question": "Where did Alan study?"}])
+    docs.upsert([{"doc_id": "d1", "topic": "ada", "text": "Ada was born in 1815."},
+                 {"doc_id": "d2", "topic": "alan", "text": "Alan studied at Cambridge."}])
+    view = generate(db, partition="topic", strategy="full")
+    view.rows(fresh=True)
+    prompt_q1 = view.explain("q1")["operators"]["1:llm_generate"]["value"]["chunks"]
+    assert [doc for doc, _p, _h in prompt_q1] == ['"d1"']
+    docs.upsert({"doc_id": "d2", "topic": "alan", "text": "Alan studied at Oxford."})
+    view.rows(fresh=True)
+    assert [d.key for d in db.store.get_decisions("answers") if d.version == db.version] == ['"q2"']
+    with pytest.raises(SchemaError, match="partition column 'topc' is not a column"):
+        generate(db, name="other", partition="topc")

@@ -19,7 +19,8 @@ full        recompute from scratch
 
 ``strategy="auto"`` (the default) skips what it can prove unaffected and regenerates the rest where the backend can,
 else recomputes. ``strategy="skip"`` skips or recomputes; ``"regenerate"`` never skips on retrieval evidence;
-``"full"`` asks for every output again at every change of DATA_SOURCE (the baseline; the memo still answers a call
+``"full+prefix"`` is ``full`` with the prompt KV reused up to the first changed token (what automatic prefix
+caching gives), and ``"full"`` asks for every output again at every change of DATA_SOURCE (the baseline; the memo still answers a call
 identical to an earlier one). ``refresh="as_of_now"`` answers a
 CONTEXT row once and never refreshes it for DATA_SOURCE changes.
 """
@@ -27,7 +28,9 @@ CONTEXT row once and never refreshes it for DATA_SOURCE changes.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -52,7 +55,8 @@ from deltamem.operators.base import MultiInputOperator, OperatorContext
 from deltamem.operators.template import Template
 from deltamem.store.base import Decision, StateEntry
 
-STRATEGIES = ("auto", "skip", "patch", "regenerate", "append", "full")
+NO_CHANGES = ChunkChanges({}, {}, {})
+STRATEGIES = ("auto", "skip", "patch", "regenerate", "append", "full", "full+prefix")
 MIN_CHECKS = 5  # shadow checks of an approximate strategy before its agreement is trusted
 MIN_AGREEMENT = 0.9  # below this measured agreement, auto stops using the strategy
 REFRESH_MODES = ("on_change", "as_of_now")
@@ -147,6 +151,7 @@ class GenerateOperator(MultiInputOperator):
         max_tokens: int = 64,
         shadow: float = 0.0,
         append_budget: int = 256,
+        partition: str | None = None,
     ):
         if not isinstance(prompt, str) or not prompt.strip():
             raise SchemaError("llm_generate needs a non-empty prompt")
@@ -174,6 +179,7 @@ class GenerateOperator(MultiInputOperator):
             raise SchemaError(f"shadow={shadow!r} is out of range; use a share from 0 to 1")
         self.shadow = shadow
         self.append_budget = append_budget
+        self.partition = partition
 
     def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
         return (*[c for c in input_columns if c != self.out], self.out)
@@ -191,7 +197,7 @@ class GenerateOperator(MultiInputOperator):
 
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
-        docs, changes = self._update_documents(inputs.get("data_source", []), ctx)
+        docs, changes = self._update_documents(inputs.get("data_source", []), ctx)  # both by partition
         stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.op_id}
         work: dict[RowKey, _Work] = {}
         out: list[Delta] = []
@@ -213,19 +219,22 @@ class GenerateOperator(MultiInputOperator):
         for key, entry in stored.items():  # outputs whose CONTEXT row did not change
             if entry.error is not None:
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
-            elif changes and self.refresh == "on_change":
+            elif changes.get(self._part(entry.input_row)) and self.refresh == "on_change":
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
         return out + self._refresh(work, docs, changes, ctx)
 
-    def _refresh(self, work: dict[RowKey, "_Work"], docs: "Documents", changes: ChunkChanges,
-                 ctx: OperatorContext) -> list[Delta]:
+    def _refresh(self, work: dict[RowKey, "_Work"], docs_by_part: dict[str, "Documents"],
+                 changes_by_part: dict[str, ChunkChanges], ctx: OperatorContext) -> list[Delta]:
         """Decide a strategy per output, run the calls in one batch, and return the output deltas."""
         model = ctx.runner.backend.model_id
         question_vecs = self._embed_questions(work, ctx)
-        disabled = self._calibrate(ctx) if self.strategy == "auto" and changes else set()
+        disabled = self._calibrate(ctx) if self.strategy == "auto" and changes_by_part else set()
         planned: list[_Planned] = []
         for key in sorted(work, key=key_order):
             item = work[key]
+            part = self._part(item.row)
+            docs = docs_by_part.get(part) or Documents([], {})
+            changes = changes_by_part.get(part) or NO_CHANGES
             question = self.question.render(item.row)
             old = item.old
             in_prompt = set() if old is None else {tuple(i) for i in old.value.get("chunks", ())}
@@ -240,7 +249,7 @@ class GenerateOperator(MultiInputOperator):
             value = {"chunks": [list(c.ident) for c in chunks], "kth": kth, "question": question,
                      "question_vec": None if key not in question_vecs else question_vecs[key].tolist()}
             identical = old is not None and old.fingerprint == h and old.error is None
-            if identical and not (item.reason == "data" and self.strategy == "full"):
+            if identical and not (item.reason == "data" and self.strategy.startswith("full")):
                 kept = old if old.input_row == item.row else StateEntry(key, h, item.row, old.value, None, old.cost)
                 if item.reason == "data":
                     self._decide(ctx, key, "skip", "the rebuilt prompt is identical")
@@ -295,6 +304,9 @@ class GenerateOperator(MultiInputOperator):
             spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft)
             return _Planned(key, item, spec, "regenerate", why + "; reusing its prompt KV and re-scoring its answer",
                             value, h, old)
+        if self.strategy == "full+prefix" and kv:
+            return _Planned(key, item, CallSpec(request, spec_reason, cache_key=cache_key), "full+prefix",
+                            why + "; reusing its prompt KV, decoding in full", value, h, old)
         if self.strategy == "append" or (self.strategy == "auto" and "append" not in disabled):
             planned = self._plan_append(ctx, key, item, request, h, value, changes, why)
             if planned is not None:
@@ -379,49 +391,57 @@ class GenerateOperator(MultiInputOperator):
         return [chunk for _score, chunk in top], (top[-1][0] if top else None)
 
     # --- documents ----------------------------------------------------------------------------------------------
-    def _update_documents(self, deltas: list[Delta], ctx: OperatorContext) -> tuple[Documents, ChunkChanges]:
-        """Apply this version's DATA_SOURCE deltas to the chunk state; return all documents' chunks and what changed.
-
-        A sentence that an edit left as it was, at the same position, is not a change.
-        """
+    def _update_documents(
+        self, deltas: list[Delta], ctx: OperatorContext
+    ) -> tuple[dict[str, Documents], dict[str, ChunkChanges]]:
+        """Apply this version's DATA_SOURCE deltas to the chunk state; return, by partition, all documents' chunks
+        and what changed. A sentence that an edit left as it was, at the same position, is not a change."""
         stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.docs_op}
-        removed: dict[tuple, str] = {}
-        added: dict[tuple, str] = {}
-        new_texts: list[tuple[RowKey, list[str]]] = []
+        removed: dict[str, dict[tuple, str]] = defaultdict(dict)
+        added: dict[str, dict[tuple, str]] = defaultdict(dict)
+        added_vectors: dict[str, dict[tuple, np.ndarray]] = defaultdict(dict)
+        new_texts: list[tuple[RowKey, str, list[str]]] = []
         for delta in deltas:
             old = stored.pop(delta.key, None)
             if old is not None:
-                removed.update({tuple(c["ident"]): c["text"] for c in old.value["chunks"]})
+                removed[old.value["part"]].update({tuple(c["ident"]): c["text"] for c in old.value["chunks"]})
                 ctx.delete_state(self.docs_op, delta.key)
             if delta.after is not None and not delta.forget:
-                new_texts.append((delta.key, split_sentences(self.document.render(delta.after))))
-        vectors = self._embed([s for _key, sentences in new_texts for s in sentences], ctx)
-        added_vectors: dict[tuple, np.ndarray] = {}
+                sentences = split_sentences(self.document.render(delta.after))
+                new_texts.append((delta.key, self._part(delta.after), sentences))
+        vectors = self._embed([s for _key, _part, sentences in new_texts for s in sentences], ctx)
         position = 0
-        for key, sentences in new_texts:
+        for key, part, sentences in new_texts:
             chunks = []
             for i, text in enumerate(sentences):
                 chunk = Chunk(key, i, text)
                 vec = None if vectors is None else vectors[position]
                 position += 1
                 chunks.append({"ident": list(chunk.ident), "text": text, "vec": None if vec is None else vec.tolist()})
-                if chunk.ident in removed:
-                    del removed[chunk.ident]
+                if chunk.ident in removed[part]:
+                    del removed[part][chunk.ident]
                 else:
-                    added[chunk.ident] = text
+                    added[part][chunk.ident] = text
                     if vec is not None:
-                        added_vectors[chunk.ident] = vec
-            entry = StateEntry(key, _text_hash(" ".join(sentences)), {}, {"chunks": chunks})
+                        added_vectors[part][chunk.ident] = vec
+            entry = StateEntry(key, _text_hash(" ".join(sentences)), {}, {"part": part, "chunks": chunks})
             ctx.put_state(self.docs_op, entry)
             stored[key] = entry
-        docs = Documents([], {})
+        docs: dict[str, Documents] = defaultdict(lambda: Documents([], {}))
         for key, entry in stored.items():
+            part_docs = docs[entry.value["part"]]
             for c in entry.value["chunks"]:
                 chunk = Chunk(key, c["ident"][1], c["text"])
-                docs.chunks.append(chunk)
+                part_docs.chunks.append(chunk)
                 if c["vec"] is not None:
-                    docs.vectors[chunk.ident] = np.asarray(c["vec"], dtype=np.float32)
-        return docs, ChunkChanges(removed, added, added_vectors)
+                    part_docs.vectors[chunk.ident] = np.asarray(c["vec"], dtype=np.float32)
+        changes = {part: ChunkChanges(removed[part], added[part], added_vectors[part])
+                   for part in set(removed) | set(added)}
+        return dict(docs), {part: c for part, c in changes.items() if c}
+
+    def _part(self, row: Row) -> str:
+        """The partition an output or a document belongs to (all in one when there is no ``partition``)."""
+        return "" if self.partition is None else json.dumps(row.get(self.partition))
 
     def _embed(self, texts: list[str], ctx: OperatorContext) -> np.ndarray | None:
         if self.retrieve == "all" or not texts or ctx.embedder is None:

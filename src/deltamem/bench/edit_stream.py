@@ -1,0 +1,229 @@
+"""``deltamem bench edit-stream``: standing answers to 2Wiki/HotpotQA questions under edits of known relevance.
+
+    deltamem bench edit-stream --data ../shared/data/2wikimultihopqa/dev_000_099.json --questions 30 --llm test
+
+Each question gets a standing ``LLM_GENERATE`` answer over its own ten paragraphs (``partition="qid"``). Then a
+seeded stream of edits arrives, per question in this order: an irrelevant edit (a non-supporting sentence of a
+supporting paragraph, or a distractor paragraph changed, added or deleted), a second irrelevant one, the answer
+substituted in a supporting sentence (the new answer is known), and a supporting paragraph deleted. The initial build
+is made once and copied for every strategy; every strategy, and the ``full`` baseline, sees the same stream. Reported
+per strategy: calls, prompt tokens computed and reused, output tokens and model seconds of the edits, wall seconds,
+agreement with ``full`` after each edit, take-up of known new answers, and the precision and recall of its skips.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import deltamem as dm
+from deltamem.bench.datasets import Question, load_questions
+from deltamem.errors import ConfigError
+from deltamem.llm import lazy_llm
+from deltamem.operators.generate import STRATEGIES
+from deltamem.store.base import ViewDef
+from deltamem.store.sqlite import SQLiteStore
+
+PROMPT = "Answer the question from the documents with a short phrase."
+QUESTIONS = {"qid": "text", "question": "text"}
+DOCS = {"doc_id": "text", "qid": "text", "title": "text", "text": "text"}
+_NUMBER = re.compile(r"\b(1[0-9]{3}|20[0-9]{2}|[0-9]{1,3})\b")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit of a question's documents: ``row`` replaces the document, or deletes it when None."""
+
+    qid: str
+    kind: str
+    relevant: bool
+    doc_id: str
+    row: dict[str, str] | None
+    new_answer: str | None = None
+
+
+def _doc(question: Question, title: str, sentences: Sequence[str]) -> dict[str, str]:
+    return {"doc_id": f"{question.qid}/{title}", "qid": question.qid, "title": title,
+            "text": " ".join(s.strip() for s in sentences)}
+
+
+def _alter(sentence: str, rng: random.Random) -> str:
+    """A plausible factual edit: shift a number, or else change the sentence's last word."""
+    match = _NUMBER.search(sentence)
+    if match:
+        return sentence[: match.start()] + str(int(match.group()) + rng.randint(1, 9)) + sentence[match.end():]
+    return sentence.rstrip(". ") + ", according to a later source."
+
+
+def make_edits(question: Question, others: Sequence[Question], num_edits: int, rng: random.Random) -> list[Edit]:
+    """The edits for one question: irrelevant, irrelevant, answer substitution, supporting-paragraph deletion, ..."""
+    supporting = {title for title, _i in question.supporting_facts}
+    support_idx = {(title, i) for title, i in question.supporting_facts}
+    paragraphs = _paragraphs(question)
+    distractors = [t for t in paragraphs if t not in supporting]
+    edits: list[Edit] = []
+    for n in range(num_edits):
+        slot = n % 4
+        if slot in (0, 1):
+            options = [(t, i) for t in paragraphs if t in supporting for i in range(len(paragraphs[t]))
+                       if (t, i) not in support_idx] if slot == 0 else []
+            if options:
+                title, i = rng.choice(options)
+                paragraphs[title][i] = _alter(paragraphs[title][i], rng)
+                edits.append(Edit(question.qid, "non-supporting sentence", False, f"{question.qid}/{title}",
+                                  _doc(question, title, paragraphs[title])))
+                continue
+            kind = rng.choice(["distractor edit", "distractor add", "distractor delete"] if distractors else
+                              ["distractor add"])
+            if kind == "distractor add":
+                donor = rng.choice([p for q in others for p in q.paragraphs if p.title not in paragraphs])
+                paragraphs[donor.title] = list(donor.sentences)
+                edits.append(Edit(question.qid, kind, False, f"{question.qid}/{donor.title}",
+                                  _doc(question, donor.title, donor.sentences)))
+            elif kind == "distractor delete":
+                title = distractors.pop(rng.randrange(len(distractors)))
+                del paragraphs[title]
+                edits.append(Edit(question.qid, kind, False, f"{question.qid}/{title}", None))
+            else:
+                title = rng.choice(distractors)
+                paragraphs[title][0] = _alter(paragraphs[title][0], rng)
+                edits.append(Edit(question.qid, kind, False, f"{question.qid}/{title}",
+                                  _doc(question, title, paragraphs[title])))
+        elif slot == 2:
+            found = [(t, i) for t, i in sorted(support_idx) if t in paragraphs and i < len(paragraphs[t])
+                     and question.answer in paragraphs[t][i]]
+            if not found:
+                continue
+            title, i = found[0]
+            new = _new_answer(question, others, rng)
+            paragraphs[title][i] = paragraphs[title][i].replace(question.answer, new)
+            edits.append(Edit(question.qid, "answer substitution", True, f"{question.qid}/{title}",
+                              _doc(question, title, paragraphs[title]), new_answer=new))
+        else:
+            titles = [t for t in sorted(supporting) if t in paragraphs]
+            if titles:
+                title = rng.choice(titles)
+                del paragraphs[title]
+                edits.append(Edit(question.qid, "supporting deletion", True, f"{question.qid}/{title}", None))
+    return edits
+
+
+def _paragraphs(question: Question) -> dict[str, list[str]]:
+    """A question's paragraphs by title; a title repeated in the data keeps its first paragraph."""
+    paragraphs: dict[str, list[str]] = {}
+    for p in question.paragraphs:
+        paragraphs.setdefault(p.title, list(p.sentences))
+    return paragraphs
+
+
+def _new_answer(question: Question, others: Sequence[Question], rng: random.Random) -> str:
+    if question.answer.isdigit():
+        return str(int(question.answer) + rng.randint(1, 9))
+    names = sorted({q.answer for q in others if q.answer != question.answer and not any(c.isdigit() for c in q.answer)
+                    and q.answer.lower() not in ("yes", "no")})
+    return rng.choice(names) if names else question.answer + " Jr."
+
+
+def _build(db: dm.Database, strategy: str, shadow: float) -> dm.View:
+    return db.generate("answers", prompt=PROMPT, context=db.table("questions"), data_source=db.table("docs"),
+                       partition="qid", strategy=strategy, shadow=shadow, max_tokens=24,
+                       question="{question}", document="{title}: {text}")
+
+
+def run_edit_stream(
+    *, data_file: Path, llm: str, num_questions: int, edits_per_question: int, seed: int,
+    strategies: Sequence[str], shadow: float = 0.1, progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"Unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    strategies = ["full", *[s for s in strategies if s != "full"]]  # the baseline runs first: it is the reference
+    questions = load_questions(data_file)
+    if len(questions) < 2:
+        raise ConfigError(f"{data_file} holds {len(questions)} questions; the benchmark needs at least 2")
+    chosen = questions[:num_questions]
+    rng = random.Random(seed)
+    edits = [e for q in chosen for e in make_edits(q, [o for o in questions if o is not q], edits_per_question, rng)]
+    backend = lazy_llm(llm).get()
+
+    with tempfile.TemporaryDirectory() as folder:
+        base = str(Path(folder) / "base.db")
+        db = dm.connect(base, llm=backend, embedder="test", background=False)
+        db.table("questions", key="qid", columns=QUESTIONS).upsert(
+            [{"qid": q.qid, "question": q.question} for q in chosen])
+        db.table("docs", key="doc_id", columns=DOCS).upsert(
+            [_doc(q, title, sentences) for q in chosen for title, sentences in _paragraphs(q).items()])
+        started = time.perf_counter()
+        _build(db, "full", shadow).rows(fresh=True)
+        build_seconds = time.perf_counter() - started
+        base_version = db.version
+        db.close()
+
+        results: dict[str, Any] = {}
+        reference: list[str] = []
+        for strategy in strategies:
+            path = str(Path(folder) / f"{strategy}.db")
+            shutil.copy(base, path)
+            if hasattr(backend, "kv_cache"):
+                backend.kv_cache.clear()  # no strategy inherits another's caches
+            store = SQLiteStore(path)  # the copied build, switched to this strategy: state and answers carry over
+            (view,) = store.get_view_defs()
+            store.put_view_def(ViewDef(view.name, {**view.plan, "strategy": strategy}))
+            store.close()
+            db = dm.connect(path, llm=backend, embedder="test", background=False)
+            answers, skipped = [], []
+            started = time.perf_counter()
+            for i, edit in enumerate(edits):
+                docs = db.table("docs")
+                docs.delete(edit.doc_id) if edit.row is None else docs.upsert(edit.row)
+                rows = {r["qid"]: r["answer"] for r in db.view("answers").rows(fresh=True)}
+                answers.append(rows.get(edit.qid) or "")
+                decided = [d.strategy for d in db.store.get_decisions("answers") if d.version == db.version
+                           and d.key == f'"{edit.qid}"']
+                skipped.append(decided == ["skip"])
+                if progress:
+                    progress(strategy, i + 1, len(edits))
+            wall = time.perf_counter() - started
+            ledger = [e for e in db.store.get_ledger("answers") if e.version and e.version > base_version
+                      and e.outcome == "paid"]
+            db.close()
+            if strategy == "full":
+                reference = answers
+            results[strategy] = _score(edits, answers, reference, skipped, ledger, wall)
+    return {
+        "config": {"data": str(data_file), "llm": backend.model_id, "questions": len(chosen),
+                   "edits_per_question": edits_per_question, "edits": len(edits), "seed": seed, "shadow": shadow,
+                   "initial_build_seconds": build_seconds,
+                   "edit_kinds": {k: sum(e.kind == k for e in edits) for k in sorted({e.kind for e in edits})}},
+        "strategies": results,
+    }
+
+
+def _score(edits, answers, reference, skipped, ledger, wall) -> dict[str, Any]:
+    agree = sum(a.strip() == r.strip() for a, r in zip(answers, reference, strict=True))
+    takeup_cases = [(a, e.new_answer) for a, r, e in zip(answers, reference, edits, strict=True)
+                    if e.new_answer and e.new_answer.lower() in r.lower()]
+    out = {
+        "calls": len(ledger),
+        "prompt_tokens": sum(e.prompt_tokens for e in ledger),
+        "reused_tokens": sum(e.reused_tokens for e in ledger),
+        "output_tokens": sum(e.output_tokens for e in ledger),
+        "seconds": sum(e.seconds for e in ledger),
+        "wall_seconds": wall,
+        "agreement": agree / len(edits) if edits else 1.0,
+        "takeup": (sum(new.lower() in a.lower() for a, new in takeup_cases) / len(takeup_cases)
+                   if takeup_cases else None),
+        "takeup_cases": len(takeup_cases),
+    }
+    if any(skipped):
+        true_skips = sum(s and not e.relevant for s, e in zip(skipped, edits, strict=True))
+        out["skip_precision"] = true_skips / sum(skipped)
+        out["skip_recall"] = true_skips / max(1, sum(not e.relevant for e in edits))
+    return out
