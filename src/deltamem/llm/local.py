@@ -274,23 +274,24 @@ class LocalLLM:
         if max_tokens <= 0:
             return _Run(Decoded((), "", "length"), len(prompt_ids), 0, 0)
         start = reuse.num_reused if reuse is not None else 0
-        # The last output token is never fed back, so a draft beyond max_tokens - 1 tokens could not change the result.
-        draft = [int(t) for t in draft][: max_tokens - 1]
-        result = self.forward(prompt_ids[start:] + draft, reuse.cache if reuse is not None else None)
+        draft = [int(t) for t in draft]
+        # The last output token is never fed back, so at most max_tokens - 1 draft tokens need scoring.
+        scored = draft[: max_tokens - 1]
+        result = self.forward(prompt_ids[start:] + scored, reuse.cache if reuse is not None else None)
         # Row r of the logits predicts the token after position start + r; output token i is predicted by the row of
-        # the last prompt position plus i, so these are the greedy choices after each draft prefix (draft + 1 rows).
+        # the last prompt position plus i, so these are the greedy choices after each scored draft prefix.
         greedy = [int(t) for t in result.logits[len(prompt_ids) - start - 1 :].argmax(dim=-1).tolist()]
-        accepted = _common_prefix(draft, greedy)
+        accepted = _common_prefix(draft, greedy)  # may be len(scored) + 1: the prediction after it checks one more
         # greedy[:accepted + 1] is exactly what step-by-step decoding would produce first: the accepted draft tokens,
         # then greedy's own token where it first disagrees (or what follows a fully accepted draft).
         decoded, cache, fed = self._decode_from(
-            result.past_key_values, len(prompt_ids), draft, greedy[: accepted + 1], max_tokens, stop
+            result.past_key_values, len(prompt_ids), scored, greedy[: accepted + 1], max_tokens, stop
         )
         kept = _common_prefix(fed, decoded.ids)  # the fed draft tail past a divergence is stale: drop its KV
         crop_cache(cache, len(prompt_ids) + kept)
         return _Run(
             decoded=decoded,
-            prompt_tokens=len(prompt_ids) - start + len(draft),
+            prompt_tokens=len(prompt_ids) - start + len(scored),
             reused_tokens=start,
             output_tokens=len(decoded.ids) - min(accepted, len(decoded.ids)),
             cache=cache,
