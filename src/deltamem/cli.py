@@ -105,6 +105,45 @@ def rows(
         _fail(exc)
 
 
+@app.command()
+def explain(
+    db: str = typer.Argument(..., help="SQLite file."),
+    view: str = typer.Argument(..., help="View name."),
+    key: str = typer.Argument(..., help="The output's key (read as JSON when it parses, e.g. 7 or \"q1\", else text)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Show one output: its row, what each operator stored for it (provenance, value, cost) and its decision log.
+
+    Example: deltamem explain demo-out/demo.db answers q1
+    """
+    try:
+        parsed_key: object = json.loads(key)
+    except json.JSONDecodeError:
+        parsed_key = key
+    if not isinstance(parsed_key, (str, int)) or isinstance(parsed_key, bool):
+        parsed_key = key
+    try:
+        with _open(db) as database:
+            report = database.view(view).explain(parsed_key)
+    except dm.DeltamemError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(report, default=str))
+        return
+    console.print(f"[bold]{view}[/] key {parsed_key!r}: {report['row']}")
+    for op, state in report["operators"].items():
+        value = state["value"] or {}
+        chunks = value.get("chunks") if isinstance(value, dict) else None
+        console.print(f"  {op}: cost {state['cost']}" + (f", {len(chunks)} chunks in its prompt" if chunks else ""))
+    table = RichTable(title="decisions")
+    for column in ("version", "strategy", "reason", "calls", "prompt tok", "reused tok", "output tok", "seconds"):
+        table.add_column(column, overflow="fold")
+    for d in report["decisions"]:
+        table.add_row(str(d["version"]), d["strategy"], d["reason"], str(d["calls"]), str(d["prompt_tokens"]),
+                      str(d["reused_tokens"]), str(d["output_tokens"]), f"{d['seconds']:.2f}")
+    console.print(table)
+
+
 @app.command("serve-llm")
 def serve_llm(
     llm: str = LLM,

@@ -22,6 +22,10 @@ class NoView(DeltamemError):
     """Raised when a view name does not exist."""
 
 
+class NoRow(DeltamemError):
+    """Raised when a view has nothing for a key (no output, no stored state, no decision)."""
+
+
 class AlreadyExists(DeltamemError):
     """Raised when a table or view is created under a name that is taken by a different definition."""
 

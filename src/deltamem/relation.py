@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import Row, encode_key, key_order
-from deltamem.errors import ConfigError
+from deltamem.errors import ConfigError, NoRow
 from deltamem.operators.base import Operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.operators.rowwise import OPERATORS
@@ -191,12 +191,15 @@ class View(Relation):
         self._db._view_def(self.name)
         row_key = encode_key(key)
         state = {op: entry for (op, k), entry in self._db.store.get_all_state(self.name).items() if k == row_key}
+        decisions = self._db.store.get_decisions(self.name, row_key)
+        if not state and not decisions and not self._db.store.get_view_history(self.name, row_key):
+            raise NoRow(f'View "{self.name}" has no output, state or decision for key {key!r}')
         return {
             "key": key,
             "row": self._db.store.get_view_rows(self.name).get(row_key),
             "operators": {op: {"value": e.value, "error": e.error, "cost": asdict(e.cost), "fingerprint": e.fingerprint}
                           for op, e in state.items()},
-            "decisions": [asdict(d) for d in self._db.store.get_decisions(self.name, row_key)],
+            "decisions": [asdict(d) for d in decisions],
         }
 
     @property

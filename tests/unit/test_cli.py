@@ -69,3 +69,14 @@ def test_bench_edit_stream_reports_every_strategy_against_full(tmp_path):
 def test_bench_edit_stream_rejects_an_unknown_strategy():
     result = runner.invoke(app, ["bench", "edit-stream", "--llm", "test", "--strategies", "fastest"])
     assert result.exit_code == 1 and "Unknown strategies ['fastest']" in result.output
+
+
+def test_explain_prints_an_outputs_decisions(tmp_path):
+    db = tmp_path / "demo.db"
+    runner.invoke(app, ["demo", "--llm", "test", "--embedder", "test", "--db", str(db), "--passages", "20"])
+    result = runner.invoke(app, ["explain", str(db), "people", "Polish-Russian War (film)", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["key"] == "Polish-Russian War (film)" and "1:sem_filter" in report["operators"]
+    missing = runner.invoke(app, ["explain", str(db), "people", "No Such Passage"])
+    assert missing.exit_code == 1 and "has no output, state or decision for key 'No Such Passage'" in missing.output
