@@ -11,14 +11,21 @@ When DATA_SOURCE changes, each output gets one strategy, and the decision is log
 
 ==========  ==========================================================================================================
 skip        the change touches nothing the output depends on: none of its chunks changed, and no new chunk scores
-            above its k-th (exact: the prompt is provably the same); also whenever the rebuilt prompt is identical
+            above its k-th (exact: the prompt is provably the same); also whenever the rebuilt prompt is identical.
+            ``auto`` also skips an edit that substitutes a value neither the question nor the answer mentions
+            (approximate)
+patch       an edit substituted a value (a number, date or name) that the answer copies: rewrite it in place, no call
+            (approximate)
 regenerate  on a backend with KV caches: reuse the prompt KV up to the first changed token and re-score the old answer
             as a draft in one pass; token for token what ``full`` gives, for greedy decoding
+append      ``LLM(C + LLM(C) + ΔC)``: the old answer stays in the conversation and the delta is a new turn; past
+            ``append_budget`` tokens of deltas, a full recompute compacts the log into the base (approximate)
 full        recompute from scratch
 ==========  ==========================================================================================================
 
-``strategy="auto"`` (the default) skips what it can prove unaffected and regenerates the rest where the backend can,
-else recomputes. ``strategy="skip"`` skips or recomputes; ``"regenerate"`` never skips on retrieval evidence;
+``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: skip, patch, then regenerate where
+the backend can, else append, else full. A share ``shadow`` of its approximate decisions is also recomputed in full
+and compared; an approximate strategy whose measured agreement falls below 90% (after 5 checks) is no longer used. ``strategy="skip"`` skips or recomputes; ``"regenerate"`` never skips on retrieval evidence;
 ``"full+prefix"`` is ``full`` with the prompt KV reused up to the first changed token (what automatic prefix
 caching gives), and ``"full"`` asks for every output again at every change of DATA_SOURCE (the baseline; the memo still answers a call
 identical to an earlier one). ``refresh="as_of_now"`` answers a
