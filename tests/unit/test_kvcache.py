@@ -3,14 +3,14 @@ that a match hands out a cropped copy while the stored entry keeps its length.""
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from deltamem.memory.kvcache import KVMatch, PromptKVCache, cache_nbytes, crop_cache
+
 torch = pytest.importorskip("torch")
 DynamicCache = pytest.importorskip("transformers").DynamicCache
-
-from deltamem.memory.kvcache import KVMatch, PromptKVCache, cache_nbytes, crop_cache  # noqa: E402
 
 LAYERS, HEADS, DIM = 2, 2, 4
 BYTES_PER_TOKEN = LAYERS * 2 * HEADS * DIM * 4  # keys + values, float32
@@ -113,22 +113,15 @@ def test_crop_cache_cuts_to_a_length():
 def test_concurrent_puts_and_matches_keep_the_budget():
     store = PromptKVCache(max_bytes=40 * BYTES_PER_TOKEN)
     caches = [make_cache(10, seed=i) for i in range(8)]
-    errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        try:
-            for round_ in range(20):
-                key = f"k{(i + round_) % 8}"
-                store.put(key, range(10), caches[(i + round_) % 8])
-                match = store.match(key, list(range(10)) + [0])
-                assert match is None or match.cache.get_seq_length() == match.num_reused
-        except BaseException as exc:  # surfaced in the main thread below
-            errors.append(exc)
+        for round_ in range(20):
+            key = f"k{(i + round_) % 8}"
+            store.put(key, range(10), caches[(i + round_) % 8])
+            match = store.match(key, list(range(10)) + [0])
+            assert match is None or match.cache.get_seq_length() == match.num_reused
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for future in [pool.submit(work, i) for i in range(4)]:
+            future.result()  # re-raises a worker's failure here
     assert store.get_num_bytes() == 10 * BYTES_PER_TOKEN * len(store) <= store.max_bytes
