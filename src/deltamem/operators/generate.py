@@ -281,10 +281,14 @@ class GenerateOperator(MultiInputOperator):
         """The cheapest strategy the evidence allows for one output whose prompt changed."""
         old = item.old
         spec_reason = "update" if item.reason == "data" else item.reason
+        kv = ctx.runner.backend.capabilities.kv_cache
+        cache_key = f"{ctx.view}/{key}"
         if old is None or old.error is not None or item.reason != "data":
             why = {"insert": "a new CONTEXT row", "refresh": "the view was built", "update": "its CONTEXT row changed",
                    "retry": "its last call failed", "data": "its last call failed"}[item.reason]
-            return _Planned(key, item, CallSpec(request, spec_reason), "full", why, value, h, old)
+            keep_kv = kv and self.strategy != "full"  # so that the next refresh can reuse this prompt's KV
+            spec = CallSpec(request, spec_reason, cache_key=cache_key if keep_kv else None)
+            return _Planned(key, item, spec, "full", why, value, h, old)
         answer = old.value.get("text") or ""
         replacements = changes.replacements(in_prompt)
         approximate = []
@@ -304,8 +308,6 @@ class GenerateOperator(MultiInputOperator):
             self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"))
             return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow)
         why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
-        kv = ctx.runner.backend.capabilities.kv_cache
-        cache_key = f"{ctx.view}/{key}"
         if self.strategy in ("auto", "regenerate") and kv:
             draft = tuple(old.value.get("output_ids") or ()) or None
             spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft)
