@@ -11,7 +11,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from deltamem.changes import Delta, RowKey
+from deltamem.changes import Delta, Row, RowKey
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import EmbeddingBackend
 from deltamem.llm.runner import CallResult, CallRunner, CallSpec
@@ -47,6 +47,17 @@ class OperatorContext:
 
     def run_calls(self, op_id: str, calls: Sequence[CallSpec]) -> list[CallResult]:
         return self.runner.run(calls, view=self.view, operator=op_id, version=self.version)
+
+
+def retract(op_id: str, delta: Delta, old: StateEntry | None, before_out: Row | None,
+            ctx: OperatorContext) -> Delta | None:
+    """Handle a delete or a TTL ``keep`` expiry of ``delta.key``: drop the operator's state for it and return the
+    output delta to pass on (a ``forget``, or the stored output retracted), or None when there is nothing to pass."""
+    if old is not None:
+        ctx.delete_state(op_id, delta.key)
+    if delta.forget:
+        return Delta(delta.key, None, None, forget=True)
+    return None if before_out is None else Delta(delta.key, before_out, None)
 
 
 class Operator(abc.ABC):

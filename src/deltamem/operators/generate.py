@@ -58,7 +58,7 @@ from deltamem.memory.strategies import (
     plan_patch,
     retrieval_skip,
 )
-from deltamem.operators.base import MultiInputOperator, OperatorContext
+from deltamem.operators.base import MultiInputOperator, OperatorContext, retract
 from deltamem.operators.template import Template
 from deltamem.store.base import Decision, StateEntry
 
@@ -204,22 +204,21 @@ class GenerateOperator(MultiInputOperator):
 
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
-        docs, changes = self._update_documents(inputs.get("data_source", []), ctx)  # both by partition
-        stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.op_id}
+        state = ctx.store.get_all_state(ctx.view)  # read once: documents and answers both live there
+        docs, changes = self._update_documents(  # both by partition
+            inputs.get("data_source", []), {k: e for (op, k), e in state.items() if op == self.docs_op}, ctx)
+        stored = {key: e for (op, key), e in state.items() if op == self.op_id}
         work: dict[RowKey, _Work] = {}
         out: list[Delta] = []
         for delta in inputs.get("context", []):
             old = stored.pop(delta.key, None)
             before_out = self._output_for(delta.before, old)
             if delta.forget or delta.after is None:
-                if old is not None:
-                    ctx.delete_state(self.op_id, delta.key)
-                if delta.forget:
-                    out.append(Delta(delta.key, None, None, forget=True))
-                elif before_out is not None:
-                    out.append(Delta(delta.key, before_out, None))
-                    ctx.commit.decisions.append(Decision(ctx.view, delta.key, ctx.version, "retract",
-                                                         "its CONTEXT row was deleted"))
+                retracted = retract(self.op_id, delta, old, before_out, ctx)
+                if retracted:
+                    out.append(retracted)
+                    if not retracted.forget:
+                        self._decide(ctx, delta.key, "retract", "its CONTEXT row was deleted")
                 continue
             reason = "refresh" if ctx.building else "insert" if old is None else "update"
             work[delta.key] = _Work(delta.after, before_out, old, reason)
@@ -379,10 +378,9 @@ class GenerateOperator(MultiInputOperator):
     def _calibrate(self, ctx: OperatorContext) -> set[str]:
         """The approximate strategies whose shadow-checked agreement in this view fell below ``MIN_AGREEMENT``."""
         checks: dict[str, list[bool]] = {}
-        for decision in ctx.store.get_decisions(ctx.view):
-            if decision.strategy == "shadow":
-                strategy, _, verdict = decision.reason.partition(": ")
-                checks.setdefault(strategy, []).append(verdict.startswith("agrees"))
+        for decision in ctx.store.get_decisions(ctx.view, strategy="shadow"):
+            strategy, _, verdict = decision.reason.partition(": ")
+            checks.setdefault(strategy, []).append(verdict.startswith("agrees"))
         return {s for s, seen in checks.items() if len(seen) >= MIN_CHECKS and sum(seen) / len(seen) < MIN_AGREEMENT}
 
     def _decide(self, ctx: OperatorContext, key: RowKey, strategy: str, reason: str, **cost) -> None:
@@ -401,11 +399,10 @@ class GenerateOperator(MultiInputOperator):
 
     # --- documents ----------------------------------------------------------------------------------------------
     def _update_documents(
-        self, deltas: list[Delta], ctx: OperatorContext
+        self, deltas: list[Delta], stored: dict[RowKey, StateEntry], ctx: OperatorContext
     ) -> tuple[dict[str, Documents], dict[str, ChunkChanges]]:
         """Apply this version's DATA_SOURCE deltas to the chunk state; return, by partition, all documents' chunks
         and what changed. A sentence that an edit left as it was, at the same position, is not a change."""
-        stored = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.docs_op}
         removed: dict[str, dict[tuple, str]] = defaultdict(dict)
         added: dict[str, dict[tuple, str]] = defaultdict(dict)
         added_vectors: dict[str, dict[tuple, np.ndarray]] = defaultdict(dict)

@@ -28,7 +28,7 @@ from deltamem.errors import SchemaError
 from deltamem.llm.base import CompletionRequest, Message
 from deltamem.llm.memo import call_hash
 from deltamem.llm.runner import CallSpec
-from deltamem.operators.base import Operator, OperatorContext
+from deltamem.operators.base import Operator, OperatorContext, retract
 from deltamem.operators.template import Template
 from deltamem.store.base import StateEntry
 
@@ -85,12 +85,8 @@ class RowwiseOperator(Operator):
             old = stored.get(delta.key)
             before_out = self.output_for(delta.before, old)
             if delta.forget or delta.after is None:
-                if old is not None:
-                    ctx.delete_state(self.op_id, delta.key)
-                if delta.forget:
-                    out.append(Delta(delta.key, None, None, forget=True))
-                elif before_out is not None:
-                    out.append(Delta(delta.key, before_out, None))
+                retracted = retract(self.op_id, delta, old, before_out, ctx)
+                out += [retracted] if retracted else []
                 continue
             if delta.after.get(ERROR_COLUMN) is not None:
                 entry = StateEntry(delta.key, PASSTHROUGH, delta.after, None)

@@ -261,8 +261,8 @@ class Store(abc.ABC):
         """Change rows with ``first <= version <= last``: per version, retractions before insertions."""
 
     @abc.abstractmethod
-    def get_decisions(self, view: str, key: RowKey | None = None) -> list[Decision]:
-        """The decision log of a view (of one output, if ``key`` is given), oldest first."""
+    def get_decisions(self, view: str, key: RowKey | None = None, strategy: str | None = None) -> list[Decision]:
+        """The decision log of a view (of one output, of one strategy, if given), oldest first."""
 
     @abc.abstractmethod
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:

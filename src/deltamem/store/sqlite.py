@@ -360,11 +360,12 @@ class SQLiteStore(Store):
         )
         return [ChangeRow(v, d, RowKey(k), _loads(r)) for v, d, k, r in found]
 
-    def get_decisions(self, view: str, key: RowKey | None = None) -> list[Decision]:
-        if key is None:
-            found = self._query("SELECT * FROM decisions WHERE view = ? ORDER BY rowid", (view,))
-        else:
-            found = self._query("SELECT * FROM decisions WHERE view = ? AND key = ? ORDER BY rowid", (view, key))
+    def get_decisions(self, view: str, key: RowKey | None = None, strategy: str | None = None) -> list[Decision]:
+        found = self._query(
+            "SELECT * FROM decisions WHERE view = ? AND (? IS NULL OR key = ?) AND (? IS NULL OR strategy = ?) "
+            "ORDER BY rowid",
+            (view, key, key, strategy, strategy),
+        )
         return [Decision(v, RowKey(k), *rest) for v, k, *rest in found]
 
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
