@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 
 import deltamem as dm
+from deltamem.llm.base import Attribution, BackendCapabilities
 from deltamem.llm.runner import RetryPolicy
 from deltamem.llm.scripted import ScriptedLLM
 from deltamem.operators.rowwise import PASSTHROUGH
@@ -65,3 +67,19 @@ class ExtractiveLLM(ScriptedLLM):
         words = set(re.findall(r"\w+", question.lower()))
         sentences = re.split(r"(?<=[.!?])\s+", re.sub(r"\[\d+\]", " ", documents.replace("Documents:", "")))
         return max(sentences, key=lambda s: (len(words & set(re.findall(r"\w+", s.lower()))), -len(s))).strip()
+
+
+class AttendingLLM(ExtractiveLLM):
+    """``ExtractiveLLM`` with attention, as a reader that looks only at what it copies: its one output sentence pays
+    all its attention to the context sentences its answer contains (so the attention evidence is known exactly)."""
+
+    capabilities = BackendCapabilities(attention=True)
+
+    def complete(self, request, attribute_to=None):
+        completion = super().complete(request)
+        if attribute_to is None:
+            return completion
+        hits = [float(bool(s) and s in completion.text) for s in attribute_to]
+        total = sum(hits) or 1.0
+        attribution = Attribution((completion.text,), (tuple(h / total for h in hits),))
+        return dataclasses.replace(completion, attribution=attribution)

@@ -62,15 +62,18 @@ def demo(
     llm: str = LLM,
     embedder: str = EMBEDDER,
     passages: int = typer.Option(40, help="Passages to load before the stream of changes."),
+    questions: int = typer.Option(3, help="2Wiki questions for the LLM_GENERATE part (0 skips it)."),
     data: Optional[Path] = typer.Option(None, help="The shared data folder (default: ../shared/data)."),
 ) -> None:
-    """Run the demo: a filtered, mapped view over 2Wiki passages, kept fresh through ~30 changes.
+    """Run the demo: a filtered, mapped view over 2Wiki passages kept fresh through ~30 changes, then standing
+    LLM_GENERATE answers to 2Wiki questions under edits, with the strategy each edit got.
 
-    Example: deltamem demo --llm local --passages 40
+    Example: deltamem demo --llm local --passages 40 --questions 3
     """
     try:
         run_db = __import__("deltamem.demo", fromlist=["run_demo"]).run_demo(
-            db_path=db, llm=llm, embedder=embedder, num_passages=passages, data=data, console=console
+            db_path=db, llm=llm, embedder=embedder, num_passages=passages, num_questions=questions, data=data,
+            console=console,
         )
         run_db.close()
     except dm.DeltamemError as exc:
@@ -121,12 +124,28 @@ def rows(
         _fail(exc)
 
 
+def _draw_heatmap(report: dict, view: str, path: Path) -> None:
+    import numpy as np
+
+    from deltamem.memory.attribution import render_heatmap
+
+    found = [d["attribution"] for d in report.get("dependencies", {}).values() if d.get("attribution")]
+    if not found:
+        _fail(dm.ConfigError(f"{view} key {report['key']!r} has no attention attribution: it needs an LLM_GENERATE "
+                             "answer made by a backend with attention (--llm local)"))
+    attribution = found[0]
+    render_heatmap(np.asarray(attribution["matrix"]), attribution["output_sentences"], attribution["context"],
+                   str(path), title=f"{view} · {report['key']}")
+    console.print(f"heat map written to {path}")
+
+
 @app.command()
 def explain(
     db: str = typer.Argument(..., help="SQLite file."),
     view: str = typer.Argument(..., help="View name."),
     key: str = typer.Argument(..., help="The output's key (read as JSON when it parses, e.g. 7 or \"q1\", else text)."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    heatmap: Optional[Path] = typer.Option(None, help="Draw the output-sentence x context-sentence attribution here (PNG)."),
 ) -> None:
     """Show one output: its row, what each operator stored for it (provenance, value, cost) and its decision log.
 
@@ -143,6 +162,8 @@ def explain(
             report = database.view(view).explain(parsed_key)
     except dm.DeltamemError as exc:
         _fail(exc)
+    if heatmap is not None:
+        _draw_heatmap(report, view, heatmap)
     if as_json:
         console.print_json(json.dumps(report, default=str))
         return
@@ -269,5 +290,15 @@ def bench_edit_stream(
                       f"{r['seconds']:.1f}", f"{r['wall_seconds']:.1f}", f"{full_wall / max(r['wall_seconds'], 1e-9):.1f}x",
                       pct(r["agreement"]), pct(r["takeup"]), pct(r.get("skip_precision")), pct(r.get("skip_recall")))
     console.print(table)
+    console.print("wall s on the relevant / irrelevant edits: " + ", ".join(
+        f"{name} {r['wall_seconds_relevant']:.1f} / {r['wall_seconds_irrelevant']:.1f}"
+        for name, r in result["strategies"].items()))
+    if config["full_changed_on_irrelevant"] is not None:
+        console.print(f"full changed its answer after {config['full_changed_on_irrelevant']:.0%} of the irrelevant "
+                      "edits: a strategy that skips them disagrees with full that often")
+    if config["attribution_overhead"] is not None:
+        console.print(f"initial build: {config['initial_build_seconds']:.1f} model s with attribution, "
+                      f"{config['initial_build_seconds_without_attribution']:.1f} s without "
+                      f"({config['attribution_overhead']:+.1%})")
     if out:
         out.write_text(json.dumps(result, indent=2))

@@ -1,11 +1,13 @@
-"""``make demo``: a filtered, mapped view over real 2Wiki passages, kept fresh through a stream of changes.
+"""``make demo``: views over real 2Wiki data kept fresh through streams of changes, with what each refresh cost.
 
-    deltamem demo --llm local --passages 40
+    deltamem demo --llm local --passages 40 --questions 3
 
-It loads 40 passages into a table with a 30-day TTL, defines a view that keeps the passages about a person and says
-what each is known for, then applies about 30 changes (inserts, content edits, edits of a column the prompts do not
-read, deletes, a re-insert, an expiry), waiting for the view after each. It ends with what deltamem paid beside what a
-full recompute at every refresh would have paid. The clock is simulated so that the expiry happens within the run.
+Part one loads 40 passages into a table with a 30-day TTL, defines a view that keeps the passages about a person and
+says what each is known for, then applies about 30 changes (inserts, content edits, edits of a column the prompts do
+not read, deletes, a re-insert, an expiry), waiting for the view after each. The clock is simulated so that the expiry
+happens within the run. Part two (``deltamem.demo_rag``) keeps ``LLM_GENERATE`` answers to 2Wiki questions fresh
+under edits of known relevance and shows the strategy each edit got. Both end with what deltamem paid beside what a
+full recompute at every refresh would have paid.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.table import Table as RichTable
 
 import deltamem as dm
 from deltamem.bench.datasets import default_data_dir, load_passages
+from deltamem.demo_rag import run_rag_demo
 
 DAY = 86400.0
 FILTER = "The passage below describes the life of a person (born, died, worked as ...).\n\n{text}"
@@ -71,7 +74,8 @@ def _edit(text: str) -> str:
 
 
 def run_demo(
-    *, db_path: str, llm: str, embedder: str, num_passages: int, data: Path | None, console: Console
+    *, db_path: str, llm: str, embedder: str, num_passages: int, num_questions: int, data: Path | None,
+    console: Console,
 ) -> dm.Database:
     data_file = (data or default_data_dir()) / "2wikimultihopqa" / "dev_000_099.json"
     rows = load_passages(data_file, limit=num_passages + 10)
@@ -125,11 +129,15 @@ def run_demo(
                 f"{after.memo_hits - before.memo_hits} memo, {time.perf_counter() - t0:4.1f} s, {len(read)} rows"
             )
             progress.advance(stream)
-    _report(db, people, console)
+    _report_people(db, people, console)
+    if num_questions > 0:
+        run_rag_demo(db, data_file, num_questions=num_questions, console=console,
+                     heatmap=Path(db_path).parent / "heatmap.png")
+    console.print(db.usage().rich_table())
     return db
 
 
-def _report(db: dm.Database, people: dm.View, console: Console) -> None:
+def _report_people(db: dm.Database, people: dm.View, console: Console) -> None:
     read = people.rows(fresh=True)
     sample = RichTable(title=f"view 'people' at version {read.version}: {min(8, len(read))} of its {len(read)} rows")
     for column in ("title", "known_for"):
@@ -137,9 +145,8 @@ def _report(db: dm.Database, people: dm.View, console: Console) -> None:
     for row in read.rows[:8]:
         sample.add_row(row["title"], row.get("known_for") or f"[red]{row.get('_error')}")
     console.print(sample)
-    usage = db.usage()
-    console.print(usage.rich_table())
-    full = usage.full_recompute["people"]
+    all_views = db.usage()
+    usage, full = all_views.by_view["people"], all_views.full_recompute["people"]
     paid_tokens = usage.prompt_tokens + usage.output_tokens
     full_tokens = full.cost.prompt_tokens + full.cost.output_tokens
     console.print(
@@ -147,7 +154,7 @@ def _report(db: dm.Database, people: dm.View, console: Console) -> None:
         f"over {full.refreshes} refreshes; a full recompute at every refresh would have paid "
         f"[bold]{full.cost.calls}[/] calls, {full_tokens} tokens, {full.cost.seconds:.1f} s: "
         f"[bold green]{_ratio(full.cost.calls, usage.calls)}[/] fewer calls, {_ratio(full_tokens, paid_tokens)} fewer "
-        f"tokens, {_ratio(full.cost.seconds, usage.seconds)} less model time. Memo hits: {usage.memo_hits}."
+        f"tokens, {_ratio(full.cost.seconds, usage.seconds)} less model time. Memo hits: {all_views.memo_hits}."
     )
 
 

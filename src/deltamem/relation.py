@@ -187,18 +187,25 @@ class View(Relation):
         return self._db._subscribe(self.name, callback, snapshot=snapshot)
 
     def explain(self, key: Any) -> dict[str, Any]:
-        """One output's dependencies (what each operator stored for it: value, provenance, cost) and decision log."""
+        """One output: what each operator stored for it (value, cost), its ``dependencies`` (for ``LLM_GENERATE``:
+        the sentences in its prompt with their document versions, the attention attribution of its output sentences
+        to them, and the key spans it copies) and its decision log."""
         self._db._view_def(self.name)
         row_key = encode_key(key)
-        state = {op: entry for (op, k), entry in self._db.store.get_all_state(self.name).items() if k == row_key}
+        all_state = self._db.store.get_all_state(self.name)
+        state = {op: entry for (op, k), entry in all_state.items() if k == row_key}
         decisions = self._db.store.get_decisions(self.name, row_key)
         if not state and not decisions and not self._db.store.get_view_history(self.name, row_key):
             raise NoRow(f'View "{self.name}" has no output, state or decision for key {key!r}')
+        _inputs, operators = self._db._view_plan(self.name)
+        dependencies = {op.op_id: op.describe_output(row_key, all_state) for op in operators
+                        if isinstance(op, GenerateOperator)}
         return {
             "key": key,
             "row": self._db.store.get_view_rows(self.name).get(row_key),
             "operators": {op: {"value": e.value, "error": e.error, "cost": asdict(e.cost), "fingerprint": e.fingerprint}
                           for op, e in state.items()},
+            "dependencies": {op: d for op, d in dependencies.items() if d is not None},
             "decisions": [asdict(d) for d in decisions],
         }
 

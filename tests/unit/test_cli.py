@@ -18,6 +18,10 @@ def test_demo_on_the_test_backend_ends_with_the_cost_table(tmp_path):
     text = " ".join(result.output.split())  # rich wraps at the terminal's width
     assert "full recompute at every refresh would have paid" in text
     assert "clock +6 days: TTL expiry" in text
+    assert "LLM_GENERATE: standing answers to 2Wiki questions" in text
+    assert "substitution" in text and "(relevant)" in text and "(irrelevant)" in text  # the edit table (folded)
+    assert "no heat map: this backend has no attention" in text  # the test backend; the local one draws it
+    assert "answers: deltamem paid" in text
 
     usage = runner.invoke(app, ["usage", str(db), "--json"])
     assert usage.exit_code == 0, usage.output

@@ -125,3 +125,15 @@ def test_concurrent_puts_and_matches_keep_the_budget():
         for future in [pool.submit(work, i) for i in range(4)]:
             future.result()  # re-raises a worker's failure here
     assert store.get_num_bytes() == 10 * BYTES_PER_TOKEN * len(store) <= store.max_bytes
+
+
+def test_a_copy_shares_entries_but_not_order_or_budget():
+    store = PromptKVCache(max_bytes=30 * BYTES_PER_TOKEN)
+    for key in "abc":
+        store.put(key, range(10), make_cache(10, seed=ord(key)))
+    small = store.copy(max_bytes=20 * BYTES_PER_TOKEN)  # the least recently used entry does not fit
+    assert small.keys() == ["b", "c"] and small.get_num_bytes() == 20 * BYTES_PER_TOKEN
+    same = store.copy()
+    same.put("d", range(10), make_cache(10))  # evicts "a" from the copy only
+    assert same.keys() == ["b", "c", "d"] and store.keys() == ["a", "b", "c"]
+    assert torch.equal(same.match("b", range(10)).cache.layers[0].keys, store.match("b", range(10)).cache.layers[0].keys)

@@ -9,6 +9,10 @@ substituted in a supporting sentence (the new answer is known), and a supporting
 is made once and copied for every strategy; every strategy, and the ``full`` baseline, sees the same stream. Reported
 per strategy: calls, prompt tokens computed and reused, output tokens and model seconds of the edits, wall seconds,
 agreement with ``full`` after each edit, take-up of known new answers, and the precision and recall of its skips.
+
+On a backend with KV caches every strategy starts from the caches the initial build left (a copy of them), as a
+server that has been answering would; on a backend with attention the build captures attribution, and the same build
+is also run once without it to measure what attribution costs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import deltamem as dm
 from deltamem.bench.datasets import Question, load_questions
 from deltamem.errors import ConfigError
 from deltamem.llm import lazy_llm
+from deltamem.memory.kvcache import PromptKVCache
 from deltamem.operators.generate import STRATEGIES
 from deltamem.store.base import ViewDef
 from deltamem.store.sqlite import SQLiteStore
@@ -49,7 +54,8 @@ class Edit:
     new_answer: str | None = None
 
 
-def _doc(question: Question, title: str, sentences: Sequence[str]) -> dict[str, str]:
+def doc_row(question: Question, title: str, sentences: Sequence[str]) -> dict[str, str]:
+    """One paragraph of a question as a DATA_SOURCE row, keyed by question and title."""
     return {"doc_id": f"{question.qid}/{title}", "qid": question.qid, "title": title,
             "text": " ".join(s.strip() for s in sentences)}
 
@@ -66,7 +72,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
     """The edits for one question: irrelevant, irrelevant, answer substitution, supporting-paragraph deletion, ..."""
     supporting = {title for title, _i in question.supporting_facts}
     support_idx = {(title, i) for title, i in question.supporting_facts}
-    paragraphs = _paragraphs(question)
+    paragraphs = paragraphs_of(question)
     distractors = [t for t in paragraphs if t not in supporting]
     edits: list[Edit] = []
     for n in range(num_edits):
@@ -78,7 +84,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
                 title, i = rng.choice(options)
                 paragraphs[title][i] = _alter(paragraphs[title][i], rng)
                 edits.append(Edit(question.qid, "non-supporting sentence", False, f"{question.qid}/{title}",
-                                  _doc(question, title, paragraphs[title])))
+                                  doc_row(question, title, paragraphs[title])))
                 continue
             kind = rng.choice(["distractor edit", "distractor add", "distractor delete"] if distractors else
                               ["distractor add"])
@@ -86,7 +92,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
                 donor = rng.choice([p for q in others for p in q.paragraphs if p.title not in paragraphs])
                 paragraphs[donor.title] = list(donor.sentences)
                 edits.append(Edit(question.qid, kind, False, f"{question.qid}/{donor.title}",
-                                  _doc(question, donor.title, donor.sentences)))
+                                  doc_row(question, donor.title, donor.sentences)))
             elif kind == "distractor delete":
                 title = distractors.pop(rng.randrange(len(distractors)))
                 del paragraphs[title]
@@ -95,7 +101,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
                 title = rng.choice(distractors)
                 paragraphs[title][0] = _alter(paragraphs[title][0], rng)
                 edits.append(Edit(question.qid, kind, False, f"{question.qid}/{title}",
-                                  _doc(question, title, paragraphs[title])))
+                                  doc_row(question, title, paragraphs[title])))
         elif slot == 2:
             found = [(t, i) for t, i in sorted(support_idx) if t in paragraphs and i < len(paragraphs[t])
                      and question.answer in paragraphs[t][i]]
@@ -105,7 +111,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
             new = _new_answer(question, others, rng)
             paragraphs[title][i] = paragraphs[title][i].replace(question.answer, new)
             edits.append(Edit(question.qid, "answer substitution", True, f"{question.qid}/{title}",
-                              _doc(question, title, paragraphs[title]), new_answer=new))
+                              doc_row(question, title, paragraphs[title]), new_answer=new))
         else:
             titles = [t for t in sorted(supporting) if t in paragraphs]
             if titles:
@@ -115,7 +121,7 @@ def make_edits(question: Question, others: Sequence[Question], num_edits: int, r
     return edits
 
 
-def _paragraphs(question: Question) -> dict[str, list[str]]:
+def paragraphs_of(question: Question) -> dict[str, list[str]]:
     """A question's paragraphs by title; a title repeated in the data keeps its first paragraph."""
     paragraphs: dict[str, list[str]] = {}
     for p in question.paragraphs:
@@ -131,7 +137,21 @@ def _new_answer(question: Question, others: Sequence[Question], rng: random.Rand
     return rng.choice(names) if names else question.answer + " Jr."
 
 
-def _build(db: dm.Database, strategy: str, shadow: float) -> dm.View:
+def _build(path: str, backend: Any, chosen: Sequence[Question], strategy: str, shadow: float) -> tuple[float, dict]:
+    """Build the standing answers in a new database at ``path``; returns the model seconds paid and the answers."""
+    db = dm.connect(path, llm=backend, embedder="test", background=False)
+    db.table("questions", key="qid", columns=QUESTIONS).upsert(
+        [{"qid": q.qid, "question": q.question} for q in chosen])
+    db.table("docs", key="doc_id", columns=DOCS).upsert(
+        [doc_row(q, title, sentences) for q in chosen for title, sentences in paragraphs_of(q).items()])
+    answers = {r["qid"]: r["answer"] or "" for r in answers_view(db, strategy, shadow).rows(fresh=True)}
+    seconds = sum(e.seconds for e in db.store.get_ledger("answers") if e.outcome == "paid")
+    db.close()
+    return seconds, answers
+
+
+def answers_view(db: dm.Database, strategy: str, shadow: float) -> dm.View:
+    """The standing answers: one per question, over its own paragraphs (``partition="qid"``)."""
     return db.generate("answers", prompt=PROMPT, context=db.table("questions"), data_source=db.table("docs"),
                        partition="qid", strategy=strategy, shadow=shadow, max_tokens=24,
                        question="{question}", document="{title}: {text}")
@@ -140,6 +160,7 @@ def _build(db: dm.Database, strategy: str, shadow: float) -> dm.View:
 def run_edit_stream(
     *, data_file: Path, llm: str, num_questions: int, edits_per_question: int, seed: int,
     strategies: Sequence[str], shadow: float = 0.1, progress: Callable[[str, int, int], None] | None = None,
+    kv_cache_bytes: int = 4 * 2**30,
 ) -> dict[str, Any]:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -152,38 +173,41 @@ def run_edit_stream(
     rng = random.Random(seed)
     edits = [e for q in chosen for e in make_edits(q, [o for o in questions if o is not q], edits_per_question, rng)]
     backend = lazy_llm(llm).get()
+    kv = backend.capabilities.kv_cache
+    if kv:  # room for every answer's prompt KV, so no strategy loses its cache to another question
+        backend.kv_cache = PromptKVCache(max(kv_cache_bytes, backend.kv_cache.max_bytes))
 
     with tempfile.TemporaryDirectory() as folder:
+        plain_seconds = None
+        if backend.capabilities.attention:  # the same build without attribution, for its overhead
+            plain_seconds, _answers = _build(str(Path(folder) / "plain.db"), backend, chosen, "full", shadow)
         base = str(Path(folder) / "base.db")
-        db = dm.connect(base, llm=backend, embedder="test", background=False)
-        db.table("questions", key="qid", columns=QUESTIONS).upsert(
-            [{"qid": q.qid, "question": q.question} for q in chosen])
-        db.table("docs", key="doc_id", columns=DOCS).upsert(
-            [_doc(q, title, sentences) for q in chosen for title, sentences in _paragraphs(q).items()])
-        started = time.perf_counter()
-        _build(db, "full", shadow).rows(fresh=True)
-        build_seconds = time.perf_counter() - started
-        base_version = db.version
-        db.close()
+        build_seconds, initial = _build(base, backend, chosen, "auto", shadow)
+        warm = backend.kv_cache.copy() if kv else None
+        store = SQLiteStore(base)
+        base_version = store.get_latest_version()
+        store.close()
 
         results: dict[str, Any] = {}
         reference: list[str] = []
         for strategy in strategies:
             path = str(Path(folder) / f"{strategy}.db")
             shutil.copy(base, path)
-            if hasattr(backend, "kv_cache"):
-                backend.kv_cache.clear()  # no strategy inherits another's caches
+            if warm is not None:
+                backend.kv_cache = warm.copy()  # every strategy starts from the build's caches, none from another's
             store = SQLiteStore(path)  # the copied build, switched to this strategy: state and answers carry over
             (view,) = store.get_view_defs()
             store.put_view_def(ViewDef(view.name, {**view.plan, "strategy": strategy}))
             store.close()
             db = dm.connect(path, llm=backend, embedder="test", background=False)
-            answers, skipped = [], []
+            answers, skipped, edit_walls = [], [], []
             started = time.perf_counter()
             for i, edit in enumerate(edits):
                 docs = db.table("docs")
+                edit_started = time.perf_counter()
                 docs.delete(edit.doc_id) if edit.row is None else docs.upsert(edit.row)
                 rows = {r["qid"]: r["answer"] for r in db.view("answers").rows(fresh=True)}
+                edit_walls.append(time.perf_counter() - edit_started)
                 answers.append(rows.get(edit.qid) or "")
                 decided = [d.strategy for d in db.store.get_decisions("answers") if d.version == db.version
                            and d.key == f'"{edit.qid}"']
@@ -196,18 +220,35 @@ def run_edit_stream(
             db.close()
             if strategy == "full":
                 reference = answers
-            results[strategy] = _score(edits, answers, reference, skipped, ledger, wall)
+            results[strategy] = _score(edits, answers, reference, skipped, ledger, wall, edit_walls)
     return {
         "config": {"data": str(data_file), "llm": backend.model_id, "questions": len(chosen),
                    "edits_per_question": edits_per_question, "edits": len(edits), "seed": seed, "shadow": shadow,
+                   "kv_cache_bytes": backend.kv_cache.max_bytes if kv else None,
                    "initial_build_seconds": build_seconds,
+                   "initial_build_seconds_without_attribution": plain_seconds,
+                   "attribution_overhead": None if not plain_seconds else build_seconds / plain_seconds - 1,
+                   "full_changed_on_irrelevant": _changed_on_irrelevant(edits, reference, initial),
                    "edit_kinds": {k: sum(e.kind == k for e in edits) for k in sorted({e.kind for e in edits})}},
         "strategies": results,
     }
 
 
-def _score(edits, answers, reference, skipped, ledger, wall) -> dict[str, Any]:
-    agree = sum(a.strip() == r.strip() for a, r in zip(answers, reference, strict=True))
+def _changed_on_irrelevant(edits: Sequence[Edit], full: Sequence[str], initial: dict[str, str]) -> float | None:
+    """The share of irrelevant edits after which ``full`` answered differently than before: the noise floor of the
+    agreement any strategy that skips them can reach."""
+    previous, changed, irrelevant = dict(initial), 0, 0
+    for edit, answer in zip(edits, full, strict=True):
+        if not edit.relevant:
+            irrelevant += 1
+            changed += answer.strip() != previous.get(edit.qid, "").strip()
+        previous[edit.qid] = answer
+    return changed / irrelevant if irrelevant else None
+
+
+def _score(edits, answers, reference, skipped, ledger, wall, edit_walls) -> dict[str, Any]:
+    agrees = [a.strip() == r.strip() for a, r in zip(answers, reference, strict=True)]
+    agree = sum(agrees)
     takeup_cases = [(a, e.new_answer) for a, r, e in zip(answers, reference, edits, strict=True)
                     if e.new_answer and e.new_answer.lower() in r.lower()]
     out = {
@@ -222,6 +263,11 @@ def _score(edits, answers, reference, skipped, ledger, wall) -> dict[str, Any]:
                    if takeup_cases else None),
         "takeup_cases": len(takeup_cases),
     }
+    for relevant in (True, False):  # the same figures split by the edits' known relevance
+        label = "relevant" if relevant else "irrelevant"
+        picked = [i for i, e in enumerate(edits) if e.relevant == relevant]
+        out[f"wall_seconds_{label}"] = sum(edit_walls[i] for i in picked)
+        out[f"agreement_{label}"] = sum(agrees[i] for i in picked) / len(picked) if picked else None
     if any(skipped):
         true_skips = sum(s and not e.relevant for s, e in zip(skipped, edits, strict=True))
         out["skip_precision"] = true_skips / sum(skipped)

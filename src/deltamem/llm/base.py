@@ -48,6 +48,19 @@ class CompletionRequest:
 
 
 @dataclass(frozen=True)
+class Attribution:
+    """How strongly each output sentence attended to each context sentence a caller named (``context``, in prompt
+    order): ``matrix[o][c]`` is output sentence o's share of the attention its tokens paid to those sentences, averaged
+    over layers and heads, so each row sums to 1 (or 0 when no named sentence was found in the prompt)."""
+
+    output_sentences: tuple[str, ...]
+    matrix: tuple[tuple[float, ...], ...]
+
+    def to_json(self) -> dict:
+        return {"output_sentences": list(self.output_sentences), "matrix": [list(row) for row in self.matrix]}
+
+
+@dataclass(frozen=True)
 class Completion:
     """What one call returned and what it cost, as measured by the backend."""
 
@@ -59,6 +72,7 @@ class Completion:
     reused_tokens: int = 0  # prompt tokens served from a KV / prefix cache instead of computed
     finish_reason: str = "stop"  # "stop" | "length"
     output_ids: tuple[int, ...] = ()  # the output's token ids, from backends that have them (a draft for later)
+    attribution: Attribution | None = None  # from backends with attention, when the caller named context sentences
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ class Usage:
 
 
 __all__ = [
+    "Attribution",
     "BackendCapabilities",
     "Completion",
     "CompletionRequest",

@@ -25,14 +25,17 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deltamem.errors import BackendError, BackendUnavailable
-from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest, Message, Usage
+from deltamem.llm.attention import AttentionRecorder
+from deltamem.llm.base import Attribution, BackendCapabilities, Completion, CompletionRequest, Message, Usage
 from deltamem.llm.packaged import find_in_package
+from deltamem.memory.attribution import attribute, locate, output_sentence_of, token_segments
 from deltamem.memory.kvcache import KVMatch, PromptKVCache, common_prefix_length, crop_cache
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -171,7 +174,12 @@ class LocalLLM:
             return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def complete(
-        self, request: CompletionRequest, *, cache_key: str | None = None, draft: Sequence[int] | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        cache_key: str | None = None,
+        draft: Sequence[int] | None = None,
+        attribute_to: Sequence[str] | None = None,
     ) -> Completion:
         """Greedy completion of the chat. ``request.temperature`` is ignored: this backend only decodes greedily, so
         a memo key with any temperature still names one deterministic answer.
@@ -180,15 +188,27 @@ class LocalLLM:
         the last one, and this call's prompt + output KV replaces it. ``draft`` (the previous output's ids) is scored
         in the prefill pass and kept as far as greedy decoding agrees with it. Neither changes the result, only what
         is computed: ``prompt_tokens`` counts the prompt suffix and draft tokens computed in the prefill pass,
-        ``reused_tokens`` the prefix served from the cache, ``output_tokens`` the tokens after the accepted draft."""
+        ``reused_tokens`` the prefix served from the cache, ``output_tokens`` the tokens after the accepted draft.
+
+        ``attribute_to`` names context sentences of the prompt (in prompt order): the attention each output token paid
+        to them while it was generated is captured and returned as ``Completion.attribution``."""
         with self._lock:
             start = time.perf_counter()  # after the lock: a call's seconds are its own work, not its wait
             try:
-                prompt_ids = self.encode_chat(request.messages)
+                prompt_text = self._render_chat(request.messages)
+                if attribute_to is None:
+                    prompt_ids, offsets = self._encode(prompt_text), None
+                else:
+                    encoded = self.tokenizer(prompt_text, add_special_tokens=False, return_offsets_mapping=True)
+                    prompt_ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
                 reuse = self.kv_cache.match(cache_key, prompt_ids) if cache_key is not None else None
-                run = self._generate(prompt_ids, request.max_tokens, request.stop, reuse, draft or ())
+                recorder = None if attribute_to is None else AttentionRecorder(
+                    [layer.self_attn for layer in self.model.model.layers], self.num_heads, len(prompt_ids))
+                run = self._generate(prompt_ids, request.max_tokens, request.stop, reuse, draft or (), recorder)
                 if cache_key is not None and run.cache is not None:
                     self.kv_cache.put(cache_key, run.cached_ids, run.cache)
+                attribution = None if recorder is None else self._attribution(
+                    recorder, run.decoded.ids, prompt_text, offsets, attribute_to)
             except BackendError:
                 self.usage.failures += 1
                 raise
@@ -204,6 +224,7 @@ class LocalLLM:
                 reused_tokens=run.reused_tokens,
                 finish_reason=run.decoded.finish_reason,
                 output_ids=run.decoded.ids,
+                attribution=attribution,
             )
             self.usage.add(completion)
         return completion
@@ -212,11 +233,16 @@ class LocalLLM:
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """The prompt token ids for ``messages`` under the model's chat template."""
-        chat = [{"role": m.role, "content": m.content} for m in messages]
         with self._lock:
-            # Render to text, then encode: transformers 5 returns a BatchEncoding from tokenize=True, 4.x a list.
-            text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, tokenize=False)
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
+            return self._encode(self._render_chat(messages, add_generation_prompt))
+
+    def _render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        # Render to text, then encode: transformers 5 returns a BatchEncoding from tokenize=True, 4.x a list.
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        return self.tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def forward(
         self,
@@ -281,9 +307,11 @@ class LocalLLM:
         stop: Sequence[str],
         reuse: KVMatch | None = None,
         draft: Sequence[int] = (),
+        recorder: AttentionRecorder | None = None,
     ) -> _Run:
         """Greedy generation on top of ``reuse`` (a KV cache of the prompt's first ``num_reused`` tokens), with
-        ``draft`` scored in the prefill pass. Without either this is plain prefill-then-decode."""
+        ``draft`` scored in the prefill pass. Without either this is plain prefill-then-decode. With ``recorder``,
+        ``recorder.rows[i]`` ends as the attention of the position that predicted output token i."""
         if max_tokens <= 0:
             return _Run(Decoded((), "", "length"), len(prompt_ids), 0, 0)
         start = reuse.num_reused if reuse is not None else 0
@@ -293,13 +321,17 @@ class LocalLLM:
         # Output token i is predicted at the last prompt position plus i: the last len(scored) + 1 rows are the greedy
         # choices after each scored draft prefix, and no other row is read.
         cache = reuse.cache if reuse is not None else None
-        result = self.forward(prompt_ids[start:] + scored, cache, last_logits=len(scored) + 1)
+        with _capturing(recorder, len(scored) + 1):
+            result = self.forward(prompt_ids[start:] + scored, cache, last_logits=len(scored) + 1)
         greedy = [int(t) for t in result.logits.argmax(dim=-1).tolist()]
         accepted = common_prefix_length(draft, greedy)  # may be len(scored) + 1: the prediction after it checks one more
         # greedy[:accepted + 1] is exactly what step-by-step decoding would produce first: the accepted draft tokens,
         # then greedy's own token where it first disagrees (or what follows a fully accepted draft).
+        known = greedy[: accepted + 1]
+        if recorder is not None:
+            del recorder.rows[len(known):]  # rows past the divergence scored a rejected draft
         decoded, cache, fed = self._decode_from(
-            result.past_key_values, len(prompt_ids), scored, greedy[: accepted + 1], max_tokens, stop
+            result.past_key_values, len(prompt_ids), scored, known, max_tokens, stop, recorder
         )
         kept = common_prefix_length(fed, decoded.ids)  # the fed draft tail past a divergence is stale: drop its KV
         crop_cache(cache, len(prompt_ids) + kept)
@@ -313,7 +345,8 @@ class LocalLLM:
         )
 
     def _decode_from(
-        self, cache: Any, prompt_len: int, fed: list[int], known: list[int], max_tokens: int, stop: Sequence[str]
+        self, cache: Any, prompt_len: int, fed: list[int], known: list[int], max_tokens: int, stop: Sequence[str],
+        recorder: AttentionRecorder | None = None,
     ) -> tuple[Decoded, Any, list[int]]:
         """Greedy decoding where the first ``len(known)`` output tokens are already known and ``cache`` covers the
         prompt + ``fed`` (with ``fed[:len(known) - 1] == known[:-1]``); every token, known or computed, goes through
@@ -327,7 +360,8 @@ class LocalLLM:
                 if fed != ids[:-1]:  # first step past the known tokens: drop the KV of the rejected draft tail
                     fed = ids[:-1]
                     crop_cache(cache, prompt_len + len(fed))
-                step = self.forward([ids[-1]], cache)
+                with _capturing(recorder, 1):
+                    step = self.forward([ids[-1]], cache)
                 cache, fed = step.past_key_values, list(ids)
                 token = int(step.logits[-1].argmax())
             if token in self._eos_ids:
@@ -342,6 +376,28 @@ class LocalLLM:
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _attribution(self, recorder: AttentionRecorder, ids: Sequence[int], prompt_text: str,
+                     offsets: list[tuple[int, int]], context: Sequence[str]) -> Attribution:
+        """Aggregate the recorded token attention to output sentences x ``context`` sentences."""
+        pieces = [self._text([i]) for i in ids]
+        output_sentence = output_sentence_of(pieces)
+        columns = token_segments(offsets, locate(prompt_text, context))
+        matrix = attribute(recorder.matrix(len(ids)), columns, len(context), output_sentence)
+        sentences = [""] * (max(output_sentence) + 1 if output_sentence else 0)
+        for piece, sentence in zip(pieces, output_sentence, strict=True):
+            sentences[sentence] += piece
+        return Attribution(tuple(s.strip() for s in sentences),
+                           tuple(tuple(round(float(x), 5) for x in row) for row in matrix))
+
+
+@contextmanager
+def _capturing(recorder: AttentionRecorder | None, last_rows: int) -> Iterator[None]:
+    if recorder is None:
+        yield
+    else:
+        with recorder.capture(last_rows):
+            yield
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:

@@ -47,13 +47,15 @@ class CallSpec:
 
     ``cache_key`` and ``draft`` are hints for a backend that keeps KV caches (``capabilities.kv_cache``): reuse the
     prompt KV stored under ``cache_key`` and re-score ``draft`` (the previous output's token ids) instead of decoding
-    it. They change what the call costs, never what it returns, so the memo key ignores them.
+    it. ``attribute_to`` names the context sentences a backend with attention (``capabilities.attention``) attributes
+    the output to. None of them changes the text a call returns, so the memo key ignores them.
     """
 
     request: CompletionRequest
     reason: str
     cache_key: str | None = None
     draft: tuple[int, ...] | None = None
+    attribute_to: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,7 @@ class CallRunner:
             if attempt:
                 self.sleep(self.retry.delay(attempt - 1))
             try:
-                if spec.cache_key is not None and self.backend.capabilities.kv_cache:
-                    completion = self.backend.complete(spec.request, cache_key=spec.cache_key, draft=spec.draft)
-                else:
-                    completion = self.backend.complete(spec.request)
+                completion = self.backend.complete(spec.request, **self._hints(spec))
             except BackendError as exc:
                 error = str(exc)
                 continue
@@ -159,6 +158,16 @@ class CallRunner:
                         0, 0, 0, 0.0, h, error)
         )
         return CallResult(h, None, error, memo_hit=False)
+
+    def _hints(self, spec: CallSpec) -> dict:
+        """The keyword hints of ``spec`` that this backend can take (a plain backend takes none)."""
+        can = self.backend.capabilities
+        hints: dict = {}
+        if spec.cache_key is not None and can.kv_cache:
+            hints.update(cache_key=spec.cache_key, draft=spec.draft)
+        if spec.attribute_to is not None and can.attention:
+            hints["attribute_to"] = spec.attribute_to
+        return hints
 
     def _record(
         self, spec: CallSpec, h: str, c: Completion, outcome: str, view: str, operator: str, version: int | None,

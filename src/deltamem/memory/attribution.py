@@ -38,9 +38,12 @@ def token_segments(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int
     >>> token_segments([(0, 1), (2, 4), (5, 6)], [(0, 4), (5, 9)])
     [0, 0, 1]
     """
+    found = [(a, b, i) for i, (a, b) in enumerate(spans) if a >= 0]  # in text order, as ``locate`` returns them
+    starts = np.asarray([a for a, _b, _i in found], dtype=np.int64)
     out = []
     for start, _end in offsets:
-        out.append(next((i for i, (a, b) in enumerate(spans) if a <= start < b), -1))
+        j = int(np.searchsorted(starts, start, side="right")) - 1
+        out.append(found[j][2] if j >= 0 and start < found[j][1] else -1)
     return out
 
 

@@ -96,6 +96,19 @@ class PromptKVCache:
         with self._lock:
             return list(self._entries)
 
+    def copy(self, max_bytes: int | None = None) -> "PromptKVCache":
+        """A new cache holding the same entries (shared: stored caches are never mutated), with its own LRU order,
+        counters and budget; entries beyond a smaller budget are evicted, least recently used first."""
+        other = PromptKVCache(self.max_bytes if max_bytes is None else max_bytes)
+        with self._lock:
+            entries = list(self._entries.items())
+        for cache_key, entry in entries:
+            other._entries[cache_key] = entry
+            other._num_bytes += entry.num_bytes
+        while other._num_bytes > other.max_bytes:
+            other._drop(next(iter(other._entries)))
+        return other
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -7,13 +7,19 @@ Documents are split into sentences (chunks that keep their document key, positio
 (cosine over the database's embedder) are, in document order. Each output records its provenance: the chunks that were
 in its prompt and, with retrieval, the score of the k-th.
 
+On a backend with attention (the local model) every answer except the baselines' also records its attention
+attribution, captured while it is generated: per output sentence, the share of attention it paid to each prompt
+sentence (mean over layers and heads).
+
 When DATA_SOURCE changes, each output gets one strategy, and the decision is logged with its reason and cost:
 
 ==========  ==========================================================================================================
 skip        the change touches nothing the output depends on: none of its chunks changed, and no new chunk scores
             above its k-th (exact: the prompt is provably the same); also whenever the rebuilt prompt is identical.
-            ``auto`` also skips an edit that substitutes a value neither the question nor the answer mentions
-            (approximate)
+            ``auto`` also skips, approximately, a change its answer paid less than the attention threshold to (5% of
+            its attention, until calibrated) that touches no key term of the question, the answer or the three
+            sentences it attended to most; without attribution, an edit that substitutes a value neither the question
+            nor the answer mentions
 patch       an edit substituted a value (a number, date or name) that the answer copies: rewrite it in place, no call
             (approximate)
 regenerate  on a backend with KV caches: reuse the prompt KV up to the first changed token and re-score the old answer
@@ -25,19 +31,17 @@ full        recompute from scratch
 
 ``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: skip, patch, then regenerate where
 the backend can, else append, else full. A share ``shadow`` of its approximate decisions is also recomputed in full
-and compared; an approximate strategy whose measured agreement falls below 90% (after 5 checks) is no longer used. ``strategy="skip"`` skips or recomputes; ``"regenerate"`` never skips on retrieval evidence;
-``"full+prefix"`` is ``full`` with the prompt KV reused up to the first changed token (what automatic prefix
-caching gives), and ``"full"`` asks for every output again at every change of DATA_SOURCE (the baseline; the memo still answers a call
-identical to an earlier one). ``refresh="as_of_now"`` answers a
-CONTEXT row once and never refreshes it for DATA_SOURCE changes.
+and compared, and the checks calibrate it (``deltamem.memory.strategies.calibrate``): an approximate strategy whose
+agreement falls below 90% after 5 checks is no longer used, and the attention threshold falls to the largest value at
+which the checked skips below it agree at least 90% of the time. ``strategy="skip"`` skips or recomputes;
+``"regenerate"`` never skips on retrieval evidence; ``"full+prefix"`` is ``full`` with the prompt KV reused up to the
+first changed token (what automatic prefix caching gives), and ``"full"`` asks for every output again at every change
+of DATA_SOURCE (the baseline; the memo still answers a call identical to an earlier one). ``refresh="as_of_now"``
+answers a CONTEXT row once and never refreshes it for DATA_SOURCE changes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,9 +53,16 @@ from deltamem.errors import SchemaError
 from deltamem.llm.base import CompletionRequest, Message
 from deltamem.llm.memo import call_hash
 from deltamem.llm.runner import CallSpec
+from deltamem.memory.provenance import copied_spans
 from deltamem.memory.strategies import (
+    Calibration,
     ChunkChanges,
+    ShadowCheck,
     append_request,
+    attended,
+    attention_share,
+    attention_skip,
+    calibrate,
     describe_delta,
     is_shadowed,
     lexical_skip,
@@ -59,6 +70,7 @@ from deltamem.memory.strategies import (
     retrieval_skip,
 )
 from deltamem.operators.base import MultiInputOperator, OperatorContext, retract
+from deltamem.operators.documents import Chunk, DocumentChunks, Documents
 from deltamem.operators.template import Template
 from deltamem.store.base import Decision, StateEntry
 
@@ -66,37 +78,10 @@ NO_CHANGES = ChunkChanges({}, {}, {})
 STRATEGIES = ("auto", "skip", "patch", "regenerate", "append", "full", "full+prefix")
 MIN_CHECKS = 5  # shadow checks of an approximate strategy before its agreement is trusted
 MIN_AGREEMENT = 0.9  # below this measured agreement, auto stops using the strategy
+ATTENTION_THRESHOLD = 0.05  # auto may skip below this attention share on the changed sentences, until calibrated
+ANCHORS = 3  # the most attended sentences whose key terms a skipped change must not touch
 REFRESH_MODES = ("on_change", "as_of_now")
 MAX_RETRIEVE = 1000
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a document, in order (a text with no sentence end is one chunk).
-
-    >>> split_sentences("Ada was born in 1815. She wrote notes! Did she? yes.")
-    ['Ada was born in 1815.', 'She wrote notes!', 'Did she? yes.']
-    """
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-
-
-def _text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One sentence of one document. ``ident`` names it by document, position and text, so an edit is a new chunk."""
-
-    doc: RowKey
-    position: int
-    text: str
-
-    @property
-    def ident(self) -> tuple[str, int, str]:
-        return (self.doc, self.position, _text_hash(self.text))
-
-
 @dataclass(frozen=True)
 class _Work:
     """One output to refresh: its CONTEXT row, its current output row, its stored entry and why it is refreshed."""
@@ -122,14 +107,7 @@ class _Planned:
     old: StateEntry | None
     entry: StateEntry | None = None
     shadow: CallSpec | None = None
-
-
-@dataclass
-class Documents:
-    """Every DATA_SOURCE chunk at one version, and the vector of each (with retrieval)."""
-
-    chunks: list[Chunk]
-    vectors: dict[tuple[str, int, str], np.ndarray]
+    evidence: float | None = None  # the attention share an approximate decision rested on
 
 
 class GenerateOperator(MultiInputOperator):
@@ -187,6 +165,7 @@ class GenerateOperator(MultiInputOperator):
         self.shadow = shadow
         self.append_budget = append_budget
         self.partition = partition
+        self.documents = DocumentChunks(self.docs_op, self.document, partition, self._embed)
 
     def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
         return (*[c for c in input_columns if c != self.out], self.out)
@@ -196,7 +175,7 @@ class GenerateOperator(MultiInputOperator):
         """Documents first (they change; the question does not), so an edit late in the documents keeps the most
         prompt KV reusable."""
         by_doc: dict[RowKey, list[str]] = {}
-        for chunk in sorted(chunks, key=lambda c: (key_order(c.doc), c.position)):
+        for chunk in sorted(chunks, key=lambda c: c.prompt_order):
             by_doc.setdefault(chunk.doc, []).append(chunk.text)
         documents = "\n".join(f"[{i}] {' '.join(texts)}" for i, texts in enumerate(by_doc.values(), start=1))
         user = f"Documents:\n{documents}\n\nQuestion: {question}\nAnswer briefly."
@@ -205,7 +184,7 @@ class GenerateOperator(MultiInputOperator):
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
         state = ctx.store.get_all_state(ctx.view)  # read once: documents and answers both live there
-        docs, changes = self._update_documents(  # both by partition
+        docs, changes = self.documents.apply(  # both by partition
             inputs.get("data_source", []), {k: e for (op, k), e in state.items() if op == self.docs_op}, ctx)
         stored = {key: e for (op, key), e in state.items() if op == self.op_id}
         work: dict[RowKey, _Work] = {}
@@ -225,7 +204,7 @@ class GenerateOperator(MultiInputOperator):
         for key, entry in stored.items():  # outputs whose CONTEXT row did not change
             if entry.error is not None:
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
-            elif changes.get(self._part(entry.input_row)) and self.refresh == "on_change":
+            elif changes.get(self.documents.part_of(entry.input_row)) and self.refresh == "on_change":
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
         return out + self._refresh(work, docs, changes, ctx)
 
@@ -234,11 +213,11 @@ class GenerateOperator(MultiInputOperator):
         """Decide a strategy per output, run the calls in one batch, and return the output deltas."""
         model = ctx.runner.backend.model_id
         question_vecs = self._embed_questions(work, ctx)
-        disabled = self._calibrate(ctx) if self.strategy == "auto" and changes_by_part else set()
+        calibration = self._calibrate(ctx) if self.strategy == "auto" and changes_by_part else None
         planned: list[_Planned] = []
         for key in sorted(work, key=key_order):
             item = work[key]
-            part = self._part(item.row)
+            part = self.documents.part_of(item.row)
             docs = docs_by_part.get(part) or Documents([], {})
             changes = changes_by_part.get(part) or NO_CHANGES
             question = self.question.render(item.row)
@@ -261,7 +240,8 @@ class GenerateOperator(MultiInputOperator):
                     self._decide(ctx, key, "skip", "the rebuilt prompt is identical")
                 planned.append(_Planned(key, item, None, "skip", "", value, h, old, entry=kept))
                 continue
-            planned.append(self._plan(ctx, key, item, request, h, value, changes, in_prompt, disabled))
+            texts = tuple(c.text for c in chunks)
+            planned.append(self._plan(ctx, key, item, request, h, value, texts, changes, in_prompt, calibration))
         calls = [(p, spec) for p in planned for spec in (p.spec, p.shadow) if spec is not None]
         results = iter(ctx.run_calls(self.op_id, [spec for _p, spec in calls]))
         out: list[Delta] = []
@@ -276,50 +256,64 @@ class GenerateOperator(MultiInputOperator):
             out.append(Delta(p.key, p.item.before_out, self._output_for(p.item.row, entry)))
         return [d for d in out if d.forget or d.before != d.after]
 
-    def _plan(self, ctx, key, item, request, h, value, changes, in_prompt, disabled) -> "_Planned":
+    def _plan(self, ctx, key, item, request, h, value, texts, changes, in_prompt,
+              calibration: Calibration | None) -> "_Planned":
         """The cheapest strategy the evidence allows for one output whose prompt changed."""
         old = item.old
         spec_reason = "update" if item.reason == "data" else item.reason
-        kv = ctx.runner.backend.capabilities.kv_cache
+        can = ctx.runner.backend.capabilities
+        kv = can.kv_cache
         cache_key = f"{ctx.view}/{key}"
+        # The baselines do not pay for attribution; every other strategy keeps it as evidence for later changes.
+        attribute_to = texts if can.attention and not self.strategy.startswith("full") else None
         if old is None or old.error is not None or item.reason != "data":
             why = {"insert": "a new CONTEXT row", "refresh": "the view was built", "update": "its CONTEXT row changed",
                    "retry": "its last call failed", "data": "its last call failed"}[item.reason]
             keep_kv = kv and self.strategy != "full"  # so that the next refresh can reuse this prompt's KV
-            spec = CallSpec(request, spec_reason, cache_key=cache_key if keep_kv else None)
+            spec = CallSpec(request, spec_reason, cache_key=cache_key if keep_kv else None, attribute_to=attribute_to)
             return _Planned(key, item, spec, "full", why, value, h, old)
         answer = old.value.get("text") or ""
         replacements = changes.replacements(in_prompt)
-        approximate = []
+        approximate: list[tuple[str, str | None, str | None, float | None]] = []
         if self.strategy == "auto":
-            approximate.append(("skip", lexical_skip(answer, value["question"], replacements or {}), answer))
+            attribution = old.value.get("attribution")
+            share = attention_share(attribution, in_prompt & set(changes.removed))
+            if share is not None:
+                known = {**dict(zip((tuple(i) for i in value["chunks"]), texts)), **changes.removed}
+                anchors = [known[i] for i in attended(attribution, ANCHORS) if i in known]
+                why = attention_skip(share, calibration.attention_threshold, changes, in_prompt, value["question"],
+                                     answer, anchors)
+            else:
+                why = lexical_skip(answer, value["question"], replacements or {})
+            approximate.append(("skip", why, answer, share))
         if self.strategy in ("auto", "patch"):
             patch = plan_patch(answer, replacements or {})
-            approximate.append(("patch", patch and patch[1], patch and patch[0]))
-        for strategy, why, text in approximate:
-            if why is None:
+            approximate.append(("patch", patch and patch[1], patch and patch[0], None))
+        for strategy, why, text, share in approximate:
+            if why is None or (calibration is not None and strategy in calibration.disabled):
                 continue
-            if strategy in disabled:
-                continue
-            entry = StateEntry(key, h, item.row, {**value, "text": text, "output_ids": []}, None, old.cost)
-            shadow = CallSpec(request, "update") if self.strategy == "auto" and is_shadowed(
+            # A skip keeps the answer, so its token ids (the next draft) and attribution still describe it.
+            kept = {k: old.value.get(k) for k in ("output_ids", "attribution")} if strategy == "skip" else {}
+            entry = StateEntry(key, h, item.row, {**value, "text": text, "output_ids": [], **kept}, None, old.cost)
+            shadow = CallSpec(request, "update", attribute_to=attribute_to) if self.strategy == "auto" and is_shadowed(
                 ctx.view, key, ctx.version, self.shadow) else None
-            self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"))
-            return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow)
+            self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"), evidence=share)
+            return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow, evidence=share)
         why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
         if self.strategy in ("auto", "regenerate") and kv:
             draft = tuple(old.value.get("output_ids") or ()) or None
-            spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft)
+            spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft, attribute_to=attribute_to)
             return _Planned(key, item, spec, "regenerate", why + "; reusing its prompt KV and re-scoring its answer",
                             value, h, old)
         if self.strategy == "full+prefix" and kv:
             return _Planned(key, item, CallSpec(request, spec_reason, cache_key=cache_key), "full+prefix",
                             why + "; reusing its prompt KV, decoding in full", value, h, old)
-        if self.strategy == "append" or (self.strategy == "auto" and "append" not in disabled):
+        if self.strategy == "append" or (self.strategy == "auto" and "append" not in calibration.disabled):
             planned = self._plan_append(ctx, key, item, request, h, value, changes, why)
             if planned is not None:
                 return planned
-        return _Planned(key, item, CallSpec(request, spec_reason), "full", why, value, h, old)
+        return _Planned(key, item, CallSpec(request, spec_reason, attribute_to=attribute_to), "full", why, value, h,
+                        old)
 
     def _plan_append(self, ctx, key, item, request, h, value, changes, why) -> "_Planned | None":
         """``LLM(C + LLM(C) + ΔC)`` while the delta log stays within ``append_budget`` tokens, else None (the full
@@ -346,7 +340,9 @@ class GenerateOperator(MultiInputOperator):
             entry = StateEntry(p.key, p.h, p.item.row, p.value, result.error, result.cost)
         else:
             text = c.text.strip()
-            value = {**p.value, "text": text, "output_ids": list(c.output_ids)}
+            value = {**p.value, "text": text, "output_ids": list(c.output_ids),
+                     "attribution": None if c.attribution is None else {
+                         "columns": p.value["chunks"], **c.attribution.to_json()}}
             if p.strategy == "append":
                 value["base"]["log"][-1][1] = text
             else:
@@ -372,84 +368,34 @@ class GenerateOperator(MultiInputOperator):
         c = result.completion
         self._decide(ctx, p.key, "shadow", f"{p.strategy}: {'agrees' if agrees else 'disagrees'} with full recompute",
                      calls=int(not result.memo_hit), prompt_tokens=c.prompt_tokens, reused_tokens=c.reused_tokens,
-                     output_tokens=c.output_tokens, seconds=c.seconds)
+                     output_tokens=c.output_tokens, seconds=c.seconds, evidence=p.evidence)
         return full
 
-    def _calibrate(self, ctx: OperatorContext) -> set[str]:
-        """The approximate strategies whose shadow-checked agreement in this view fell below ``MIN_AGREEMENT``."""
-        checks: dict[str, list[bool]] = {}
+    def _calibrate(self, ctx: OperatorContext) -> Calibration:
+        """What this view's shadow checks so far allow ``auto`` (``deltamem.memory.strategies.calibrate``)."""
+        checks = []
         for decision in ctx.store.get_decisions(ctx.view, strategy="shadow"):
             strategy, _, verdict = decision.reason.partition(": ")
-            checks.setdefault(strategy, []).append(verdict.startswith("agrees"))
-        return {s for s, seen in checks.items() if len(seen) >= MIN_CHECKS and sum(seen) / len(seen) < MIN_AGREEMENT}
+            checks.append(ShadowCheck(strategy, verdict.startswith("agrees"), decision.evidence))
+        return calibrate(checks, default_threshold=ATTENTION_THRESHOLD, min_checks=MIN_CHECKS,
+                         min_agreement=MIN_AGREEMENT)
 
     def _decide(self, ctx: OperatorContext, key: RowKey, strategy: str, reason: str, **cost) -> None:
         ctx.commit.decisions.append(Decision(ctx.view, key, ctx.version, strategy, reason, **cost))
 
     def _retrieve(self, docs: "Documents", question_vec) -> tuple[list[Chunk], float | None]:
-        """The chunks for one prompt, and the score of the k-th (ties broken by document order)."""
+        """The chunks for one prompt in prompt order, and the score of the k-th (ties broken by prompt order)."""
         if self.retrieve == "all" or question_vec is None:
             return docs.chunks, None
         scored = sorted(
             ((float(np.dot(question_vec, docs.vectors[chunk.ident])), chunk) for chunk in docs.chunks),
-            key=lambda pair: (-pair[0], key_order(pair[1].doc), pair[1].position),
+            key=lambda pair: (-pair[0], pair[1].prompt_order),
         )
         top = scored[: self.retrieve]
-        return [chunk for _score, chunk in top], (top[-1][0] if top else None)
-
-    # --- documents ----------------------------------------------------------------------------------------------
-    def _update_documents(
-        self, deltas: list[Delta], stored: dict[RowKey, StateEntry], ctx: OperatorContext
-    ) -> tuple[dict[str, Documents], dict[str, ChunkChanges]]:
-        """Apply this version's DATA_SOURCE deltas to the chunk state; return, by partition, all documents' chunks
-        and what changed. A sentence that an edit left as it was, at the same position, is not a change."""
-        removed: dict[str, dict[tuple, str]] = defaultdict(dict)
-        added: dict[str, dict[tuple, str]] = defaultdict(dict)
-        added_vectors: dict[str, dict[tuple, np.ndarray]] = defaultdict(dict)
-        new_texts: list[tuple[RowKey, str, list[str]]] = []
-        for delta in deltas:
-            old = stored.pop(delta.key, None)
-            if old is not None:
-                removed[old.value["part"]].update({tuple(c["ident"]): c["text"] for c in old.value["chunks"]})
-                ctx.delete_state(self.docs_op, delta.key)
-            if delta.after is not None and not delta.forget:
-                sentences = split_sentences(self.document.render(delta.after))
-                new_texts.append((delta.key, self._part(delta.after), sentences))
-        vectors = self._embed([s for _key, _part, sentences in new_texts for s in sentences], ctx)
-        position = 0
-        for key, part, sentences in new_texts:
-            chunks = []
-            for i, text in enumerate(sentences):
-                chunk = Chunk(key, i, text)
-                vec = None if vectors is None else vectors[position]
-                position += 1
-                chunks.append({"ident": list(chunk.ident), "text": text, "vec": None if vec is None else vec.tolist()})
-                if chunk.ident in removed[part]:
-                    del removed[part][chunk.ident]
-                else:
-                    added[part][chunk.ident] = text
-                    if vec is not None:
-                        added_vectors[part][chunk.ident] = vec
-            entry = StateEntry(key, _text_hash(" ".join(sentences)), {}, {"part": part, "chunks": chunks})
-            ctx.put_state(self.docs_op, entry)
-            stored[key] = entry
-        docs: dict[str, Documents] = defaultdict(lambda: Documents([], {}))
-        for key, entry in stored.items():
-            part_docs = docs[entry.value["part"]]
-            for c in entry.value["chunks"]:
-                chunk = Chunk(key, c["ident"][1], c["text"])
-                part_docs.chunks.append(chunk)
-                if c["vec"] is not None:
-                    part_docs.vectors[chunk.ident] = np.asarray(c["vec"], dtype=np.float32)
-        changes = {part: ChunkChanges(removed[part], added[part], added_vectors[part])
-                   for part in set(removed) | set(added)}
-        return dict(docs), {part: c for part, c in changes.items() if c}
-
-    def _part(self, row: Row) -> str:
-        """The partition an output or a document belongs to (all in one when there is no ``partition``)."""
-        return "" if self.partition is None else json.dumps(row.get(self.partition))
+        return sorted((chunk for _score, chunk in top), key=lambda c: c.prompt_order), (top[-1][0] if top else None)
 
     def _embed(self, texts: list[str], ctx: OperatorContext) -> np.ndarray | None:
+        """Vectors for chunk or question texts, or None when the operator does not retrieve."""
         if self.retrieve == "all" or not texts or ctx.embedder is None:
             return None
         return ctx.embedder.get().embed(texts)
@@ -476,6 +422,27 @@ class GenerateOperator(MultiInputOperator):
         if entry.error is not None:
             return {**row, self.out: None, ERROR_COLUMN: entry.error}
         return {**row, self.out: entry.value.get("text")}
+
+    def describe_output(self, key: RowKey, state: dict[tuple[str, RowKey], StateEntry]) -> dict[str, Any] | None:
+        """One output's dependencies, for ``explain``: the sentences in its prompt (document, its version, position,
+        text, and whether it is still current), its attention attribution, and the key spans it copies."""
+        entry = state.get((self.op_id, key))
+        if entry is None or entry.value is None:
+            return None
+        docs = {doc: e.value for (op, doc), e in state.items() if op == self.docs_op}
+        current = {tuple(c["ident"]): c["text"] for d in docs.values() for c in d["chunks"]}
+        provenance = []
+        for doc, position, digest in entry.value.get("chunks", ()):
+            text = current.get((doc, position, digest))
+            provenance.append({"doc": doc, "doc_version": docs.get(doc, {}).get("version"), "position": position,
+                               "text": text, "current": text is not None})
+        answer = entry.value.get("text") or ""
+        copied = sorted({s for p in provenance if p["text"] for s in copied_spans(p["text"], answer)})
+        attribution = entry.value.get("attribution")
+        if attribution is not None:  # label its columns; a skip keeps the attribution of an older prompt
+            attribution = {**attribution, "context": [current.get(tuple(c), "(changed since)")
+                                                      for c in attribution["columns"]]}
+        return {"provenance": provenance, "attribution": attribution, "key_spans": copied}
 
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "prompt": self.prompt, "retrieve": self.retrieve, "strategy": self.strategy,

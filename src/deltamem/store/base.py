@@ -100,6 +100,7 @@ class Decision:
     reused_tokens: int = 0
     output_tokens: int = 0
     seconds: float = 0.0
+    evidence: float | None = None  # the measure an approximate decision rested on (attention share), for calibration
 
 
 @dataclass

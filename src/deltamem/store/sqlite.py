@@ -34,7 +34,7 @@ from deltamem.store.base import (
     ViewDef,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS view_rows_to ON view_rows (view, valid_to);
 CREATE TABLE IF NOT EXISTS decisions (
     view TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, strategy TEXT NOT NULL, reason TEXT NOT NULL,
     calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, reused_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL);
+    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, evidence REAL);
 CREATE INDEX IF NOT EXISTS decisions_by_key ON decisions (view, key, version);
 CREATE TABLE IF NOT EXISTS memo (
     call_hash TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
@@ -321,9 +321,9 @@ class SQLiteStore(Store):
                         (commit.view, key, _dumps(row), commit.version),
                     )
             conn.executemany(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(d.view, d.key, d.version, d.strategy, d.reason, d.calls, d.prompt_tokens, d.reused_tokens,
-                  d.output_tokens, d.seconds) for d in commit.decisions],
+                  d.output_tokens, d.seconds, d.evidence) for d in commit.decisions],
             )
             base = self._state_cost(conn, commit.view) if commit.count_baseline else None
             conn.execute(
