@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import Row, encode_key, key_order
-from deltamem.errors import ConfigError, NoRow
-from deltamem.operators.base import Operator
+from deltamem.errors import ConfigError, NoRow, SchemaError
+from deltamem.operators.base import MultiInputOperator, Operator
+from deltamem.operators.catalog import CHAIN_OPERATORS, HEAD_OPERATORS
 from deltamem.operators.generate import GenerateOperator
-from deltamem.operators.rowwise import OPERATORS
 from deltamem.store.base import ChangeRow, HistoryEntry
 
 if TYPE_CHECKING:
@@ -27,37 +27,47 @@ if TYPE_CHECKING:
 Plan = dict[str, Any]
 
 
-def plan_source(plan: Plan) -> Plan:
-    """The leaf of a chain plan: ``{"source": "table" | "view", "name": ...}``."""
-    while "input" in plan:
-        plan = plan["input"]
-    return plan
-
-
-def plan_inputs(plan: Plan) -> dict[str, Plan]:
-    """A view plan's sources by input name: ``{"input": leaf}`` for a chain, ``context``/``data_source`` for
-    ``llm_generate``."""
-    if plan.get("op") == GenerateOperator.kind:
-        return {"context": plan["context"], "data_source": plan["data_source"]}
-    return {"input": plan_source(plan)}
-
-
-def build_operators(plan: Plan) -> list[Operator]:
-    """The plan's operators, source first; op ids are ``"<position>:<kind>"`` and so stable across restarts."""
-    if plan.get("op") == GenerateOperator.kind:
-        params = {k: v for k, v in plan.items() if k not in ("op", "context", "data_source")}
-        return [GenerateOperator(f"1:{GenerateOperator.kind}", **params)]
+def split_plan(plan: Plan) -> tuple[Plan, list[Plan]]:
+    """A plan's head and its chain: the head is a source (``{"source": "table" | "view", "name": ...}``) or a node
+    with named inputs (``llm_generate``, ``sem_join``, ...); the chain lists the single-input nodes after it, in
+    order."""
     chain: list[Plan] = []
     while "input" in plan:
         chain.append(plan)
         plan = plan["input"]
-    operators = []
-    for position, node in enumerate(reversed(chain), start=1):
-        params = {k: v for k, v in node.items() if k not in ("op", "input", "instruction")}
-        if node["op"] not in OPERATORS:
+    return plan, chain[::-1]
+
+
+def plan_inputs(plan: Plan) -> dict[str, Plan]:
+    """A view plan's sources by input name: ``{"input": source}`` for a chain over a source, the head operator's
+    roles (``context``/``data_source`` for ``llm_generate``, ``left``/``right`` for ``sem_join``, ...) otherwise."""
+    head, _chain = split_plan(plan)
+    if "op" in head:
+        return {role: head[role] for role in _head_class(head).roles}
+    return {"input": head}
+
+
+def build_operators(plan: Plan) -> list[Operator]:
+    """The plan's operators, head first; op ids are ``"<position>:<kind>"`` and so stable across restarts."""
+    head, chain = split_plan(plan)
+    operators: list[Operator] = []
+    if "op" in head:
+        cls = _head_class(head)
+        params = {k: v for k, v in head.items() if k != "op" and k not in cls.roles}
+        operators.append(cls(f"1:{cls.kind}", **params))
+    for node in chain:
+        if node["op"] not in CHAIN_OPERATORS:
             raise ConfigError(f"Unknown operator {node['op']!r} in a stored plan")
-        operators.append(OPERATORS[node["op"]](f"{position}:{node['op']}", node["instruction"], **params))
+        params = {k: v for k, v in node.items() if k not in ("op", "input", "instruction")}
+        position = len(operators) + 1
+        operators.append(CHAIN_OPERATORS[node["op"]](f"{position}:{node['op']}", node["instruction"], **params))
     return operators
+
+
+def _head_class(head: Plan) -> type[MultiInputOperator]:
+    if head["op"] not in HEAD_OPERATORS:
+        raise ConfigError(f"Unknown operator {head['op']!r} in a stored plan")
+    return HEAD_OPERATORS[head["op"]]
 
 
 class Relation:
@@ -71,8 +81,14 @@ class Relation:
     def columns(self) -> tuple[str, ...]:
         """The columns of this relation's rows (the source's, then what each operator adds)."""
         inputs = plan_inputs(self.plan)
-        columns = self._db._source_columns(inputs.get("input") or inputs["context"])
-        for operator in build_operators(self.plan):
+        operators = build_operators(self.plan)
+        if "input" in inputs:
+            columns = self._db._source_columns(inputs["input"])
+        else:
+            head, operators = operators[0], operators[1:]
+            assert isinstance(head, MultiInputOperator)
+            columns = head.output_columns_by_role({r: self._db._source_columns(s) for r, s in inputs.items()})
+        for operator in operators:
             columns = operator.output_columns(columns)
         return columns
 
@@ -81,7 +97,7 @@ class Relation:
         ops = "".join(f" -> {op.kind}" for op in build_operators(self.plan))
         if "input" in inputs:
             return f"{inputs['input']['source']} {inputs['input']['name']!r}{ops}"
-        return "llm_generate over " + " and ".join(f"{role} {s['name']!r}" for role, s in inputs.items())
+        return " and ".join(f"{role} {s['name']!r}" for role, s in inputs.items()) + ops
 
     def sem_filter(self, instruction: str, *, default: bool = False, max_tokens: int = 4) -> "Relation":
         """Keep rows for which ``instruction`` (a ``{column}`` template) holds; one call per row."""
@@ -97,10 +113,61 @@ class Relation:
         return self._chain({"op": "sem_extract", "instruction": instruction, "fields": dict(fields),
                             "max_tokens": max_tokens})
 
+    def sem_topk(self, instruction: str, *, k: int, max_tokens: int = 4) -> "Relation":
+        """The ``k`` rows that best fit ``instruction`` (a ``{column}`` template), ranked by pairwise model
+        comparisons; adds column ``rank`` (1 is best)."""
+        return self._chain({"op": "sem_topk", "instruction": instruction, "k": k, "max_tokens": max_tokens})
+
+    def sem_agg(self, instruction: str, *, fanout: int = 8, fold: bool = False, out: str = "digest",
+                group_by: str | None = None, max_tokens: int = 128) -> "Relation":
+        """One summary of all rows (per ``group_by`` value) built by ``instruction`` over a tree of partial summaries
+        of ``fanout`` children each; ``fold=True`` folds each new row into the result with one call."""
+        return self._chain({"op": "sem_agg", "instruction": instruction, "fanout": fanout, "fold": fold, "out": out,
+                            "group_by": group_by, "max_tokens": max_tokens})
+
+    def sem_search(self, query: str, *, k: int, column: str) -> "Relation":
+        """A standing vector search: the ``k`` rows whose ``column`` is most similar to ``query`` (embedding cosine),
+        with column ``score``; one similarity per new row."""
+        return self._chain({"op": "sem_search", "instruction": query, "k": k, "column": column})
+
+    def sem_index(self, column: str) -> "Relation":
+        """The rows unchanged, with the embedding of ``column`` stored per row and an HNSW index over them, so that
+        ``db.view(name, table.sem_index("text")).search(query, k)`` answers ad-hoc queries."""
+        return self._chain({"op": "sem_index", "instruction": column})
+
+    def sem_search_many(self, queries: "Relation", *, k: int, column: str, query_column: str = "query") -> "Relation":
+        """Standing vector searches, one per row of ``queries``: for each, the ``k`` rows of this relation whose
+        ``column`` is most similar to its ``query_column``; keyed by (query key, row key), with column ``score``.
+        Queries are clustered, so a new row is compared with a few clusters before any single query."""
+        for side, relation in (("data", self), ("queries", queries)):
+            if not isinstance(relation, (Table, View)) or relation._db is not self._db:
+                raise SchemaError(f"sem_search_many reads tables or views of this database; its {side} is {relation!r}")
+        plan = {"op": "sem_search_many", "data": self.plan, "queries": queries.plan, "k": k, "column": column,
+                "query_column": query_column}
+        head = build_operators(plan)[0]  # validates the parameters
+        head.check_columns_by_role({"data": self.columns, "queries": queries.columns},
+                                   where=f"sem_search_many over {self.describe()}")
+        return Relation(self._db, plan)
+
+    def sem_join(self, other: "Relation", instruction: str, *, candidates: int | None = None,
+                 max_tokens: int = 4) -> "Relation":
+        """Pairs of this relation's rows and ``other``'s for which ``instruction`` holds; the template names columns
+        as ``{title:left}`` and ``{title:right}``. ``candidates=m`` asks the model only about the m rows of the
+        other side most similar to a new row (embedding blocking); None asks about all."""
+        for side, relation in (("left", self), ("right", other)):
+            if not isinstance(relation, (Table, View)) or relation._db is not self._db:
+                raise SchemaError(f"sem_join reads tables or views of this database; its {side} side is {relation!r}")
+        plan = {"op": "sem_join", "left": self.plan, "right": other.plan, "instruction": instruction,
+                "candidates": candidates, "max_tokens": max_tokens}
+        head = build_operators(plan)[0]  # validates the parameters
+        head.check_columns_by_role({"left": self.columns, "right": other.columns},
+                                   where=f"sem_join of {self.describe()} and {other.describe()}")
+        return Relation(self._db, plan)
+
     def _chain(self, node: Plan) -> "Relation":
         plan = {**node, "input": self.plan}
         operator = build_operators(plan)[-1]  # validates the parameters
-        operator.template.check(self.columns, where=self.describe())
+        operator.check_columns(self.columns, where=self.describe())
         return Relation(self._db, plan)
 
     def __repr__(self) -> str:

@@ -8,8 +8,9 @@ operator runs on the deterministic test backend in a unit test.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from deltamem.changes import Delta, Row, RowKey
 from deltamem.llm import LazyBackend
@@ -73,12 +74,29 @@ class Operator(abc.ABC):
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         """Turn one version's input deltas into output deltas, retrying stored failures on the way."""
 
+    def check_columns(self, input_columns: Sequence[str], *, where: str) -> None:
+        """Raise ``TemplateError`` or ``SchemaError`` when the input lacks a column this operator reads (checked when
+        a relation is defined, before any model call)."""
+
 
 class MultiInputOperator(Operator):
-    """An operator with named inputs (``llm_generate``: ``context`` and ``data_source``); it heads its view's chain."""
+    """An operator with named inputs (``llm_generate``: ``context`` and ``data_source``); it heads its view's chain.
+    ``roles`` names the inputs, in the order a plan lists them."""
+
+    roles: ClassVar[tuple[str, ...]]
 
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         raise TypeError(f"{type(self).__name__} takes named inputs: call apply_inputs")
+
+    def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
+        raise TypeError(f"{type(self).__name__} takes named inputs: call output_columns_by_role")
+
+    @abc.abstractmethod
+    def output_columns_by_role(self, columns: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+        """The columns of this operator's output rows, given each input's."""
+
+    def check_columns_by_role(self, columns: Mapping[str, Sequence[str]], *, where: str) -> None:
+        """Like ``check_columns``, for each named input."""
 
     @abc.abstractmethod
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:

@@ -42,7 +42,7 @@ answers a CONTEXT row once and never refreshes it for DATA_SOURCE changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -121,6 +121,7 @@ class GenerateOperator(MultiInputOperator):
     """
 
     kind: ClassVar[str] = "llm_generate"
+    roles: ClassVar[tuple[str, ...]] = ("context", "data_source")
 
     def __init__(
         self,
@@ -167,8 +168,8 @@ class GenerateOperator(MultiInputOperator):
         self.partition = partition
         self.documents = DocumentChunks(self.docs_op, self.document, partition, self._embed)
 
-    def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
-        return (*[c for c in input_columns if c != self.out], self.out)
+    def output_columns_by_role(self, columns: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+        return (*[c for c in columns["context"] if c != self.out], self.out)
 
     # --- prompt -------------------------------------------------------------------------------------------------
     def build_request(self, question: str, chunks: Sequence[Chunk]) -> CompletionRequest:

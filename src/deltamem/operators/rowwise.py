@@ -50,6 +50,9 @@ class RowwiseOperator(Operator):
         self.template = Template(instruction)
         self.max_tokens = max_tokens
 
+    def check_columns(self, input_columns: Sequence[str], *, where: str) -> None:
+        self.template.check(input_columns, where=where)
+
     # --- what each operator defines -------------------------------------------------------------------------
     @abc.abstractmethod
     def build_request(self, prompt: str) -> CompletionRequest:
@@ -264,6 +267,3 @@ def parse_fields(text: str, names: list[str]) -> dict[str, Any]:
         if sep:
             lines[name.strip(" -*\"'").lower()] = value.strip(" \"'")
     return {name: lines.get(name.lower()) for name in names}
-
-
-OPERATORS: dict[str, type[RowwiseOperator]] = {op.kind: op for op in (SemFilter, SemMap, SemExtract)}
