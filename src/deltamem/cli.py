@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -33,7 +33,7 @@ LLM = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), o
 EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test.")
 
 
-def _fail(exc: dm.DeltamemError) -> None:
+def _fail(exc: dm.DeltamemError) -> NoReturn:
     typer.echo(f"Error: {exc}", err=True)  # one unwrapped line on stderr, exit status 1
     raise typer.Exit(1)
 
@@ -243,6 +243,61 @@ def bench_rowwise(
     console.print(f"final views agree row for row: {result.views_agree}")
     if out:
         out.write_text(json.dumps(result.to_json(), indent=2))
+
+
+@bench_app.command("operators")
+def bench_operators(
+    sizes: str = typer.Option("64,256,1024", help="Comma-separated numbers of rows."),
+    operators: str = typer.Option("sem_agg,sem_topk,sem_join,sem_search", help="Comma-separated operators."),
+    changes: int = typer.Option(30, help="Changes measured per operator and size (inserts, updates, deletes in turn)."),
+    index_sizes: str = typer.Option("10000,100000", help="Vector counts for the HNSW index timings ('' skips them)."),
+    seed: int = typer.Option(0, help="Seed of the changes."),
+    data: Optional[Path] = typer.Option(None, help="Corpus (default: ../shared/data/2wikimultihopqa/hipporag_corpus_6119.json)."),
+    llm: str = LLM,
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """LLM calls of one insert, update and delete per incremental operator, beside a build from scratch and LOTUS's
+    algorithms, at each size; then the vector index's insert rate, query latency and recall@10.
+
+    Example: deltamem bench operators --sizes 64,256,1024 --llm test --index-sizes 10000
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.index import run_index_bench
+    from deltamem.bench.operators import run_operators_bench
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "hipporag_corpus_6119.json"
+    try:
+        with Progress(console=console) as progress:
+            result = run_operators_bench(
+                data_file=data_file, sizes=_ints(sizes, "sizes"), llm=llm, num_changes=changes, seed=seed,
+                operators=[o.strip() for o in operators.split(",") if o.strip()], progress=_task_reporter(progress))
+        if index_sizes.strip():
+            result["index"] = run_index_bench(sizes=_ints(index_sizes, "index-sizes"))
+    except dm.DeltamemError as exc:
+        _fail(exc)
+    table = RichTable(title=f"bench operators · {result['config']['llm']} · mean LLM calls per change")
+    for column in ("operator", "N", "from scratch", "insert", "update", "delete", "max", "LOTUS per change"):
+        table.add_column(column, justify="left" if column == "operator" else "right")
+    for operator, by_size in result["operators"].items():
+        for size, r in by_size.items():
+            worst = max(r["insert_max"], r["update_max"], r["delete_max"])
+            table.add_row(operator, size, str(r["from_scratch"]), f"{r['insert']:.1f}", f"{r['update']:.1f}",
+                          f"{r['delete']:.1f}", str(worst), str(r["lotus"]))
+    console.print(table)
+    for size, r in result.get("index", {}).items():
+        console.print(f"index n={size}: {r['inserts_per_second']:,.0f} inserts/s, query {r['query_ms_mean']:.2f} ms "
+                      f"mean / {r['query_ms_p99']:.2f} ms p99, recall@10 {r['recall_at_10']:.3f}")
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(dm.ConfigError(f"--{name} takes comma-separated integers, got {text!r}"))
 
 
 @bench_app.command("edit-stream")

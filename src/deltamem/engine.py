@@ -34,6 +34,7 @@ from deltamem.llm.base import EmbeddingBackend, LLMBackend
 from deltamem.llm.ledger import Usage
 from deltamem.llm.runner import CallRunner, ProgressHook, RetryPolicy
 from deltamem.maintenance import Maintainer
+from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
@@ -84,6 +85,7 @@ class Database:
         self._batches = threading.local()
         self._tables = {t.name: t for t in store.get_table_defs()}
         self._views = {v.name: v for v in store.get_view_defs()}
+        self._search_indexes = SearchIndexes(store)  # the HNSW caches behind View.search, rebuilt from the store
         self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval)
 
     # --- backends -----------------------------------------------------------------------------------------------

@@ -125,7 +125,10 @@ class Maintainer:
         inputs, operators = self.db._view_plan(name)
         applied = store.get_applied_version(name)
         if applied is None:
-            version, deltas = self._snapshot(inputs)
+            snapshot = self._snapshot(inputs)
+            if snapshot is None:
+                return  # a view it reads is behind the tables it reads: build on a later pass
+            version, deltas = snapshot
             self._apply(name, operators, version, deltas, building=True)
             applied = version
         latest = store.get_latest_version()
@@ -164,18 +167,23 @@ class Maintainer:
         with self._changed:
             self._changed.notify_all()
 
-    def _snapshot(self, inputs: dict[str, Plan]) -> tuple[int, dict[str, list[Delta]]]:
+    def _snapshot(self, inputs: dict[str, Plan]) -> tuple[int, dict[str, list[Delta]]] | None:
+        """Every input's rows at one version, as inserts; None when no such version is readable yet (the tables'
+        latest version is past what a view input reflects)."""
         store = self.db.store
-        views = [role for role, source in inputs.items() if source["source"] == "view"]
-        if views:
-            assert len(inputs) == 1, "maintenance: a view over a view has exactly one input"
-            source = inputs[views[0]]
-            version = self._applied(source["name"])
-            assert version >= 0, "maintenance: a view was built before the view it reads"
-            rows_by_role = {views[0]: store.get_view_rows(source["name"], version)}
+        tables = [source["name"] for source in inputs.values() if source["source"] == "table"]
+        views = {source["name"] for source in inputs.values() if source["source"] == "view"}
+        reflected = min((self._applied(view) for view in views), default=None)
+        if tables:
+            version, by_table = store.get_snapshot(tables)
+            if reflected is not None and reflected < version:
+                return None
         else:
-            version, by_table = store.get_snapshot([source["name"] for source in inputs.values()])
-            rows_by_role = {role: by_table[source["name"]] for role, source in inputs.items()}
+            assert reflected is not None and reflected >= 0, "maintenance: a view was built before a view it reads"
+            version, by_table = reflected, {}
+        by_view = {view: store.get_view_rows(view, version) for view in views}  # views keep every version
+        rows_by_role = {role: (by_table if source["source"] == "table" else by_view)[source["name"]]
+                        for role, source in inputs.items()}
         return version, {
             role: [Delta(key, None, rows[key]) for key in sorted(rows, key=key_order)]
             for role, rows in rows_by_role.items()
@@ -184,11 +192,15 @@ class Maintainer:
     def _source_deltas(self, inputs: dict[str, Plan], first: int, last: int) -> dict[int, dict[str, list[Delta]]]:
         store = self.db.store
         by_version: dict[int, dict[str, list[Delta]]] = defaultdict(lambda: defaultdict(list))
-        tables = {source["name"]: role for role, source in inputs.items() if source["source"] == "table"}
+        tables: dict[str, list[str]] = defaultdict(list)  # a table read twice (a self-join) feeds both roles
+        for role, source in inputs.items():
+            if source["source"] == "table":
+                tables[source["name"]].append(role)
         for change in store.get_changes(first, last, list(tables)):
             forget = change.expire_mode is ExpireMode.KEEP
             delta = Delta(change.key, change.before, change.after, forget=forget)
-            by_version[change.version][tables[change.table]].append(delta)
+            for role in tables[change.table]:
+                by_version[change.version][role].append(delta)
         for role, source in inputs.items():
             if source["source"] != "view":
                 continue

@@ -249,6 +249,18 @@ class View(Relation):
         """Materialize-style change rows (version, diff, row) for versions ``first..last``."""
         return self._db.store.get_view_changes(self.name, first, last)
 
+    def search(self, query: str, k: int, *, fresh: bool = False) -> list[Row]:
+        """The ``k`` rows of this view most similar to ``query`` by the embedding its ``sem_index`` keeps, each with
+        column ``score`` (cosine similarity), best first, ties by key order; ``fresh=True`` first waits for the latest
+        commit. Costs one embedding call (the query). Answered from an in-memory HNSW index (``usearch``), exact below
+        a few thousand rows, built from the stored embeddings and brought up to date with the view before each search.
+        """
+        self._db._view_def(self.name)
+        if fresh:
+            self._db.maintainer.wait_for(self.name, self._db.version, None)
+        inputs, operators = self._db._view_plan(self.name)
+        return self._db._search_indexes.search(self.name, inputs, operators, self._db.embedder, query, k)
+
     def subscribe(self, callback: Callable[[ChangeRow], None], *, snapshot: bool = True) -> "Subscription":
         """Call ``callback`` with every change row from now on (after the current rows as +1, if ``snapshot``)."""
         return self._db._subscribe(self.name, callback, snapshot=snapshot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def load_questions(path: str | Path) -> list[Question]:
     if not path.is_file():
         raise ConfigError(f"Data file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
-    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l]
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines()
+                                                                          if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path.name} is neither a JSON list nor JSON Lines: {exc}") from None
     questions = []
     for position, record in enumerate(records):
         try:
@@ -77,3 +82,21 @@ def load_passages(path: str | Path, *, limit: int | None = None, skip: int = 0) 
                 seen[paragraph.title] = {"id": paragraph.title, "title": paragraph.title, "text": paragraph.text}
     rows = list(seen.values())[skip:]
     return rows if limit is None else rows[:limit]
+
+
+def load_corpus(path: str | Path) -> list[dict[str, str]]:
+    """A passage corpus in the HippoRAG layout (a JSON list of ``{"title", "text"}``) as rows ``{"id", "title",
+    "text"}``, in file order; ids are the titles, numbered when a title repeats."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Cannot read the corpus {path}: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(p, dict) and "title" in p and "text" in p for p in data):
+        raise ConfigError(f"{path} is not a passage corpus: expected a JSON list of objects with 'title' and 'text'")
+    rows, seen = [], Counter()
+    for passage in data:
+        title = str(passage["title"])
+        seen[title] += 1
+        key = title if seen[title] == 1 else f"{title} ({seen[title]})"
+        rows.append({"id": key, "title": title, "text": str(passage["text"])})
+    return rows

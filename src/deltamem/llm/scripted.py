@@ -4,6 +4,12 @@ Its answers are a pure function of the request, so a view maintained incremental
 from scratch, and it counts calls and tokens like a real backend. It plays an obedient model: asked for True/False it
 answers one of them, asked for a JSON object with given keys it returns one, otherwise it answers a short phrase.
 
+Asked a pairwise comparison in ``sem_topk``'s exact format (``Item A:`` / ``Item B:`` blocks ending with
+``QUESTION`` of ``deltamem.operators.topk``) it scores each item's text on its own (SHA-256 of ``"rank:" + text``,
+larger is better) and names the winner, so its verdicts are transitive, like a model with a fixed opinion. An item
+text that itself contains the line ``Item B:`` may be split elsewhere; the answer is still a pure function of the
+prompt.
+
 Faults are injected by substring: ``ScriptedLLM(failures={"poison": 2})`` fails the first two calls whose prompt
 contains ``poison`` with a ``BackendError``, then answers normally.
 
@@ -31,6 +37,9 @@ _WORDS = (
 ).split()
 _JSON_KEYS = re.compile(r"JSON object with the keys? ([^.\n]+)")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_PAIRWISE = re.compile(
+    r"\nItem A:\n(.*?)\n\nItem B:\n(.*)\n\nWhich item fits the criterion better\? Answer A or B\.\Z", re.DOTALL
+)
 
 
 def _digest(text: str) -> bytes:
@@ -87,6 +96,9 @@ class ScriptedLLM:
 
     def answer(self, request: CompletionRequest) -> str:
         """The answer text, a pure function of the messages."""
+        pair = _PAIRWISE.search(request.messages[-1].content) if request.messages else None
+        if pair:  # checked first: an item's text may itself contain "True or False"
+            return "A" if _digest("rank:" + pair.group(1)) >= _digest("rank:" + pair.group(2)) else "B"
         everything = "\n".join(m.content for m in request.messages)
         digest = _digest(everything)
         if "True or False" in everything:

@@ -5,9 +5,17 @@
 
 from __future__ import annotations
 
+from deltamem.operators.agg import SemAgg
 from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.generate import GenerateOperator
+from deltamem.operators.join import SemJoin
 from deltamem.operators.rowwise import SemExtract, SemFilter, SemMap
+from deltamem.operators.search import SemIndex, SemSearch, SemSearchMany
+from deltamem.operators.topk import SemTopK
 
-CHAIN_OPERATORS: dict[str, type[Operator]] = {op.kind: op for op in (SemFilter, SemMap, SemExtract)}
-HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {op.kind: op for op in (GenerateOperator,)}
+CHAIN_OPERATORS: dict[str, type[Operator]] = {
+    op.kind: op for op in (SemFilter, SemMap, SemExtract, SemTopK, SemAgg, SemIndex, SemSearch)
+}
+HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {
+    op.kind: op for op in (GenerateOperator, SemJoin, SemSearchMany)
+}
