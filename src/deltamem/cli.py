@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
@@ -264,7 +264,7 @@ def bench_operators(
     from rich.progress import Progress
 
     from deltamem.bench.datasets import default_data_dir
-    from deltamem.bench.index import run_index_bench
+    from deltamem.bench.index import run_index_bench, run_standing_search_bench
     from deltamem.bench.operators import run_operators_bench
 
     data_file = data or default_data_dir() / "2wikimultihopqa" / "hipporag_corpus_6119.json"
@@ -274,7 +274,8 @@ def bench_operators(
                 data_file=data_file, sizes=_ints(sizes, "sizes"), llm=llm, num_changes=changes, seed=seed,
                 operators=[o.strip() for o in operators.split(",") if o.strip()], progress=_task_reporter(progress))
         if index_sizes.strip():
-            result["index"] = run_index_bench(sizes=_ints(index_sizes, "index-sizes"))
+            result["index"] = run_index_bench(sizes=tuple(_ints(index_sizes, "index-sizes")))
+            result["standing_search"] = run_standing_search_bench()
     except dm.DeltamemError as exc:
         _fail(exc)
     table = RichTable(title=f"bench operators · {result['config']['llm']} · mean LLM calls per change")
@@ -286,9 +287,15 @@ def bench_operators(
             table.add_row(operator, size, str(r["from_scratch"]), f"{r['insert']:.1f}", f"{r['update']:.1f}",
                           f"{r['delete']:.1f}", str(worst), str(r["lotus"]))
     console.print(table)
-    for size, r in result.get("index", {}).items():
-        console.print(f"index n={size}: {r['inserts_per_second']:,.0f} inserts/s, query {r['query_ms_mean']:.2f} ms "
-                      f"mean / {r['query_ms_p99']:.2f} ms p99, recall@10 {r['recall_at_10']:.3f}")
+    for r in result.get("index", {}).get("sizes", []):
+        console.print(f"HNSW index, {r['n']:,} {result['index']['data']} vectors: {r['inserts_per_second']:,} "
+                      f"inserts/s, query {r['query_ms_mean']:.2f} ms mean / {r['query_ms_p99']:.2f} ms p99 (exact "
+                      f"{r['exact_query_ms_mean']:.2f} ms), recall@10 {r['recall_at_10']:.4f}")
+    if "standing_search" in result:
+        r = result["standing_search"]
+        console.print(f"{r['num_queries']:,} standing searches in {r['num_clusters']} clusters, {r['num_new_rows']:,} "
+                      f"new rows: {r['similarities']:,} similarities instead of {r['similarities_every_query']:,} "
+                      f"({r['saved']:.1%} saved)")
     if out:
         out.write_text(json.dumps(result, indent=2))
 

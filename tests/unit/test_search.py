@@ -10,7 +10,8 @@ from deltamem.changes import encode_key, key_order
 from deltamem.errors import SchemaError
 from deltamem.llm.scripted import HashingEmbedder
 from deltamem.memory.vector_index import SearchIndexes, VectorIndex
-from deltamem.operators.search import SemSearchMany, similarities
+from deltamem.operators.search_many import SemSearchMany
+from deltamem.operators.vectors import similarities
 from deltamem.relation import build_operators
 from tests.helpers import scripted_db
 

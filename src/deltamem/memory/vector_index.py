@@ -33,7 +33,8 @@ from deltamem.changes import Row, RowKey, key_order
 from deltamem.errors import ConfigError, SchemaError
 from deltamem.llm.base import EmbeddingBackend
 from deltamem.operators.base import Operator
-from deltamem.operators.search import SCORE, SemIndex, check_k, decode_vector
+from deltamem.operators.search import SemIndex
+from deltamem.operators.vectors import SCORE, check_k, decode_vector
 from deltamem.store.base import StateEntry, Store
 
 # Measured with ``deltamem.bench.index`` (384-d): recall@10 of 1.0 at 100k clustered vectors (0.9998 at 10k), ~1.1 ms

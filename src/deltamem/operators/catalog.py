@@ -10,7 +10,8 @@ from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.operators.join import SemJoin
 from deltamem.operators.rowwise import SemExtract, SemFilter, SemMap
-from deltamem.operators.search import SemIndex, SemSearch, SemSearchMany
+from deltamem.operators.search import SemIndex, SemSearch
+from deltamem.operators.search_many import SemSearchMany
 from deltamem.operators.topk import SemTopK
 
 CHAIN_OPERATORS: dict[str, type[Operator]] = {
