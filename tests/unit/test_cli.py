@@ -84,3 +84,24 @@ def test_explain_prints_an_outputs_decisions(tmp_path):
     assert report["key"] == "Polish-Russian War (film)" and "1:sem_filter" in report["operators"]
     missing = runner.invoke(app, ["explain", str(db), "people", "No Such Passage"])
     assert missing.exit_code == 1 and "has no output, state or decision for key 'No Such Passage'" in missing.output
+
+
+def test_bench_operators_reports_each_change_beside_scratch_and_lotus(tmp_path):
+    out = tmp_path / "ops.json"
+    result = runner.invoke(app, ["bench", "operators", "--llm", "test", "--sizes", "24", "--changes", "6",
+                                 "--index-sizes", "", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert sorted(data["operators"]) == ["sem_agg", "sem_join", "sem_search", "sem_topk"]
+    for operator, by_size in data["operators"].items():
+        r = by_size["24"]
+        assert {"insert", "update", "delete", "from_scratch", "lotus"} <= set(r), operator
+        assert r["from_scratch" if operator != "sem_search" else "from_scratch_embeddings"] > 0 and r["lotus"] > 0
+    assert data["operators"]["sem_join"]["24"]["lotus"] == 24 * 24
+    assert data["operators"]["sem_agg"]["24"]["delete"] <= data["operators"]["sem_agg"]["24"]["from_scratch"]
+    assert data["operators"]["sem_search"]["24"]["insert_embeddings"] == 1.0
+
+
+def test_bench_operators_rejects_bad_sizes():
+    result = runner.invoke(app, ["bench", "operators", "--llm", "test", "--sizes", "ten"])
+    assert result.exit_code == 1 and "--sizes takes comma-separated integers" in result.output

@@ -5,8 +5,9 @@ from scratch and LOTUS's published algorithms for the same size, in one run.
 
 For each operator and size N, N passages of ``hipporag_corpus_6119.json`` are loaded and the operator's view built
 in a fresh database (``from_scratch``: the calls a system without incremental maintenance pays at every change).
-Then ``changes`` seeded inserts, updates and deletes follow, each measured alone: the LLM calls it paid (and, for
-the operators that embed, the embedding calls), averaged per kind. ``lotus`` is the call count of the algorithm
+Then ``changes`` seeded inserts, updates (of the title and the text, which every operator here reads) and deletes
+follow, each measured alone: the LLM calls it paid (and, for the operators that embed, the embedding calls),
+averaged per kind; ``sem_search`` makes no LLM call, so its figures are embedding calls. ``lotus`` is the call count of the algorithm
 LOTUS publishes for the operator at that size, which it runs in full on every change: hierarchical aggregation over
 all rows, a heap top-k (about N ln N + K ln N comparisons; quickselect, about 2K + 2N ln N, is reported beside it),
 a nested-loop join (N x M), and a re-embedding of every row for search. On a real model the wall seconds of each
@@ -108,7 +109,7 @@ def measure(operator: str, size: int, *, llm: Any, corpus: Sequence[dict], num_c
         elif kind == "update":
             key = rng.choice(live)
             old = passages.get(key)
-            passages.upsert({**old, "text": old["text"] + " (revised)"})
+            passages.upsert({**old, "title": old["title"] + " (revised)", "text": old["text"] + " (revised)"})
         else:
             key = live.pop(rng.randrange(len(live)))
             passages.delete(key)

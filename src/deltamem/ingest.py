@@ -1,0 +1,372 @@
+"""Loading a file into a table: JSON Lines, CSV, or Debezium change events, as one atomic commit.
+
+    result = load_file(db, "docs", "docs.jsonl", key="id")   # LoadResult(records=4, inserted=3, updated=1, ...)
+
+Invariant: a file is one version or nothing. Every record is parsed first, then written inside one ``db.batch()``
+where the engine validates each row; a bad record raises ``LoadError`` naming the file, the line and what is wrong,
+and the table is exactly as before (a table that ``key=`` creates is created only once the whole file has parsed).
+
+NOTE(ingest): all-or-nothing for the whole file rather than per chunk, because a half-loaded file is a state no
+view should ever see, and a batch holds its writes in memory anyway; the cost is memory proportional to the file.
+Within one file the last record of a key wins (a Debezium ``c`` then ``u`` then ``d`` of one key nets out), so
+views see the file's net change, not each intermediate row.
+
+Formats:
+
+- ``jsonl``: one JSON object per line, each a full row (upsert). Blank lines are skipped.
+- ``csv``: a header line naming the columns, then one row per record. Values are converted to the table's column
+  types (``int``, ``float``, ``bool`` as true/false/1/0/yes/no, ``json``); an empty field is NULL, except in a
+  ``text`` column, where it is ``""``. A new table's types are inferred from every value of each column.
+- ``debezium``: one change event per line, ``{"before", "after", "op"}`` or the same inside ``{"payload": ...}``:
+  ``c`` (create) and ``r`` (snapshot read) upsert ``after``, ``u`` upserts ``after`` (and deletes ``before``'s key
+  when the key changed), ``d`` deletes ``before``'s key. ``null`` lines (Kafka tombstones) are skipped; ``t``
+  (truncate) and any other op is an error. A ``jsonl`` file whose first record looks like an event is read as this.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from deltamem.changes import ColumnType, Row
+from deltamem.errors import ConfigError, DeltamemError, NoTable, did_you_mean
+
+if TYPE_CHECKING:
+    from deltamem.engine import Database
+
+ProgressHook = Callable[[str, int, int], None]  # (label, done, total): what cli._task_reporter draws
+
+_PROGRESS_EVERY = 512  # records between progress reports: the bar stays live without costing per-record time
+
+
+class LoadError(DeltamemError):
+    """Raised when a record of a loaded file is malformed or does not fit the table; nothing of the file is applied."""
+
+    # TODO(ingest): move to deltamem.errors with the other caller errors once that module is free to edit.
+
+    def __init__(self, path: str, line: int, problem: str):
+        end = " " if problem.endswith((".", "?")) else ". "
+        super().__init__(f"{path}, line {line}: {problem}{end}Nothing was loaded.")
+        self.path = path
+        self.line = line
+        self.problem = problem
+
+
+class FileFormat(str, enum.Enum):
+    """The formats ``load_file`` reads."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+    DEBEZIUM = "debezium"
+
+
+_EXTENSIONS = {".jsonl": FileFormat.JSONL, ".ndjson": FileFormat.JSONL, ".json": FileFormat.JSONL,
+               ".csv": FileFormat.CSV}
+_DEBEZIUM_OPS = {"c": "create", "r": "read (snapshot)", "u": "update", "d": "delete"}
+_TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One write a file asks for: ``row`` is upserted, or, when ``delete`` is set, ``row``'s key is deleted."""
+
+    line: int  # 1-based line of the file where the record starts
+    row: Row
+    delete: bool = False
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load committed: counts of real changes (rewriting an identical row is ``unchanged``), and the version
+    (``None`` when the file had no records and nothing was committed)."""
+
+    records: int
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    version: int | None
+    created: bool  # the table was created by this load
+
+
+def detect_format(path: str | Path, format: str | None = None) -> FileFormat:
+    """The format named by ``format``, else the one the extension implies (``.jsonl``, ``.ndjson``, ``.json``,
+    ``.csv``); a JSON Lines file of change events is recognised later, from its first record."""
+    if format is not None:
+        try:
+            return FileFormat(format)
+        except ValueError:
+            raise ConfigError(f"Unknown format {format!r}." + did_you_mean(format, [f.value for f in FileFormat])) \
+                from None
+    suffix = Path(path).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise ConfigError(f"Cannot tell the format of {str(path)!r} from its extension; pass --format jsonl, csv or "
+                          "debezium")
+    return _EXTENSIONS[suffix]
+
+
+def load_file(
+    db: "Database",
+    table: str,
+    path: str | Path,
+    *,
+    format: str | None = None,
+    key: str | None = None,
+    progress: ProgressHook | None = None,
+) -> LoadResult:
+    """Apply the records of the file at ``path`` to ``table`` as one version (see the module docstring).
+
+    The table must exist, unless ``key`` names its key column: then a missing table is created with columns
+    inferred from every record. Raises ``LoadError`` (with ``.line``) for a bad record, ``NoTable`` for a missing
+    table without ``key``, ``ConfigError`` for an unknown format; in every case the database is unchanged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"File {str(path)!r} does not exist")
+    fmt = detect_format(path, format)
+    exists = table in db.tables()
+    if not exists and key is None:
+        raise NoTable(f'Table "{table}" does not exist; pass --key (key="...") to create it from the file.'
+                      + did_you_mean(table, db.tables()))
+    definition = db._table_def(table) if exists else None
+    key_column = definition.key if definition is not None else key
+    assert key_column is not None
+    if definition is not None and key is not None and key != definition.key:
+        raise ConfigError(f'Table "{table}" has key {definition.key!r}, not {key!r}')
+    columns = definition.columns if definition is not None else None
+
+    label = f"read {path.name}"
+    records = list(_read_records(path, fmt, key_column, columns, progress, label, detect=format is None))
+    if not records:
+        return LoadResult(0, 0, 0, 0, 0, None, False)
+    for record in records:  # checked before a table is created, so that a bad key never leaves an empty table
+        value = record.row.get(key_column)
+        if value is None:
+            raise LoadError(str(path), record.line, f"the record has no value for its key column {key_column!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise LoadError(str(path), record.line,
+                            f"key {key_column!r} must be a string or an integer, got {value!r}")
+    created = False
+    if not exists:
+        # Declared from every record, not inferred from the first row: a later record may add a column.
+        db.table(table, key=key_column, columns=_infer_columns(records, key_column))
+        created = True
+    target = db.table(table)
+    key_type = (db._table_def(table).columns or {}).get(key_column)
+    with db.batch() as batch:
+        for done, record in enumerate(records, 1):
+            try:
+                if record.delete:
+                    value = record.row[key_column]
+                    if key_type is not None and not key_type.accepts(value):
+                        # NOTE(ingest): the engine ignores a delete of an absent key, so a wrongly typed key would
+                        # silently delete nothing; it is an error here.
+                        raise LoadError(str(path), record.line,
+                                        f"key {key_column!r} is {key_type.value}, got {value!r}")
+                    target.delete(value)
+                else:
+                    target.upsert(record.row)
+            except LoadError:
+                raise
+            except DeltamemError as exc:
+                raise LoadError(str(path), record.line, _as_record_problem(str(exc))) from exc
+            if progress is not None and (done % _PROGRESS_EVERY == 0 or done == len(records)):
+                progress(f"apply to {table}", done, len(records))
+        num_keys = len(batch.writes)
+    version = batch.version
+    assert version is not None, "ingest: a batch that did not raise has a version"
+    kinds = [change.kind for change in db.store.get_changes(version, version, [table])]
+    return LoadResult(records=len(records), inserted=kinds.count("insert"), updated=kinds.count("update"),
+                      deleted=kinds.count("delete"), unchanged=num_keys - len(kinds), version=version,
+                      created=created)
+
+
+def _as_record_problem(message: str) -> str:
+    """The engine numbers rows within one write (always row 0 here); the line number replaces that."""
+    return re.sub(r"^Row \d+ for table ('[^']*')", r"the record for table \1", message)
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+def _read_records(
+    path: Path, fmt: FileFormat, key: str, columns: dict[str, ColumnType] | None, progress: ProgressHook | None,
+    label: str, *, detect: bool,
+) -> Iterator[Record]:
+    total = path.stat().st_size
+    with path.open("rb") as raw:
+        def report() -> None:
+            if progress is not None:
+                progress(label, min(raw.tell(), total), total)
+
+        if fmt is FileFormat.CSV:
+            yield from _read_csv(raw, str(path), key, columns, report)
+        else:
+            yield from _read_json_lines(raw, str(path), key, fmt, report, detect=detect)
+        if progress is not None:
+            progress(label, total, total)
+
+
+def _read_json_lines(raw: IO[bytes], path: str, key: str, fmt: FileFormat, report: Callable[[], None], *,
+                     detect: bool) -> Iterator[Record]:
+    # An explicit --format jsonl reads rows even when they have columns named op, before and after.
+    debezium: bool | None = True if fmt is FileFormat.DEBEZIUM else None if detect else False
+    for number, data in enumerate(raw, 1):
+        if number % _PROGRESS_EVERY == 0:
+            report()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LoadError(path, number, f"is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            hint = "; JSON Lines wants one object per line, not an array" if text.lstrip().startswith("[") else ""
+            raise LoadError(path, number, f"is not valid JSON: {exc.msg} (column {exc.colno}){hint}") from None
+        if value is None and debezium is not False:
+            continue  # a Kafka tombstone after a delete
+        if not isinstance(value, dict):
+            raise LoadError(path, number, f"expected a JSON object, got {type(value).__name__}")
+        if debezium is None:
+            debezium = _looks_like_event(value)
+        if debezium:
+            yield from _event_records(value, path, number, key)
+        else:
+            yield Record(number, value)
+
+
+def _looks_like_event(value: dict[str, Any]) -> bool:
+    if isinstance(value.get("payload"), dict):
+        value = value["payload"]
+    return "op" in value and ("after" in value or "before" in value)
+
+
+def _event_records(event: dict[str, Any], path: str, line: int, key: str) -> Iterator[Record]:
+    if "payload" in event and "op" not in event:
+        event = event["payload"]
+        if event is None:
+            return  # the envelope of a tombstone
+        if not isinstance(event, dict):
+            raise LoadError(path, line, f"'payload' must be an object, got {type(event).__name__}")
+    op = event.get("op")
+    if op not in _DEBEZIUM_OPS:
+        known = ", ".join(f"'{o}' ({name})" for o, name in _DEBEZIUM_OPS.items())
+        what = "has no 'op'" if op is None else f"has op {op!r}" + (" (truncate)" if op == "t" else "")
+        raise LoadError(path, line, f"the change event {what}; supported ops are {known}")
+    before, after = event.get("before"), event.get("after")
+    for name, row in (("before", before), ("after", after)):
+        if row is not None and not isinstance(row, dict):
+            raise LoadError(path, line, f"'{name}' of op {op!r} must be an object or null, got {type(row).__name__}")
+    if op == "d":
+        if before is None or before.get(key) is None:
+            raise LoadError(path, line, f"op 'd' needs 'before' with the key column {key!r}")
+        yield Record(line, {key: before[key]}, delete=True)
+        return
+    if after is None:
+        raise LoadError(path, line, f"op {op!r} needs an 'after' row")
+    if op == "u" and before is not None and before.get(key) is not None and before.get(key) != after.get(key):
+        yield Record(line, {key: before[key]}, delete=True)  # the primary key itself changed
+    yield Record(line, after)
+
+
+def _read_csv(raw: IO[bytes], path: str, key: str, columns: dict[str, ColumnType] | None,
+              report: Callable[[], None]) -> Iterator[Record]:
+    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [name.strip() for name in header]
+        if key not in header:
+            raise LoadError(path, 1, f"the header has no key column {key!r}." + did_you_mean(key, header))
+        if len(set(header)) != len(header):
+            twice = sorted({name for name in header if header.count(name) > 1})
+            raise LoadError(path, 1, f"the header names {', '.join(map(repr, twice))} twice")
+        if columns is not None:
+            unknown = [name for name in header if name not in columns]
+            if unknown:
+                raise LoadError(path, 1, f"unknown column {unknown[0]!r}." + did_you_mean(unknown[0], columns))
+        rows: list[tuple[int, list[str]]] = []
+        last_line = reader.line_num
+        for fields in reader:
+            start, last_line = last_line + 1, reader.line_num  # a quoted field may span several lines
+            if len(rows) % _PROGRESS_EVERY == 0:
+                report()
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise LoadError(path, start, f"has {len(fields)} fields, the header has {len(header)}")
+            rows.append((start, fields))
+    except UnicodeDecodeError as exc:
+        raise LoadError(path, reader.line_num + 1, f"is not UTF-8 ({exc.reason})") from None
+    except csv.Error as exc:
+        raise LoadError(path, reader.line_num, f"is not valid CSV: {exc}") from None
+    finally:
+        text.detach()  # the caller closes the file
+    types = columns or {name: _infer_csv_type([f[i] for _, f in rows]) for i, name in enumerate(header)}
+    for line, fields in rows:
+        yield Record(line, {name: None if name == key and not value.strip() else  # an empty key is a missing key
+                            _convert(value, types[name], name, path, line) for name, value in zip(header, fields)})
+
+
+def _infer_csv_type(values: list[str]) -> ColumnType:
+    present = [v.strip() for v in values if v.strip()]
+    for kind in (ColumnType.INT, ColumnType.FLOAT):
+        if present and all(_parses(v, kind) for v in present):
+            return kind
+    if present and all(v.lower() in ("true", "false") for v in present):
+        return ColumnType.BOOL
+    return ColumnType.TEXT
+
+
+def _parses(value: str, kind: ColumnType) -> bool:
+    try:
+        (int if kind is ColumnType.INT else float)(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _convert(value: str, kind: ColumnType, column: str, path: str, line: int) -> Any:
+    if kind is ColumnType.TEXT:
+        return value
+    if not value.strip():
+        return None
+    value = value.strip()
+    try:
+        if kind is ColumnType.INT:
+            return int(value)
+        if kind is ColumnType.FLOAT:
+            return float(value)
+        if kind is ColumnType.BOOL:
+            if value.lower() in _TRUE | _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError(value)
+        return json.loads(value)  # JSON
+    except ValueError:
+        raise LoadError(path, line, f"column {column!r} is {kind.value}, got {value!r}") from None
+
+
+def _infer_columns(records: list[Record], key: str) -> dict[str, str]:
+    """Column types for a new table from every upserted row: one type per column (``int`` with ``float`` is
+    ``float``; anything else mixed, or a dict or list, is ``json``; a column only ever NULL is ``text``)."""
+    seen: dict[str, set[ColumnType]] = {key: set()}
+    for record in records:
+        for column, value in record.row.items():
+            kinds = seen.setdefault(column, set())
+            if value is not None:
+                kinds.add(ColumnType.of(value))
+    result: dict[str, str] = {}
+    for column, kinds in seen.items():
+        if kinds == {ColumnType.INT, ColumnType.FLOAT}:
+            kinds = {ColumnType.FLOAT}
+        result[column] = (kinds.pop() if len(kinds) == 1 else ColumnType.TEXT if not kinds else ColumnType.JSON).value
+    return result
