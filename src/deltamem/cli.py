@@ -372,17 +372,19 @@ def bench_edit_stream(
 
 
 # --- ingest and streaming: load, watch, subscribe ------------------------------------------------------------------
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM stop a long-running command as Ctrl-C does (cleanly), e.g. under ``timeout`` or a supervisor."""
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM stop a long-running command as Ctrl-C does (cleanly), e.g. under ``timeout`` or a supervisor;
+    return the function that puts the previous handler back (the command may run inside a test process)."""
     import signal
 
-    def interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGTERM, interrupt)
+        previous = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread (embedded use): Ctrl-C alone stops it
-        pass
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -453,7 +455,7 @@ def watch(
 
     if interval <= 0:
         _fail(dm.ConfigError(f"--interval must be positive, got {interval}"))
-    _stop_on_sigterm()
+    restore_sigterm = _stop_on_sigterm()
 
     def show(result) -> None:
         if result.changed or result.skipped:
@@ -482,6 +484,7 @@ def watch(
     finally:
         if database is not None:
             database.close()  # finishes the view version in progress; the last sync committed whole or not at all
+        restore_sigterm()
 
 
 def _copy_text(value: object) -> str:
@@ -516,17 +519,18 @@ def subscribe(
     """
     import queue
 
+    from deltamem.changes import key_order
     from deltamem.store.base import ChangeRow
 
     if not Path(db).exists():
         _fail(dm.ConfigError(f"Database file {db!r} does not exist"))
     if limit is not None and limit < 1:
         _fail(dm.ConfigError(f"--limit must be at least 1, got {limit}"))
-    _stop_on_sigterm()
-    # Background maintenance polls the file, so commits by other processes are applied (and delivered) here too.
-    database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5)
-    subscription = None
+    restore_sigterm = _stop_on_sigterm()
+    database = subscription = None
     try:
+        # Background maintenance polls the file, so commits by other processes are applied (and delivered) here too.
+        database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5)
         handle = database.view(view)
         columns = list(handle.columns)
         pending: queue.Queue[ChangeRow] = queue.Queue()
@@ -539,7 +543,8 @@ def subscribe(
             handle.rows(as_of=as_of, fresh=True)  # waits until the view reflects as_of; an error if it is ahead
             replayed_through = handle.version  # read after subscribing: the subscription starts at or before it
             if snapshot:
-                backlog = [ChangeRow(as_of, 1, k, r) for k, r in database.store.get_view_rows(view, as_of).items()]
+                at = database.store.get_view_rows(view, as_of)
+                backlog = [ChangeRow(as_of, 1, k, at[k]) for k in sorted(at, key=key_order)]
             backlog += handle.changes(as_of + 1, replayed_through)
         if header and not as_json:
             typer.echo("\t".join(["version", "diff", *columns]))
@@ -578,4 +583,56 @@ def subscribe(
     finally:
         if subscription is not None:
             subscription.close()
-        database.close()
+        if database is not None:
+            database.close()
+        restore_sigterm()
+
+
+# --- SQL: `deltamem sql` and `deltamem run` (deltamem.sql: dialect, planner, executor) -----------------------------
+
+from deltamem.sql import operators as _sql_operators  # noqa: E402,F401 - every command can maintain SQL-made views
+
+
+@app.command("sql")
+def sql_shell(
+    db: str = typer.Argument(":memory:", help="SQLite file (created if missing); a throwaway in-memory one if omitted."),
+    llm: str = LLM,
+    embedder: str = EMBEDDER,
+) -> None:
+    """Open an interactive SQL shell: statements end with ';' and may span lines; results print as tables;
+    SUBSCRIBE TO v streams changes until Ctrl-C; \\q or Ctrl-D quits. History is kept in ~/.deltamem_history
+    (or $DELTAMEM_HISTORY).
+
+    Example: deltamem sql app.db --llm test --embedder test
+    """
+    from deltamem.sql.shell import default_history, run_shell
+
+    try:
+        with dm.connect(db, llm=llm, embedder=embedder) as database:
+            run_shell(database, console, history=default_history())
+    except dm.DeltamemError as exc:
+        _fail(exc)
+
+
+@app.command("run")
+def run_sql(
+    db: str = typer.Argument(..., help="SQLite file (created if missing)."),
+    file: Path = typer.Argument(..., help="A .sql script: statements separated by ';'."),
+    llm: str = LLM,
+    embedder: str = EMBEDDER,
+    echo: bool = typer.Option(True, "--echo/--no-echo", help="Print each statement before its result."),
+) -> None:
+    """Run a SQL script against a database, printing each statement's result; the first error stops it (a syntax
+    error anywhere stops it before the first statement runs) and exits with status 1.
+
+    Example: deltamem run app.db schema.sql --llm test --embedder test
+    """
+    from deltamem.sql.shell import run_script
+
+    if not file.is_file():
+        _fail(dm.ConfigError(f"SQL file {str(file)!r} does not exist"))
+    try:
+        with dm.connect(db, llm=llm, embedder=embedder) as database:
+            run_script(database, file.read_text(), console, echo=echo)
+    except dm.DeltamemError as exc:
+        _fail(exc)

@@ -84,8 +84,8 @@ class Record:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What a load committed: counts of real changes (rewriting an identical row is ``unchanged``), and the version
-    (``None`` when the file had no records and nothing was committed)."""
+    """What a load committed: counts of real changes (rewriting an identical row, or deleting an absent key, is
+    ``unchanged``), and the version (``None`` when the file had no records and nothing was committed)."""
 
     records: int
     inserted: int
@@ -113,7 +113,7 @@ def detect_format(path: str | Path, format: str | None = None) -> FileFormat:
 
 
 def load_file(
-    db: "Database",
+    db: Database,
     table: str,
     path: str | Path,
     *,

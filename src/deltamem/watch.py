@@ -83,7 +83,7 @@ class FolderTable:
     so an interrupted sync (Ctrl-C, a failed commit) is simply redone by the next one.
     """
 
-    def __init__(self, db: "Database", table: str, folder: str | Path, *, glob: str = "**/*", hidden: bool = False,
+    def __init__(self, db: Database, table: str, folder: str | Path, *, glob: str = "**/*", hidden: bool = False,
                  max_bytes: int = 1_000_000):
         self.db = db
         self.folder = Path(folder)

@@ -17,6 +17,7 @@ an ``SQLSyntaxError`` that carries the offset of the token at fault.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,15 @@ STATEMENT_WORDS = ("CREATE", "DROP", "INSERT", "UPDATE", "DELETE", "SELECT", "WI
 SHOW_WHAT = ("TABLES", "VIEWS", "USAGE")
 
 
+# --- tokenizer --------------------------------------------------------------------------------------------------
+
+
+class DeltamemTokenizer(Postgres.Tokenizer):
+    # NOTE(sql): sqlglot reads the rest of an EXPLAIN or SHOW statement as one opaque string; ours have a grammar.
+    KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if k != "EXPLAIN"}
+    COMMANDS = Postgres.Tokenizer.COMMANDS - {TokenType.SHOW}
+
+
 # --- parser -----------------------------------------------------------------------------------------------------
 
 
@@ -103,8 +113,9 @@ class DeltamemParser(PostgresParser):
             self._advance()
             return self.DELTAMEM_STATEMENTS[word](self)
         if word not in STATEMENT_WORDS and curr.token_type != TokenType.L_PAREN:
-            self.raise_error(f"unknown statement {curr.text!r}; expected one of {', '.join(STATEMENT_WORDS)}."
-                             + did_you_mean(word, STATEMENT_WORDS))
+            close = difflib.get_close_matches(word, STATEMENT_WORDS, n=1)
+            self.raise_error(f"unknown statement {curr.text!r}; expected one of {', '.join(STATEMENT_WORDS)}"
+                             + (f". Did you mean '{close[0]}'?" if close else ""))
         return super()._parse_statement()
 
     def _parse_create(self) -> exp.Expr:  # type: ignore[override]
@@ -112,11 +123,14 @@ class DeltamemParser(PostgresParser):
             return self._parse_continuous_view()
         if self._match_text_seq("STREAM"):
             return self._parse_create_stream()
-        after = self._curr
-        create = super()._parse_create()
-        if isinstance(create, exp.Command):  # sqlglot's fallback for syntax it does not know: say what we expect
-            self.raise_error("expected TABLE, STREAM or CONTINUOUS VIEW after CREATE", after)
-        return create
+        if not self._match_set((TokenType.TABLE, TokenType.VIEW), advance=False):
+            self.raise_error("expected TABLE, STREAM or CONTINUOUS VIEW after CREATE")
+        return super()._parse_create()
+
+    def _parse_as_command(self, start: Token) -> exp.Command:
+        # sqlglot falls back to an opaque Command for syntax it does not know; deltamem runs no such statement.
+        self.raise_error("this statement is not part of deltamem SQL", start)
+        raise AssertionError("dialect: raise_error returns only below ErrorLevel.IMMEDIATE")
 
     def _parse_create_stream(self) -> exp.Create:
         exists = self._parse_exists(not_=True)
@@ -177,7 +191,7 @@ class DeltamemParser(PostgresParser):
         return self.expression(exp.Properties(expressions=options))
 
     def _parse_subscribe(self) -> Subscribe:
-        self._match(TokenType.TO)
+        self._match_text_seq("TO")
         view = self._parse_table_parts()
         if view is None:
             self.raise_error("expected a view name after SUBSCRIBE TO")
@@ -261,6 +275,7 @@ class Deltamem(Postgres):
     """A version clause comes before a table alias: ``FROM v AS OF VERSION 3 AS x``. Postgres reads ``AS OF`` as
     the alias ``OF`` otherwise."""
 
+    Tokenizer = DeltamemTokenizer
     Parser = DeltamemParser
     Generator = DeltamemGenerator
 
@@ -322,13 +337,30 @@ def is_complete(sql: str) -> bool:
 def _tokenize(dialect: Deltamem, sql: str) -> list[Token]:
     try:
         return dialect.tokenize(sql)
-    except TokenError as error:
-        start = getattr(error, "start", None)
-        if start is None:
-            start = len(sql.rstrip()) - 1
-        what = str(error).split(".")[0]
-        raise SQLSyntaxError(f"cannot read the text here ({what}); is a quote or comment left open?", sql,
-                             start=start) from None
+    except TokenError:
+        start, what = _unterminated(sql)
+        raise SQLSyntaxError(f"{what} that starts here is never closed", sql, start=start) from None
+
+
+def _unterminated(sql: str) -> tuple[int, str]:
+    """Where the quote or comment that runs to the end of ``sql`` opens (sqlglot reports only a context window)."""
+    closers = {"'": ("'", "string"), '"': ('"', "quoted name"), "/*": ("*/", "comment")}
+    i = 0
+    while i < len(sql):
+        if sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = len(sql) if newline < 0 else newline + 1
+            continue
+        opener = "/*" if sql.startswith("/*", i) else sql[i] if sql[i] in "'\"" else None
+        if opener is None:
+            i += 1
+            continue
+        closer, what = closers[opener]
+        end = sql.find(closer, i + len(opener))
+        if end < 0:
+            return i, what
+        i = end + len(closer)
+    return max(0, len(sql.rstrip()) - 1), "text"
 
 
 _REQUIRED = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*\.(\w+)'>")
@@ -351,5 +383,7 @@ def _describe(description: str, token: str) -> str:
     required = _REQUIRED.match(description)
     if required:
         node = required.group(2).upper()
-        return f"incomplete {node}: expected an expression near {token!r}"
+        if node == "WHERE":
+            return "expected a condition after WHERE"
+        return f"expected an expression at {token!r} (to complete the {node.lower()} before it)"
     return description[0].lower() + description[1:] if description else "cannot parse this statement"
