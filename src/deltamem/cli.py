@@ -590,8 +590,6 @@ def subscribe(
 
 # --- SQL: `deltamem sql` and `deltamem run` (deltamem.sql: dialect, planner, executor) -----------------------------
 
-from deltamem.sql import operators as _sql_operators  # noqa: E402,F401 - every command can maintain SQL-made views
-
 
 @app.command("sql")
 def sql_shell(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from deltamem.changes import Row, encode_key, key_order
 from deltamem.errors import ConfigError, NoRow, SchemaError
 from deltamem.operators.base import MultiInputOperator, Operator
-from deltamem.operators.catalog import CHAIN_OPERATORS, HEAD_OPERATORS
+from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.store.base import ChangeRow, HistoryEntry
 
@@ -56,11 +56,12 @@ def build_operators(plan: Plan) -> list[Operator]:
         params = {k: v for k, v in head.items() if k != "op" and k not in cls.roles}
         operators.append(cls(f"1:{cls.kind}", **params))
     for node in chain:
-        if node["op"] not in CHAIN_OPERATORS:
+        cls = chain_operator(node["op"])
+        if cls is None:
             raise ConfigError(f"Unknown operator {node['op']!r} in a stored plan")
         params = {k: v for k, v in node.items() if k not in ("op", "input", "instruction")}
         position = len(operators) + 1
-        operators.append(CHAIN_OPERATORS[node["op"]](f"{position}:{node['op']}", node["instruction"], **params))
+        operators.append(cls(f"{position}:{node['op']}", node["instruction"], **params))
     return operators
 
 

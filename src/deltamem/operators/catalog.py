@@ -1,9 +1,15 @@
 """Every operator a plan can name, by kind: the single-input ones a chain is made of, and the heads with named inputs.
 
-    CHAIN_OPERATORS["sem_map"]("2:sem_map", "Summarise {text}", out="summary", max_tokens=64)
+    chain_operator("sem_map")("2:sem_map", "Summarise {text}", out="summary", max_tokens=64)
+
+A layer above the operators may add kinds of its own (the SQL layer's plain ``sql_where`` and ``sql_project``): they
+register in ``CHAIN_OPERATORS`` when their module is imported, and ``chain_operator`` imports that module the first
+time a stored plan names one, so ``dm.connect`` alone can maintain every view a plan describes.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from deltamem.operators.agg import SemAgg
 from deltamem.operators.base import MultiInputOperator, Operator
@@ -20,3 +26,12 @@ CHAIN_OPERATORS: dict[str, type[Operator]] = {
 HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {
     op.kind: op for op in (GenerateOperator, SemJoin, SemSearchMany)
 }
+
+_REGISTERED_BY = {"sql_where": "deltamem.sql.operators", "sql_project": "deltamem.sql.operators"}
+
+
+def chain_operator(kind: str) -> type[Operator] | None:
+    """The chain operator class of ``kind``, or None when no layer provides one."""
+    if kind not in CHAIN_OPERATORS and kind in _REGISTERED_BY:
+        importlib.import_module(_REGISTERED_BY[kind])  # registers its kinds
+    return CHAIN_OPERATORS.get(kind)

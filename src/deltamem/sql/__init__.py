@@ -1,6 +1,6 @@
 """SQL for deltamem: a sqlglot dialect, a planner onto the Python API, and an executor.
 
-    deltamem.sql.execute(db, "CREATE CONTINUOUS VIEW hits AS SELECT * FROM docs WHERE SEM_FILTER('{text} is about cats')")
+    deltamem.sql.execute(db, "CREATE CONTINUOUS VIEW cats AS SELECT * FROM docs WHERE SEM_FILTER('{text} is on cats')")
 
 Three layers, one module each: ``dialect`` parses (text to typed syntax trees, never touching a database),
 ``planner`` (with ``relations`` for continuous-view SELECTs) turns one tree into a plan of Python API calls, reading

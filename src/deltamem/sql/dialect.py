@@ -25,12 +25,14 @@ from typing import Any
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ErrorLevel, ParseError, TokenError
-from sqlglot.generators.postgres import PostgresGenerator
-from sqlglot.parsers.postgres import PostgresParser
 from sqlglot.tokens import Token, TokenType
 
 from deltamem.errors import did_you_mean
 from deltamem.sql.errors import SQLSyntaxError
+
+# Through the dialect class, not sqlglot.parsers/generators: that module layout is recent; these names are not.
+PostgresParser = Postgres.Parser
+PostgresGenerator = Postgres.Generator
 
 # --- nodes ------------------------------------------------------------------------------------------------------
 
@@ -85,8 +87,6 @@ class DeltamemParser(PostgresParser):
     # NOTE(sql): Postgres's parser reads ``WITH (ttl = ...)`` as ClickHouse's ``TTL`` clause; here it is an option.
     PROPERTY_PARSERS = {k: v for k, v in PostgresParser.PROPERTY_PARSERS.items() if k != "TTL"}
 
-    # ``SELECT * FROM v AS OF VERSION 3``: read before the alias (see ``Deltamem.ALIAS_POST_VERSION``).
-    VERSION_PHRASES = {("AS", "OF", "VERSION"): "VERSION", **PostgresParser.VERSION_PHRASES}
 
     # Statements that start with a plain word; Postgres would fall back to an opaque ``Command`` for them.
     DELTAMEM_STATEMENTS = {
@@ -103,6 +103,12 @@ class DeltamemParser(PostgresParser):
         except ParseError as error:
             error.errors[0].update(start=token.start, end=token.end, token=token.text)
             raise
+
+    def _parse_version(self) -> exp.Version | None:
+        # ``SELECT * FROM v AS OF VERSION 3``: read before the alias (see ``Deltamem.ALIAS_POST_VERSION``).
+        if self._match_text_seq("AS", "OF", "VERSION"):
+            return self.expression(exp.Version(this="VERSION", kind="AS OF", expression=self._parse_bitwise()))
+        return super()._parse_version()
 
     def _parse_statement(self) -> exp.Expr | None:
         curr = self._curr
@@ -185,10 +191,21 @@ class DeltamemParser(PostgresParser):
                 and self._next.token_type == TokenType.L_PAREN):
             return None
         self._advance(2)
-        options = self._parse_csv(self._parse_key_value_property)
+        options = self._parse_csv(self._parse_option)
         if not self._match(TokenType.R_PAREN):
             self.raise_error("expected ',' or ')' in WITH (name = value, ...)")
         return self.expression(exp.Properties(expressions=options))
+
+    def _parse_option(self) -> exp.Property:
+        name = self._parse_id_var(any_token=True)
+        if name is None or not self._match(TokenType.EQ):
+            self.raise_error("expected name = value, e.g. retrieve = 5")
+        value = self._parse_bitwise() or self._parse_var(any_token=True)
+        if value is None:
+            self.raise_error(f"expected a value after {name.name} =")
+        if isinstance(value, exp.Column):  # a bare word: strategy = auto
+            value = exp.var(value.name)
+        return self.expression(exp.Property(this=exp.var(name.name), value=value))
 
     def _parse_subscribe(self) -> Subscribe:
         self._match_text_seq("TO")

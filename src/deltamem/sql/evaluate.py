@@ -87,8 +87,9 @@ class Params:
 
         def replace(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Placeholder):
-                if node.name:
-                    return Bound(this=self._named(node.name))
+                name = node.args.get("this")  # ``:name``; a bare ``?`` has none
+                if name:
+                    return Bound(this=self._named(str(name)))
                 return Bound(this=self._positional(None))
             if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) and not node.this.is_string:
                 return Bound(this=self._positional(int(node.this.name)))

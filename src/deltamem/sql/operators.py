@@ -10,9 +10,8 @@ Invariant: for every input delta ``(key, before, after)`` the output is ``(key, 
 the two are equal; a TTL ``keep`` (``forget``) passes through. A row that carries an upstream ``_error`` passes the
 WHERE, as it passes ``sem_filter``: a failure is shown, never filtered away.
 
-NOTE(sql): a stored view plan that names ``sql_where`` can be maintained only by a process that imported
-``deltamem.sql`` (the CLI does). TODO(sql): list these kinds in ``deltamem.operators.catalog`` itself, so that
-``dm.connect`` alone can maintain such views; that module belongs to the operator layer, not to this one.
+``deltamem.operators.catalog.chain_operator`` imports this module the first time a stored plan names one of these
+kinds, so any process can maintain a view defined in SQL.
 """
 
 from __future__ import annotations
@@ -92,7 +91,8 @@ class SqlProject(Operator):
     def check_columns(self, input_columns: Sequence[str], *, where: str) -> None:
         for _, source in self.columns:
             if source not in input_columns:
-                raise SchemaError(f"Column {source!r} is not a column of {where}." + did_you_mean(source, input_columns))
+                raise SchemaError(f"Column {source!r} is not a column of {where}."
+                                  + did_you_mean(source, input_columns))
 
     def project(self, row: Row | None) -> Row | None:
         if row is None:

@@ -272,7 +272,10 @@ def _insert(tree: exp.Insert, catalog: Catalog) -> Insert:
     table_node = target.this if isinstance(target, exp.Schema) else target
     name = catalog.resolve(table_node.name, kinds=("table",)).name
     definition = catalog.table_def(name)
-    declared = list(catalog.columns(Source("table", name)))
+    if definition.columns is None and isinstance(target, exp.Schema):
+        declared = [c.name for c in target.expressions]  # a Python-API table without columns: the first row fixes them
+    else:
+        declared = list(catalog.columns(Source("table", name)))
     stream = name in catalog.streams()
     if isinstance(target, exp.Schema):
         columns = [c.name for c in target.expressions]

@@ -1,7 +1,7 @@
 """Plan the SELECT of a continuous view into a chain of Python API calls.
 
-    plan_relation(parse("SELECT id, SEM_MAP('Sum up {text}') AS gist FROM docs WHERE year > 2020")[0].expression, catalog)
-    # RelationPlan(head=Source('table', 'docs'), steps=[sql_where 'year > 2020', sem_map out='gist', sql_project ...])
+    plan_relation(parse("SELECT id, SEM_MAP('Sum up {text}') AS gist FROM docs WHERE year > 2020")[0].expression, cat)
+    # RelationPlan(head=Source('table', 'docs'), steps=[sql_where 'year > 2020', sem_map out='gist', sql_project])
 
 How SQL maps onto operators, in the order the chain applies them:
 
@@ -17,7 +17,8 @@ How SQL maps onto operators, in the order the chain applies them:
 ``SEM_AGG('...') [AS c] GROUP BY g``   ``sem_agg(out='c', group_by='g')``
 ``ORDER BY SEM_RANK('...') LIMIT k``   ``sem_topk(k=k)``; placed before the maps when it reads none of their
                                        columns, so only the top k rows are mapped (the result is the same)
-select list naming columns             one ``sql_project`` at the end; ``*`` alone keeps every column
+select list naming columns             one ``sql_project`` at the end, to exactly the listed columns; ``*`` (with
+                                       or without semantic terms) keeps every column, ``rank`` and ``score`` too
 =====================================  ==========================================================================
 
 Invariant: planning reads the catalog and never writes; each step is checked against the columns it receives by the
@@ -302,7 +303,8 @@ def _plan_aggregate(select: exp.Select, chain: _Chain, scope: _Scope, aggregates
 
 
 def _plan_projection(items: list[exp.Expr], chain: _Chain, scope: _Scope, base: tuple[str, ...]) -> None:
-    if all(isinstance(_unalias(i), (exp.Star, exp.Anonymous)) for i in items):
+    if any(isinstance(i, exp.Star) for i in items) and all(isinstance(_unalias(i), (exp.Star, exp.Anonymous))
+                                                          for i in items):
         return  # ``*`` keeps every column, including those the operators add (rank, score, num_rows)
     pairs: list[tuple[str, str]] = []
     for item in items:

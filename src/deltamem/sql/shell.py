@@ -107,9 +107,9 @@ def _follow(db: "Database", view: str, after: int, console: "Console") -> None:
     try:
         while True:
             rows, after = follow(db, view, after)
-            for row in rows:
-                console.print("\t".join(format_value(v) for v in row), markup=False, highlight=False,
-                              soft_wrap=True)
+            for row in rows:  # written raw: rich would expand the tabs that separate the fields
+                console.file.write("\t".join(format_value(v) for v in row) + "\n")
+                console.file.flush()
             time.sleep(FOLLOW_INTERVAL)
     except KeyboardInterrupt:
         console.print(f"stopped following {view} at version {after}", markup=False, highlight=False)

@@ -22,5 +22,5 @@ CREATE CONTINUOUS VIEW slow AS SELECT seq, page FROM clicks WHERE ms > 100;
 SELECT * FROM slow;
 DELETE FROM clicks WHERE page = '/docs';
 UPDATE clicks SET ms = ms * 2 WHERE seq = 3;
-SUBSCRIBE TO slow AS OF VERSION 11;
+SUBSCRIBE TO slow AS OF VERSION 9;
 SHOW TABLES;
