@@ -83,3 +83,23 @@ class AttendingLLM(ExtractiveLLM):
         total = sum(hits) or 1.0
         attribution = Attribution((completion.text,), (tuple(h / total for h in hits),))
         return dataclasses.replace(completion, attribution=attribution)
+
+
+def apply_doc_step(db: dm.Database, docs: dm.Table, step: tuple, clock: dm.ManualClock) -> bool:
+    """Apply one generated step to a ``{"id", "text", "tag"}`` table: ``("upsert", id, text, tag)``,
+    ``("delete", id)``, ``("batch", [(id, text, tag), ...])`` or ``("expire", days)``. False for any other step."""
+    kind = step[0]
+    if kind == "upsert":
+        docs.upsert({"id": step[1], "text": step[2], "tag": step[3]})
+    elif kind == "delete":
+        docs.delete(step[1])
+    elif kind == "batch":
+        with db.batch():
+            for key, text, tag in step[1]:
+                docs.upsert({"id": key, "text": text, "tag": tag})
+    elif kind == "expire":
+        clock.advance(f"{step[1]} days")
+        db.expire()
+    else:
+        return False
+    return True

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deltamem as dm
-from tests.helpers import num_requested_calls, paid_hashes, recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, num_requested_calls, paid_hashes, recompute_from_scratch, scripted_db
 
 KEYS = st.integers(min_value=0, max_value=5)
 TEXTS = st.sampled_from(["alpha", "beta", "gamma", "delta", "a much longer text about gamma rays"])
@@ -43,17 +43,7 @@ def test_incremental_views_equal_recompute_and_pay_each_needed_call_once(steps):
     needed_before: dict[tuple[str, str, str], str] = {}
     for step in steps:
         requested_before = num_requested_calls(db)
-        if step[0] == "upsert":
-            docs.upsert({"id": step[1], "text": step[2], "tag": step[3]})
-        elif step[0] == "delete":
-            docs.delete(step[1])
-        elif step[0] == "batch":
-            with db.batch():
-                for key, text, tag in step[1]:
-                    docs.upsert({"id": key, "text": text, "tag": tag})
-        else:
-            clock.advance(f"{step[1]} days")
-            db.expire()
+        apply_doc_step(db, docs, step, clock)
         db.maintain()
         expected, needed = recompute_from_scratch({"docs": ("id", COLUMNS, docs.rows())}, build_views)
         assert sorted(expected) == ["extracted", "mapped", "shortened"]

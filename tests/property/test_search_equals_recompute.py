@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import deltamem as dm
 from deltamem.relation import Relation
-from tests.helpers import recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, recompute_from_scratch, scripted_db
 from tests.unit.test_search import assert_many_is_exact, assert_search_is_exact
 
 KEYS = st.integers(min_value=0, max_value=4)
@@ -54,21 +54,11 @@ def test_search_views_equal_recompute(steps):
     queries = db.table("queries", key="qid", columns=QUERY_COLUMNS)
     build_views(db)
     for step in steps:
-        if step[0] == "upsert":
-            docs.upsert({"id": step[1], "text": step[2], "tag": step[3]})
-        elif step[0] == "delete":
-            docs.delete(step[1])
-        elif step[0] == "batch":
-            with db.batch():
-                for key, text, tag in step[1]:
-                    docs.upsert({"id": key, "text": text, "tag": tag})
-        elif step[0] == "expire":
-            clock.advance(f"{step[1]} days")
-            db.expire()
-        elif step[0] == "query":
-            queries.upsert({"qid": step[1], "query": step[2]})
-        else:
-            queries.delete(step[1])
+        if not apply_doc_step(db, docs, step, clock):  # a step on the standing queries
+            if step[0] == "query":
+                queries.upsert({"qid": step[1], "query": step[2]})
+            else:
+                queries.delete(step[1])
         db.maintain()
         expected, _calls = recompute_from_scratch(
             {"docs": ("id", DOCS, docs.rows()), "queries": ("qid", QUERY_COLUMNS, queries.rows())}, build_views)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import deltamem as dm
 from deltamem.operators.topk import SemTopK, check_state
-from tests.helpers import paid_hashes, recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, paid_hashes, recompute_from_scratch, scripted_db
 
 KEYS = st.integers(min_value=0, max_value=7)
 TEXTS = st.sampled_from(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "alpha"])
@@ -63,17 +63,7 @@ def test_incremental_topk_equals_recompute_and_asks_each_comparison_once(steps):
     for step in steps:
         known = {name: verdict_keys(db, name, op_id) for name, (op_id, _k) in VIEWS.items()}
         asked = {name: requested(db, name, op_id) for name, (op_id, _k) in VIEWS.items()}
-        if step[0] == "upsert":
-            docs.upsert({"id": step[1], "text": step[2], "tag": step[3]})
-        elif step[0] == "delete":
-            docs.delete(step[1])
-        elif step[0] == "batch":
-            with db.batch():
-                for key, text, tag in step[1]:
-                    docs.upsert({"id": key, "text": text, "tag": tag})
-        else:
-            clock.advance(f"{step[1]} days")
-            db.expire()
+        apply_doc_step(db, docs, step, clock)
         db.maintain()
         expected, _needed = recompute_from_scratch({"docs": ("id", COLUMNS, docs.rows())}, build_views)
         top3 = [(r["id"], r["rank"]) for r in sorted(db.view("top3").rows().rows, key=lambda r: r["rank"])]

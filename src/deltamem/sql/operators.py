@@ -27,7 +27,25 @@ from deltamem.relation import Relation
 from deltamem.sql.evaluate import compile_expression, is_true, parse_expression, parse_select_list
 
 
-class SqlWhere(Operator):
+class _RowFunction(Operator):
+    """A stateless operator whose output row is ``map_row`` of its input row (None drops it)."""
+
+    def map_row(self, row: Row | None) -> Row | None:
+        raise NotImplementedError
+
+    def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
+        out = []
+        for delta in deltas:
+            if delta.forget:
+                out.append(Delta(delta.key, None, None, forget=True))
+                continue
+            before, after = self.map_row(delta.before), self.map_row(delta.after)
+            if before != after:
+                out.append(Delta(delta.key, before, after))
+        return out
+
+
+class SqlWhere(_RowFunction):
     """Keep the rows for which ``instruction``, a plain SQL condition over the input's columns, is TRUE."""
 
     kind: ClassVar[str] = "sql_where"
@@ -44,27 +62,17 @@ class SqlWhere(Operator):
     def check_columns(self, input_columns: Sequence[str], *, where: str) -> None:
         compile_expression(self._tree, columns=list(input_columns), where=where)
 
-    def keeps(self, row: Row | None) -> Row | None:
+    def map_row(self, row: Row | None) -> Row | None:
         if row is None:
             return None
         return row if row.get(ERROR_COLUMN) is not None or is_true(self._test(row)) else None
 
-    def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
-        out = []
-        for delta in deltas:
-            if delta.forget:
-                out.append(Delta(delta.key, None, None, forget=True))
-                continue
-            before, after = self.keeps(delta.before), self.keeps(delta.after)
-            if before != after:
-                out.append(Delta(delta.key, before, after))
-        return out
 
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "instruction": self.condition}
 
 
-class SqlProject(Operator):
+class SqlProject(_RowFunction):
     """Keep, rename and reorder columns: ``instruction`` is a select list of columns, e.g. ``"id, title AS name"``."""
 
     kind: ClassVar[str] = "sql_project"
@@ -94,7 +102,7 @@ class SqlProject(Operator):
                 raise SchemaError(f"Column {source!r} is not a column of {where}."
                                   + did_you_mean(source, input_columns))
 
-    def project(self, row: Row | None) -> Row | None:
+    def map_row(self, row: Row | None) -> Row | None:
         if row is None:
             return None
         projected = {name: row.get(source) for name, source in self.columns}
@@ -102,16 +110,6 @@ class SqlProject(Operator):
             projected[ERROR_COLUMN] = row[ERROR_COLUMN]  # the failure stays visible whatever is selected
         return projected
 
-    def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
-        out = []
-        for delta in deltas:
-            if delta.forget:
-                out.append(Delta(delta.key, None, None, forget=True))
-                continue
-            before, after = self.project(delta.before), self.project(delta.after)
-            if before != after:
-                out.append(Delta(delta.key, before, after))
-        return out
 
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "instruction": self.select_list}
