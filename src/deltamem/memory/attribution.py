@@ -83,7 +83,7 @@ def render_heatmap(matrix: np.ndarray, output_labels: Sequence[str], context_lab
     matplotlib.use("Agg")  # files only: no display here
     import matplotlib.pyplot as plt
 
-    height = max(2.5, 0.45 * len(output_labels) + 1.5)
+    height = max(3.5, 0.45 * len(output_labels) + 2.5)  # room for the rotated context labels
     width = max(6.0, min(24.0, 0.35 * len(context_labels) + 4))
     fig, ax = plt.subplots(figsize=(width, height))
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0)
