@@ -10,14 +10,12 @@ import select
 import signal
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 import deltamem as dm
 from deltamem.sql import execute
 
-DELTAMEM = Path(sys.executable).with_name("deltamem")
+DELTAMEM = [sys.executable, "-m", "deltamem"]  # the command line, without depending on the installed script
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
 
 
@@ -77,13 +75,12 @@ class Terminal:
         os.close(self.fd)
 
 
-@pytest.mark.skipif(not DELTAMEM.exists(), reason="the deltamem entry point is not installed next to this Python")
 def test_a_shell_session_through_a_pseudo_terminal(tmp_path):
     db_path = tmp_path / "shell.db"
     history = tmp_path / "history"
     env = {**os.environ, "HOME": str(tmp_path), "DELTAMEM_HISTORY": str(history), "TERM": "xterm",
            "COLUMNS": "100", "LINES": "40"}
-    terminal = Terminal([str(DELTAMEM), "sql", str(db_path), "--llm", "test", "--embedder", "test"], env)
+    terminal = Terminal([*DELTAMEM, "sql", str(db_path), "--llm", "test", "--embedder", "test"], env)
     try:
         terminal.expect(r"deltamem=> ")
 
