@@ -9,6 +9,7 @@ ends that statement, never the shell: it is printed as one ``Error: ...`` block 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +59,10 @@ def run_shell(db: "Database", console: "Console", *, read: Callable[[str], str] 
               history: Path | None = None) -> None:
     """Read statements until ``\\q`` or end of input, run each when complete, print results and errors."""
     interactive = sys.stdin.isatty()
+    if interactive:
+        # A process started from a non-interactive shell in the background inherits SIGINT ignored; the shell's
+        # Ctrl-C (stop a SUBSCRIBE, drop a half-typed statement) needs it delivered as KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     _load_history(history)
     buffer: list[str] = []
     if interactive:
