@@ -103,3 +103,16 @@ def apply_doc_step(db: dm.Database, docs: dm.Table, step: tuple, clock: dm.Manua
     else:
         return False
     return True
+
+
+def doc_steps(keys, texts, *, batch_size: int = 3, max_days: int = 3):
+    """A hypothesis strategy of the steps ``apply_doc_step`` applies, over ids from ``keys`` and texts from ``texts``."""
+    from hypothesis import strategies as st
+
+    tags = st.sampled_from(["x", "y"])
+    return st.one_of(
+        st.tuples(st.just("upsert"), keys, texts, tags),
+        st.tuples(st.just("delete"), keys),
+        st.tuples(st.just("batch"), st.lists(st.tuples(keys, texts, tags), min_size=1, max_size=batch_size)),
+        st.tuples(st.just("expire"), st.integers(min_value=1, max_value=max_days)),
+    )

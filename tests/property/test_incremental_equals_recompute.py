@@ -7,18 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deltamem as dm
-from tests.helpers import apply_doc_step, num_requested_calls, paid_hashes, recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, doc_steps, num_requested_calls, paid_hashes, recompute_from_scratch, scripted_db
 
 KEYS = st.integers(min_value=0, max_value=5)
 TEXTS = st.sampled_from(["alpha", "beta", "gamma", "delta", "a much longer text about gamma rays"])
-TAGS = st.sampled_from(["x", "y"])
-
-STEP = st.one_of(
-    st.tuples(st.just("upsert"), KEYS, TEXTS, TAGS),
-    st.tuples(st.just("delete"), KEYS),
-    st.tuples(st.just("batch"), st.lists(st.tuples(KEYS, TEXTS, TAGS), min_size=1, max_size=3)),
-    st.tuples(st.just("expire"), st.integers(min_value=1, max_value=3)),
-)
+STEP = doc_steps(KEYS, TEXTS)
 
 
 COLUMNS = {"id": "int", "text": "text", "tag": "text"}

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import deltamem as dm
 from deltamem.relation import Relation
-from tests.helpers import apply_doc_step, recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, doc_steps, recompute_from_scratch, scripted_db
 from tests.unit.test_search import assert_many_is_exact, assert_search_is_exact
 
 KEYS = st.integers(min_value=0, max_value=4)
@@ -18,15 +18,9 @@ WORDS = st.sampled_from(["red", "apple", "sky", "tree", "blue"])
 PHRASES = st.lists(WORDS, max_size=4).map(" ".join)
 TEXTS = st.one_of(PHRASES, PHRASES, PHRASES, st.none())
 QUERIES = st.lists(WORDS, min_size=1, max_size=3).map(" ".join)
-TAGS = st.sampled_from(["x", "y"])
-
-UPSERT = st.tuples(st.just("upsert"), KEYS, TEXTS, TAGS)
-STEP = st.one_of(  # upserts weigh double: rows must pile up for a delete to reach into a full top k
-    UPSERT,
-    UPSERT,
-    st.tuples(st.just("delete"), KEYS),
-    st.tuples(st.just("batch"), st.lists(st.tuples(KEYS, TEXTS, TAGS), min_size=1, max_size=4)),
-    st.tuples(st.just("expire"), st.integers(min_value=1, max_value=2)),
+STEP = st.one_of(  # upserts weigh more: rows must pile up for a delete to reach into a full top k
+    st.tuples(st.just("upsert"), KEYS, TEXTS, st.sampled_from(["x", "y"])),
+    doc_steps(KEYS, TEXTS, batch_size=4, max_days=2),
     st.tuples(st.just("query"), st.integers(min_value=0, max_value=3), QUERIES),
     st.tuples(st.just("unquery"), st.integers(min_value=0, max_value=3)),
 )

@@ -11,18 +11,11 @@ from hypothesis import strategies as st
 
 import deltamem as dm
 from deltamem.operators.topk import SemTopK, check_state
-from tests.helpers import apply_doc_step, paid_hashes, recompute_from_scratch, scripted_db
+from tests.helpers import apply_doc_step, doc_steps, paid_hashes, recompute_from_scratch, scripted_db
 
 KEYS = st.integers(min_value=0, max_value=7)
 TEXTS = st.sampled_from(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "alpha"])
-TAGS = st.sampled_from(["x", "y"])
-
-STEP = st.one_of(
-    st.tuples(st.just("upsert"), KEYS, TEXTS, TAGS),
-    st.tuples(st.just("delete"), KEYS),
-    st.tuples(st.just("batch"), st.lists(st.tuples(KEYS, TEXTS, TAGS), min_size=1, max_size=4)),
-    st.tuples(st.just("expire"), st.integers(min_value=1, max_value=3)),
-)
+STEP = doc_steps(KEYS, TEXTS, batch_size=4)
 
 COLUMNS = {"id": "int", "text": "text", "tag": "text"}
 INSTRUCTION = "the {text} makes the boldest claim"
