@@ -71,3 +71,14 @@ class MaintenanceError(DeltamemError):
 
 class FreshnessTimeout(DeltamemError):
     """Raised when ``fresh=True`` waited ``timeout`` seconds and the view had still not caught up."""
+
+
+class LoadError(DeltamemError):
+    """Raised when a record of a loaded file is malformed or does not fit the table; nothing of the file is applied."""
+
+    def __init__(self, path: str, line: int, problem: str):
+        end = " " if problem.endswith((".", "?")) else ". "
+        super().__init__(f"{path}, line {line}: {problem}{end}Nothing was loaded.")
+        self.path = path
+        self.line = line
+        self.problem = problem

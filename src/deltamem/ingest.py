@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from deltamem.changes import ColumnType, Row
-from deltamem.errors import ConfigError, DeltamemError, NoTable, did_you_mean
+from deltamem.errors import ConfigError, DeltamemError, LoadError, NoTable, did_you_mean
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
@@ -44,19 +44,6 @@ if TYPE_CHECKING:
 ProgressHook = Callable[[str, int, int], None]  # (label, done, total): what cli._task_reporter draws
 
 _PROGRESS_EVERY = 512  # records between progress reports: the bar stays live without costing per-record time
-
-
-class LoadError(DeltamemError):
-    """Raised when a record of a loaded file is malformed or does not fit the table; nothing of the file is applied."""
-
-    # TODO(ingest): move to deltamem.errors with the other caller errors once that module is free to edit.
-
-    def __init__(self, path: str, line: int, problem: str):
-        end = " " if problem.endswith((".", "?")) else ". "
-        super().__init__(f"{path}, line {line}: {problem}{end}Nothing was loaded.")
-        self.path = path
-        self.line = line
-        self.problem = problem
 
 
 class FileFormat(str, enum.Enum):

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from deltamem.cli import app
 from deltamem.errors import ConfigError, NoTable
-from deltamem.ingest import LoadError, detect_format, load_file
+from deltamem.errors import LoadError
+from deltamem.ingest import detect_format, load_file
 from tests.helpers import scripted_db
 
 runner = CliRunner()
