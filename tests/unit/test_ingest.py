@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deltamem.cli import app
-from deltamem.errors import ConfigError, NoTable
-from deltamem.errors import LoadError
+from deltamem.errors import ConfigError, LoadError, NoTable
 from deltamem.ingest import detect_format, load_file
 from tests.helpers import scripted_db
 
