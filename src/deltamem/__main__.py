@@ -2,4 +2,5 @@
 
 from deltamem.cli import app
 
-app(prog_name="deltamem")
+if __name__ == "__main__":
+    app(prog_name="deltamem")
