@@ -24,7 +24,7 @@ from rich.table import Table as RichTable
 
 import deltamem as dm
 from deltamem.bench.datasets import default_data_dir, load_passages
-from deltamem.demo_rag import run_rag_demo
+from deltamem.demo_rag import ratio, run_rag_demo
 
 DAY = 86400.0
 FILTER = "The passage below describes the life of a person (born, died, worked as ...).\n\n{text}"
@@ -153,10 +153,7 @@ def _report_people(db: dm.Database, people: dm.View, console: Console) -> None:
         f"deltamem paid [bold]{usage.calls}[/] calls, {paid_tokens} tokens, {usage.seconds:.1f} s of model time "
         f"over {full.refreshes} refreshes; a full recompute at every refresh would have paid "
         f"[bold]{full.cost.calls}[/] calls, {full_tokens} tokens, {full.cost.seconds:.1f} s: "
-        f"[bold green]{_ratio(full.cost.calls, usage.calls)}[/] fewer calls, {_ratio(full_tokens, paid_tokens)} fewer "
-        f"tokens, {_ratio(full.cost.seconds, usage.seconds)} less model time. Memo hits: {all_views.memo_hits}."
+        f"[bold green]{ratio(full.cost.calls, usage.calls)}[/] fewer calls, {ratio(full_tokens, paid_tokens)} fewer "
+        f"tokens, {ratio(full.cost.seconds, usage.seconds)} less model time. Memo hits: {all_views.memo_hits}."
     )
 
-
-def _ratio(full: float, paid: float) -> str:
-    return f"{full / paid:.1f}x" if paid else "all"

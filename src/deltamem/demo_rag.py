@@ -61,13 +61,14 @@ def run_rag_demo(db: dm.Database, questions_file: Path, *, num_questions: int, c
     console.print(
         f"answers: deltamem paid [bold]{paid.calls}[/] calls and {paid.seconds:.1f} s of model time over "
         f"{full.refreshes} refreshes; a full recompute at every refresh would have paid [bold]{full.cost.calls}[/] "
-        f"calls and {full.cost.seconds:.1f} s ({_times(full.cost.calls, paid.calls)} the calls, "
-        f"{_times(full.cost.seconds, paid.seconds)} the model time)."
+        f"calls and {full.cost.seconds:.1f} s ({ratio(full.cost.calls, paid.calls)} the calls, "
+        f"{ratio(full.cost.seconds, paid.seconds)} the model time)."
     )
 
 
-def _times(full: float, paid: float) -> str:
-    return f"{full / paid:.1f}x" if paid else "all of"
+def ratio(full: float, paid: float) -> str:
+    """``full / paid`` as "12.3x", or "all" when nothing was paid."""
+    return f"{full / paid:.1f}x" if paid else "all"
 
 
 def _draw_heatmap(answers: dm.View, qid: str, path: Path, console: Console) -> None:
