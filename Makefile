@@ -7,7 +7,10 @@ STAMP := $(VENV)/.deltamem-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test bench clean
+# The backend of `make demo-sql` (local, test or openai), as `--llm` takes it.
+DEMO_LLM ?= local
+
+.PHONY: demo demo-sql test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,21 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/deltamem demo
 
-test: $(STAMP)
+# Part one of the demo as a SQL script, on a fresh database each time (an old memo would answer every call).
+demo-sql: $(STAMP)
+	mkdir -p demo-out
+	rm -f demo-out/demo-sql.db demo-out/demo-sql.db-wal demo-out/demo-sql.db-shm
+	$(BIN)/deltamem run demo-out/demo-sql.db examples/demo.sql --llm $(DEMO_LLM)
+
+# The browser test drives Debian's Chromium through Playwright, which never downloads a browser of its own here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

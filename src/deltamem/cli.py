@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 import deltamem as dm
+from deltamem.server.command import bench_serve, serve
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -202,6 +203,10 @@ def serve_llm(
     except dm.DeltamemError as exc:
         _fail(exc)
     uvicorn.run(application, host=host, port=port)
+
+
+app.command("serve")(serve)  # the HTTP API and the web page: deltamem.server.command
+bench_app.command("serve")(bench_serve)
 
 
 @bench_app.command("rowwise")
@@ -391,10 +396,12 @@ def _stop_on_sigterm() -> Callable[[], None]:
 def load(
     db: str = typer.Argument(..., help="SQLite file (created when --key creates the table)."),
     table: str = typer.Argument(..., help="Table to write."),
-    file: Path = typer.Argument(..., help="A JSON Lines, CSV or Debezium change-event file."),
+    file: Path = typer.Argument(..., help="A JSON Lines, JSON array, CSV or Debezium change-event file."),
     format: Optional[str] = typer.Option(
-        None, "--format", help="jsonl, csv or debezium (default: from the extension; a JSON Lines file of change "
-                               "events is recognised from its first record)."),
+        None, "--format", help="jsonl, json (one array of row objects), csv or debezium (default: from the "
+                               "extension; a .json file holding an array, and a JSON Lines file of change events, "
+                               "are recognised from their content)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Load only the file's first N records."),
     key: Optional[str] = typer.Option(
         None, "--key", help="Create the table with this key column if it does not exist (columns from the file)."),
     maintain: bool = typer.Option(
@@ -404,7 +411,8 @@ def load(
     embedder: str = EMBEDDER,
 ) -> None:
     """Load a file into a table as one version: every record or none. A bad record (missing key, unknown column,
-    wrong type, bad Debezium op) is an error naming its line, and nothing of the file is applied.
+    wrong type, bad Debezium op) is an error naming its line, and nothing of the file is applied. Within a file the
+    last record of a key wins; the count of those it replaced is printed.
 
     Example: deltamem load app.db docs docs.jsonl --key id --llm test
     """
@@ -418,7 +426,7 @@ def load(
         with Progress(console=console, transient=True) as progress:
             report = _task_reporter(progress)
             with dm.connect(db, llm=llm, embedder=embedder, background=False, progress=report) as database:
-                result = load_file(database, table, file, format=format, key=key, progress=report)
+                result = load_file(database, table, file, format=format, key=key, limit=limit, progress=report)
                 if maintain and result.version is not None:
                     database.maintain()
     except dm.DeltamemError as exc:
@@ -427,8 +435,7 @@ def load(
         console.print(f"{file}: no records; nothing committed")
         return
     created = f" (created table {table!r})" if result.created else ""
-    console.print(f"{table}{created}: {result.inserted} inserted, {result.updated} updated, {result.deleted} deleted, "
-                  f"{result.unchanged} unchanged from {result.records} records; committed version {result.version}")
+    console.print(f"{table}{created}: {result.summary()}; committed version {result.version}")
 
 
 @app.command()
@@ -520,6 +527,7 @@ def subscribe(
     import queue
 
     from deltamem.changes import key_order
+    from deltamem.errors import NoView
     from deltamem.store.base import ChangeRow
 
     if not Path(db).exists():
@@ -570,6 +578,8 @@ def subscribe(
             try:
                 change = pending.get(timeout=0.5)
             except queue.Empty:
+                if isinstance(subscription.error, NoView):  # the view was dropped: say so, exit 1
+                    _fail(subscription.error)
                 for failed in (subscription.error, database.maintainer.error):
                     if failed is not None:
                         raise dm.DeltamemError(f'View "{view}" stopped: {failed}') from failed
@@ -621,7 +631,8 @@ def run_sql(
     echo: bool = typer.Option(True, "--echo/--no-echo", help="Print each statement before its result."),
 ) -> None:
     """Run a SQL script against a database, printing each statement's result; the first error stops it (a syntax
-    error anywhere stops it before the first statement runs) and exits with status 1.
+    error anywhere stops it before the first statement runs) and exits with status 1. COPY reads relative paths
+    from the script's folder.
 
     Example: deltamem run app.db schema.sql --llm test --embedder test
     """
@@ -631,6 +642,6 @@ def run_sql(
         _fail(dm.ConfigError(f"SQL file {str(file)!r} does not exist"))
     try:
         with dm.connect(db, llm=llm, embedder=embedder) as database:
-            run_script(database, file.read_text(), console, echo=echo)
+            run_script(database, file.read_text(), console, echo=echo, base_dir=file.resolve().parent)
     except dm.DeltamemError as exc:
         _fail(exc)

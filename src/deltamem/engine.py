@@ -38,7 +38,7 @@ from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
-from deltamem.store.base import ChangeRow, Store, TableDef, ViewDef
+from deltamem.store.base import ChangeRow, Dropped, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
 
 
@@ -53,11 +53,18 @@ def _default_template(table: TableDef, preferred: tuple[str, ...]) -> str:
 
 @dataclass
 class Batch:
-    """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` is set when it commits."""
+    """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` is set when it commits.
+
+    ``drops`` are the tables and views dropped in the block, as ``(kind, name)``, with one ``cascade`` for all; they
+    are applied after the writes, in the same store transaction, and ``dropped`` says what they removed.
+    """
 
     writes: dict[tuple[str, RowKey], RowWrite] = field(default_factory=dict)
     defs: dict[str, TableDef] = field(default_factory=dict)
     version: int | None = None
+    drops: list[tuple[str, str]] = field(default_factory=list)
+    cascade: bool | None = None
+    dropped: Dropped | None = None
 
 
 class Database:
@@ -156,14 +163,63 @@ class Database:
                 raise SchemaError(f"View name {name!r} is not an identifier")
             if "op" not in relation.plan:
                 raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
-            definition = ViewDef(name, relation.plan)
-            self.store.put_view_def(definition)
+            definition = self.store.put_view_def(ViewDef(name, relation.plan))
             self._views[name] = definition
         self.maintainer.notify()
         return View(self, name)
 
     def views(self) -> list[str]:
         return list(self._views)
+
+    def drop_table(self, name: str, *, cascade: bool = False) -> Dropped | None:
+        """Drop table ``name`` with its rows and change log, as one commit; the name is free again at once. Views
+        that read it (directly or through views) make this fail with ``DependentViews``, which names them, unless
+        ``cascade=True`` drops them too; a failed drop changes nothing. Returns what was dropped and the version;
+        inside ``db.batch()``, None: the drop commits with the batch, after its writes (see ``batch.dropped``).
+        """
+        with self._lock:
+            if name not in self._tables:
+                if name in self._views:
+                    raise NoTable(f'"{name}" is a view, not a table; drop it with drop_view({name!r})')
+                raise NoTable(f'Table "{name}" does not exist.' + did_you_mean(name, self._tables))
+        return self._drop("table", name, cascade)
+
+    def drop_view(self, name: str, *, cascade: bool = False) -> Dropped | None:
+        """Drop view ``name`` with its rows and their history, operator state, decisions and search index, as one
+        commit; its maintenance stops and its subscriptions end. Dependents and the result as for ``drop_table``.
+        What its calls cost stays in ``usage()`` (the ledger and its full-recompute baseline, under its name), and
+        the memo stays, so a view created again under the name answers identical calls from it.
+        """
+        with self._lock:
+            if name not in self._views:
+                if name in self._tables:
+                    raise NoView(f'"{name}" is a table, not a view; drop it with drop_table({name!r})')
+                raise NoView(f'View "{name}" does not exist.' + did_you_mean(name, self._views))
+        return self._drop("view", name, cascade)
+
+    def _drop(self, kind: str, name: str, cascade: bool) -> Dropped | None:
+        batch = getattr(self._batches, "current", None)
+        if batch is None:
+            return self._commit([], [], drops=[(kind, name)], cascade=cascade)[1]
+        if batch.cascade is not None and batch.cascade != cascade:
+            raise ConfigError("The drops of one batch share one cascade setting; drop in two batches instead")
+        batch.drops.append((kind, name))
+        batch.cascade = cascade
+        return None
+
+    def _forget(self, name: str) -> None:
+        """Take a dropped table or view out of this process's caches. Call under ``_lock``."""
+        self._tables.pop(name, None)
+        self._views.pop(name, None)
+        self._search_indexes.discard(name)
+
+    def _reload_view(self, name: str) -> None:
+        """Re-read view ``name``'s definition from the store, after another process dropped (or re-created) it."""
+        with self._lock:
+            found = next((v for v in self.store.get_view_defs() if v.name == name), None)
+            self._forget(name)
+            if found is not None:
+                self._views[name] = found
 
     def generate(
         self,
@@ -278,7 +334,8 @@ class Database:
             yield batch
         finally:
             self._batches.current = None
-        batch.version = self._commit(list(batch.writes.values()), list(batch.defs.values()))
+        batch.version, batch.dropped = self._commit(list(batch.writes.values()), list(batch.defs.values()),
+                                                    drops=batch.drops, cascade=bool(batch.cascade))
 
     def _write_rows(self, table: str, rows: Sequence[Row]) -> int | None:
         definition = self._table_def(table)
@@ -334,24 +391,36 @@ class Database:
         """Commit now, or add to the thread's open batch (and return None)."""
         batch = getattr(self._batches, "current", None)
         if batch is None:
-            return self._commit(writes, defs)
+            return self._commit(writes, defs)[0]
         for write in writes:
             batch.writes[(write.table, write.key)] = write
         for definition in defs:
             batch.defs[definition.name] = definition
         return None
 
-    def _commit(self, writes: list[RowWrite], defs: list[TableDef]) -> int:
+    def _commit(self, writes: list[RowWrite], defs: list[TableDef], *, drops: Sequence[tuple[str, str]] = (),
+                cascade: bool = False) -> tuple[int, Dropped | None]:
+        """Commit writes, table definitions and drops (applied after the writes) as one version."""
+        dropped = None
         with self._lock:
-            version, _changes = self.store.commit(writes, self.clock.now(), table_defs=defs)
+            if drops:
+                note = "drop " + ", ".join(f"{kind} {name}" for kind, name in drops)
+                dropped = self.store.drop([n for k, n in drops if k == "table"], [n for k, n in drops if k == "view"],
+                                          cascade=cascade, committed_at=self.clock.now(), note=note, writes=writes,
+                                          table_defs=defs)
+                version = dropped.version
+            else:
+                version, _changes = self.store.commit(writes, self.clock.now(), table_defs=defs)
             for definition in defs:
                 self._tables[definition.name] = definition
-        self.maintainer.notify()
-        return version
+            for name in (*dropped.tables, *dropped.views) if dropped else ():
+                self._forget(name)
+        self.maintainer.notify()  # also wakes readers waiting on a dropped view, so that they fail at once
+        return version, dropped
 
     def expire(self) -> int:
         """Expire every row whose TTL has ended, as one commit; return how many rows expired."""
-        modes = {t.name: t.expire for t in self._tables.values() if t.ttl is not None}
+        modes = {t.name: t.expire for t in list(self._tables.values()) if t.ttl is not None}
         if not modes:
             return 0
         result = self.store.expire(modes, self.clock.now())
@@ -382,7 +451,8 @@ class Database:
             raise ConfigError(
                 f'View "{name}" reflects version {applied}; as_of={as_of} is ahead of it. Pass fresh=True to wait'
             )
-        rows = self.store.get_view_rows(name, as_of)
+        # At `applied`, not "current": maintenance may commit a newer version between the two reads.
+        rows = self.store.get_view_rows(name, as_of if as_of is not None or applied is None else applied)
         applied = applied or 0
         behind = self.store.get_commit_time(applied + 1) if latest > applied else None
         return ViewRows(
@@ -400,11 +470,16 @@ class Database:
         """Bring every view up to the latest version now (what the background thread does on its own)."""
         latest = self.version
         for name in list(self._views):
-            self.maintainer.wait_for(name, latest, timeout)
+            try:
+                self.maintainer.wait_for(name, latest, timeout)
+            except NoView:
+                if name in self._views:
+                    raise  # not a drop that raced with this call
 
     def usage(self) -> Usage:
-        """Calls, tokens and seconds paid, by view and operator, beside the full-recompute cost of each view."""
-        once_now = {name: self.store.get_state_cost(name) for name in self._views}
+        """Calls, tokens and seconds paid, by view and operator, beside the full-recompute cost of each view. A dropped
+        view's calls stay in the totals and under its name: money already spent is not given back."""
+        once_now = {name: self.store.get_state_cost(name) for name in list(self._views)}
         return Usage.build(self.store.get_ledger_totals(), self.store.get_baselines(), once_now)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------

@@ -30,6 +30,14 @@ class AlreadyExists(DeltamemError):
     """Raised when a table or view is created under a name that is taken by a different definition."""
 
 
+class DependentViews(DeltamemError):
+    """Raised when a table or view that other views read is dropped without cascade; the message names those views."""
+
+    def __init__(self, message: str, views: tuple[str, ...]):
+        super().__init__(message)
+        self.views = views
+
+
 class SchemaError(DeltamemError):
     """Raised when a row, template or definition does not fit a table's columns or types."""
 

@@ -1,4 +1,4 @@
-"""Loading a file into a table: JSON Lines, CSV, or Debezium change events, as one atomic commit.
+"""Loading a file into a table: JSON Lines, a JSON array, CSV, or Debezium change events, as one atomic commit.
 
     result = load_file(db, "docs", "docs.jsonl", key="id")   # LoadResult(records=4, inserted=3, updated=1, ...)
 
@@ -9,11 +9,15 @@ and the table is exactly as before (a table that ``key=`` creates is created onl
 NOTE(ingest): all-or-nothing for the whole file rather than per chunk, because a half-loaded file is a state no
 view should ever see, and a batch holds its writes in memory anyway; the cost is memory proportional to the file.
 Within one file the last record of a key wins (a Debezium ``c`` then ``u`` then ``d`` of one key nets out), so
-views see the file's net change, not each intermediate row.
+views see the file's net change, not each intermediate row; ``LoadResult.superseded`` counts the records that a later
+record of the same key replaced (e.g. repeated titles in a file keyed by title), and the CLI and ``COPY`` print it.
+``limit=n`` reads only the file's first n records (rows, array elements or events).
 
 Formats:
 
 - ``jsonl``: one JSON object per line, each a full row (upsert). Blank lines are skipped.
+- ``json``: one JSON array of row objects (``[{"title": ..., "text": ...}, ...]``), each a full row; a line number
+  is where its element starts. A ``.json`` file that starts with ``[`` is read as this, any other as JSON Lines.
 - ``csv``: a header line naming the columns, then one row per record. Values are converted to the table's column
   types (``int``, ``float``, ``bool`` as true/false/1/0/yes/no, ``json``); an empty field is NULL, except in a
   ``text`` column, where it is ``""``. A new table's types are inferred from every value of each column.
@@ -50,6 +54,7 @@ class FileFormat(str, enum.Enum):
     """The formats ``load_file`` reads."""
 
     JSONL = "jsonl"
+    JSON = "json"
     CSV = "csv"
     DEBEZIUM = "debezium"
 
@@ -81,11 +86,21 @@ class LoadResult:
     unchanged: int
     version: int | None
     created: bool  # the table was created by this load
+    superseded: int = 0  # records a later record of the same key replaced (they were never applied)
+
+    def summary(self) -> str:
+        """``"2 inserted, 0 updated, 0 deleted, 0 unchanged from 2 records"``, with the superseded, if any."""
+        text = (f"{self.inserted} inserted, {self.updated} updated, {self.deleted} deleted, {self.unchanged} "
+                f"unchanged from {self.records} records")
+        if self.superseded:
+            text += f" ({self.superseded} replaced by a later record with the same key)"
+        return text
 
 
 def detect_format(path: str | Path, format: str | None = None) -> FileFormat:
     """The format named by ``format``, else the one the extension implies (``.jsonl``, ``.ndjson``, ``.json``,
-    ``.csv``); a JSON Lines file of change events is recognised later, from its first record."""
+    ``.csv``); a ``.json`` file holding an array, and a JSON Lines file of change events, are recognised later, from
+    their first bytes and first record."""
     if format is not None:
         try:
             return FileFormat(format)
@@ -94,8 +109,8 @@ def detect_format(path: str | Path, format: str | None = None) -> FileFormat:
                 from None
     suffix = Path(path).suffix.lower()
     if suffix not in _EXTENSIONS:
-        raise ConfigError(f"Cannot tell the format of {str(path)!r} from its extension; pass --format jsonl, csv or "
-                          "debezium")
+        raise ConfigError(f"Cannot tell the format of {str(path)!r} from its extension; pass --format jsonl, json, "
+                          "csv or debezium")
     return _EXTENSIONS[suffix]
 
 
@@ -106,14 +121,22 @@ def load_file(
     *,
     format: str | None = None,
     key: str | None = None,
+    limit: int | None = None,
     progress: ProgressHook | None = None,
+    number: Callable[[list[Record]], list[Record]] | None = None,
+    also: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Apply the records of the file at ``path`` to ``table`` as one version (see the module docstring).
+    """Apply the records of the file at ``path`` (its first ``limit``, if given) to ``table`` as one version (see
+    the module docstring).
 
     The table must exist, unless ``key`` names its key column: then a missing table is created with columns
     inferred from every record. Raises ``LoadError`` (with ``.line``) for a bad record, ``NoTable`` for a missing
     table without ``key``, ``ConfigError`` for an unknown format; in every case the database is unchanged.
+    ``number`` may fill in keys of the records once read (SQL numbers a stream's events with it), and ``also`` runs
+    inside the load's batch, so that what it writes commits with the file.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit takes a whole number of records, not {limit!r}")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"File {str(path)!r} does not exist")
@@ -130,7 +153,10 @@ def load_file(
     columns = definition.columns if definition is not None else None
 
     label = f"read {path.name}"
-    records = list(_read_records(path, fmt, key_column, columns, progress, label, detect=format is None))
+    records = list(_read_records(path, fmt, key_column, columns, progress, label, detect=format is None,
+                                 limit=limit, keyed=number is None))
+    if number is not None:
+        records = number(records)
     if not records:
         return LoadResult(0, 0, 0, 0, 0, None, False)
     for record in records:  # checked before a table is created, so that a bad key never leaves an empty table
@@ -166,13 +192,15 @@ def load_file(
                 raise LoadError(str(path), record.line, _as_record_problem(str(exc))) from exc
             if progress is not None and (done % _PROGRESS_EVERY == 0 or done == len(records)):
                 progress(f"apply to {table}", done, len(records))
-        num_keys = len(batch.writes)
+        num_keys = len({k for t, k in batch.writes if t == table})
+        if also is not None:
+            also()
     version = batch.version
     assert version is not None, "ingest: a batch that did not raise has a version"
     kinds = [change.kind for change in db.store.get_changes(version, version, [table])]
     return LoadResult(records=len(records), inserted=kinds.count("insert"), updated=kinds.count("update"),
                       deleted=kinds.count("delete"), unchanged=num_keys - len(kinds), version=version,
-                      created=created)
+                      created=created, superseded=len(records) - num_keys)
 
 
 def _as_record_problem(message: str) -> str:
@@ -183,7 +211,7 @@ def _as_record_problem(message: str) -> str:
 # --- reading ------------------------------------------------------------------------------------------------------
 def _read_records(
     path: Path, fmt: FileFormat, key: str, columns: dict[str, ColumnType] | None, progress: ProgressHook | None,
-    label: str, *, detect: bool,
+    label: str, *, detect: bool, limit: int | None, keyed: bool,
 ) -> Iterator[Record]:
     total = path.stat().st_size
     with path.open("rb") as raw:
@@ -191,18 +219,20 @@ def _read_records(
             if progress is not None:
                 progress(label, min(raw.tell(), total), total)
 
+        if fmt is FileFormat.JSONL and detect and raw.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+            fmt = FileFormat.JSON  # a .json file holding one array
+        raw.seek(0)
         if fmt is FileFormat.CSV:
-            yield from _read_csv(raw, str(path), key, columns, report)
+            yield from _read_csv(raw, str(path), key, columns, report, limit, keyed=keyed)
         else:
-            yield from _read_json_lines(raw, str(path), key, fmt, report, detect=detect)
+            values = _json_array(raw, str(path), limit) if fmt is FileFormat.JSON else _json_lines(raw, str(path), report)
+            yield from _json_records(values, str(path), key, fmt, detect=detect, limit=limit)
         if progress is not None:
             progress(label, total, total)
 
 
-def _read_json_lines(raw: IO[bytes], path: str, key: str, fmt: FileFormat, report: Callable[[], None], *,
-                     detect: bool) -> Iterator[Record]:
-    # An explicit --format jsonl reads rows even when they have columns named op, before and after.
-    debezium: bool | None = True if fmt is FileFormat.DEBEZIUM else None if detect else False
+def _json_lines(raw: IO[bytes], path: str, report: Callable[[], None]) -> Iterator[tuple[int, Any]]:
+    """(line, value) for each non-blank line."""
     for number, data in enumerate(raw, 1):
         if number % _PROGRESS_EVERY == 0:
             report()
@@ -213,14 +243,66 @@ def _read_json_lines(raw: IO[bytes], path: str, key: str, fmt: FileFormat, repor
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
+            yield number, json.loads(text)
         except json.JSONDecodeError as exc:
-            hint = "; JSON Lines wants one object per line, not an array" if text.lstrip().startswith("[") else ""
+            hint = "; JSON Lines wants one object per line: for an array, use format json" \
+                if text.lstrip().startswith("[") else ""
             raise LoadError(path, number, f"is not valid JSON: {exc.msg} (column {exc.colno}){hint}") from None
+
+
+def _json_array(raw: IO[bytes], path: str, limit: int | None) -> Iterator[tuple[int, Any]]:
+    """(line where it starts, value) for each element of the file's one JSON array, up to ``limit`` of them."""
+    data = raw.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoadError(path, data[:exc.start].count(b"\n") + 1, f"is not UTF-8 ({exc.reason})") from None
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    counted, line = 0, 1  # newlines before ``counted``: lines are counted as the parse moves on, never from 0
+
+    def line_at(position: int) -> int:
+        nonlocal counted, line
+        line += text.count("\n", counted, position)
+        counted = position
+        return line
+
+    position = space.match(text, 0).end()
+    if not text.startswith("[", position):
+        raise LoadError(path, line_at(position), "expected a JSON array of row objects ('[' first); for one object "
+                                                 "per line, use format jsonl")
+    position = space.match(text, position + 1).end()
+    num_values = 0
+    while not text.startswith("]", position):
+        if limit is not None and num_values >= limit:
+            return  # the rest of the file is not read, nor checked
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise LoadError(path, exc.lineno, f"is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        yield line_at(position), value
+        num_values += 1
+        position = space.match(text, end).end()
+        if text.startswith(",", position):
+            position = space.match(text, position + 1).end()
+        elif not text.startswith("]", position):
+            raise LoadError(path, line_at(position), "expected ',' or ']' after an element of the JSON array")
+    if space.match(text, position + 1).end() < len(text):
+        raise LoadError(path, line_at(position), "has more after the JSON array's closing ']'")
+
+
+def _json_records(values: Iterator[tuple[int, Any]], path: str, key: str, fmt: FileFormat, *, detect: bool,
+                  limit: int | None) -> Iterator[Record]:
+    # An explicit --format jsonl or json reads rows even when they have columns named op, before and after.
+    debezium: bool | None = True if fmt is FileFormat.DEBEZIUM else None if detect else False
+    num_records = 0
+    for number, value in values:
+        if limit is not None and num_records >= limit:
+            return
         if value is None and debezium is not False:
             continue  # a Kafka tombstone after a delete
         if not isinstance(value, dict):
             raise LoadError(path, number, f"expected a JSON object, got {type(value).__name__}")
+        num_records += 1
         if debezium is None:
             debezium = _looks_like_event(value)
         if debezium:
@@ -264,7 +346,7 @@ def _event_records(event: dict[str, Any], path: str, line: int, key: str) -> Ite
 
 
 def _read_csv(raw: IO[bytes], path: str, key: str, columns: dict[str, ColumnType] | None,
-              report: Callable[[], None]) -> Iterator[Record]:
+              report: Callable[[], None], limit: int | None, *, keyed: bool) -> Iterator[Record]:
     text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
     reader = csv.reader(text)
     try:
@@ -272,7 +354,7 @@ def _read_csv(raw: IO[bytes], path: str, key: str, columns: dict[str, ColumnType
         if header is None:
             return
         header = [name.strip() for name in header]
-        if key not in header:
+        if key not in header and keyed:  # not keyed: the caller numbers the records
             raise LoadError(path, 1, f"the header has no key column {key!r}." + did_you_mean(key, header))
         if len(set(header)) != len(header):
             twice = sorted({name for name in header if header.count(name) > 1})
@@ -284,6 +366,8 @@ def _read_csv(raw: IO[bytes], path: str, key: str, columns: dict[str, ColumnType
         rows: list[tuple[int, list[str]]] = []
         last_line = reader.line_num
         for fields in reader:
+            if limit is not None and len(rows) >= limit:
+                break  # a new table's types come from the rows read
             start, last_line = last_line + 1, reader.line_num  # a quoted field may span several lines
             if len(rows) % _PROGRESS_EVERY == 0:
                 report()

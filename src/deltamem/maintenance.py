@@ -21,14 +21,18 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from deltamem.changes import Delta, ExpireMode, RowKey, key_order
-from deltamem.errors import FreshnessTimeout, MaintenanceError
+from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
-from deltamem.relation import Plan
-from deltamem.store.base import ViewCommit
+from deltamem.relation import Plan, build_operators, plan_inputs
+from deltamem.store.base import ViewCommit, ViewDef
 from deltamem.subscribe import Subscription
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
+
+
+class _ViewGone(Exception):
+    """The view being maintained was dropped meanwhile: stop working on it (never leaves this module)."""
 
 
 class Maintainer:
@@ -45,6 +49,7 @@ class Maintainer:
         self.error: BaseException | None = None
         self._work = threading.Lock()
         self._changed = threading.Condition()
+        self._view_commits = 0  # view commits made by this process: what change feeds wait on
         self._dirty = True
         self._stopping = False
         self._subscriptions: list[Subscription] = []
@@ -69,20 +74,33 @@ class Maintainer:
             self._thread.join()
 
     def wait_for(self, view: str, version: int, timeout: float | None) -> None:
-        """Return once ``view`` reflects ``version``; raise ``FreshnessTimeout`` or ``MaintenanceError``."""
+        """Return once ``view`` reflects ``version``; raise ``FreshnessTimeout``, ``MaintenanceError``, or ``NoView``
+        when the view is dropped while this waits."""
         if not self.background:
             self.catch_up_all()
             return
         with self._changed:
             ok = self._changed.wait_for(
-                lambda: self.error is not None or self._applied(view) >= version, timeout=timeout
+                lambda: self.error is not None or view not in self.db._views or self._applied(view) >= version,
+                timeout=timeout,
             )
         if self.error is not None:
             raise MaintenanceError(f'View maintenance stopped: {self.error}') from self.error
+        if view not in self.db._views:
+            raise NoView(f'View "{view}" was dropped')
         if not ok:
             raise FreshnessTimeout(
                 f'View "{view}" reflects version {self._applied(view)}, not yet {version}, after {timeout} s'
             )
+
+    def wait_for_view_commit(self, seen: int, timeout: float) -> int:
+        """Block until the count of view commits differs from ``seen``, or for ``timeout`` seconds; return the count.
+
+        A count, not a bare wait, so a commit made while the caller was busy is never missed: change feeds sleep here.
+        """
+        with self._changed:
+            self._changed.wait_for(lambda: self._view_commits != seen, timeout)
+            return self._view_commits
 
     def subscribe(self, view: str, callback, *, snapshot: bool) -> Subscription:
         if not self.background:
@@ -92,10 +110,24 @@ class Maintainer:
         return subscription
 
     def catch_up_all(self) -> None:
-        """Bring every view to the latest version, sources before the views that read them."""
+        """Bring every view to the latest version, sources before the views that read them.
+
+        A view dropped meanwhile (here or by another process) is left at once: what was computed for it is discarded
+        by the store (its commit names the incarnation, ``ViewDef.id``), and an error it raised is moot.
+        """
         with self._work:
             for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
-                self._catch_up(name)
+                definition = self.db._views.get(name)
+                if definition is None:
+                    continue  # dropped since the list was taken
+                try:
+                    self._catch_up(definition)
+                except _ViewGone:
+                    continue
+                except Exception:
+                    if self.db.store.get_view_id(name) == definition.id:
+                        raise
+                    self.db._reload_view(name)  # NOTE(maintenance): it failed because it was dropped under it
 
     # --- the background loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -120,16 +152,22 @@ class Maintainer:
         applied = self.db.store.get_applied_version(view)
         return -1 if applied is None else applied
 
-    def _catch_up(self, name: str) -> None:
+    def _catch_up(self, definition: ViewDef) -> None:
         store = self.db.store
-        inputs, operators = self.db._view_plan(name)
+        name = definition.name
         applied = store.get_applied_version(name)
+        # Checked after that read: ids are never reused, so a match now means ``applied`` is this incarnation's, not
+        # the None of a view dropped (and maybe re-created) meanwhile, which would rebuild the old one for nothing.
+        if store.get_view_id(name) != definition.id:  # dropped, here or by another process
+            self.db._reload_view(name)
+            raise _ViewGone(name)
+        inputs, operators = plan_inputs(definition.plan), build_operators(definition.plan)
         if applied is None:
             snapshot = self._snapshot(inputs)
             if snapshot is None:
                 return  # a view it reads is behind the tables it reads: build on a later pass
             version, deltas = snapshot
-            self._apply(name, operators, version, deltas, building=True)
+            self._apply(definition, operators, version, deltas, building=True)
             applied = version
         latest = store.get_latest_version()
         for source in inputs.values():
@@ -142,14 +180,16 @@ class Maintainer:
         if has_failures and latest not in by_version:
             by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
         for version in sorted(by_version):
-            self._apply(name, operators, version, by_version[version], building=False)
-        if store.get_applied_version(name) < latest:
-            self._commit(ViewCommit(name, latest))
+            self._apply(definition, operators, version, by_version[version], building=False)
+        if (store.get_applied_version(name) or -1) < latest:
+            self._commit(ViewCommit(name, latest, view_id=definition.id))
 
     def _apply(
-        self, name: str, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *, building: bool
+        self, definition: ViewDef, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *,
+        building: bool,
     ) -> None:
-        commit = ViewCommit(name, version, count_baseline=any(inputs.values()))
+        name = definition.name
+        commit = ViewCommit(name, version, view_id=definition.id, count_baseline=any(inputs.values()))
         ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building,
                               embedder=self.db._embedder)
         first, rest = operators[0], operators[1:]
@@ -163,9 +203,12 @@ class Maintainer:
         self._commit(commit)
 
     def _commit(self, commit: ViewCommit) -> None:
-        self.db.store.commit_view(commit)
+        applied = self.db.store.commit_view(commit)
         with self._changed:
+            self._view_commits += 1
             self._changed.notify_all()
+        if not applied and self.db.store.get_view_id(commit.view) != commit.view_id:
+            raise _ViewGone(commit.view)  # not "already applied": the view was dropped while this was computed
 
     def _snapshot(self, inputs: dict[str, Plan]) -> tuple[int, dict[str, list[Delta]]] | None:
         """Every input's rows at one version, as inserts; None when no such version is readable yet (the tables'
@@ -179,7 +222,8 @@ class Maintainer:
             if reflected is not None and reflected < version:
                 return None
         else:
-            assert reflected is not None and reflected >= 0, "maintenance: a view was built before a view it reads"
+            if reflected is None or reflected < 0:
+                return None  # a view it reads is unbuilt: it was just dropped (creation order builds inputs first)
             version, by_table = reflected, {}
         by_view = {view: store.get_view_rows(view, version) for view in views}  # views keep every version
         rows_by_role = {role: (by_table if source["source"] == "table" else by_view)[source["name"]]

@@ -5,6 +5,9 @@
 Each subscription reads the view's history from the store on its own thread, in version order, each change row
 exactly once, retractions before insertions within a version. A slow callback delays only itself: maintenance and
 writers never wait for it, and nothing is lost while it lags, because the history is the queue.
+
+A subscription follows one incarnation of the view (``ViewDef.id``): when the view is dropped, here or by another
+process, it stops before delivering anything of a view created again under the name.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from deltamem.errors import NoView
 from deltamem.store.base import ChangeRow, Store
 
 log = logging.getLogger(__name__)
@@ -22,7 +26,8 @@ class Subscription:
     """Delivers the change rows of ``view`` after version ``delivered`` to ``callback`` until ``close()``.
 
     ``delivered`` only grows; it is the last version whose change rows were all handed to the callback.
-    If the callback raises, the subscription stops and keeps the exception in ``error``.
+    If the callback raises, the subscription stops and keeps the exception in ``error``; if the view is dropped, it
+    stops and ``error`` is a ``NoView`` that says so.
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class Subscription:
         self._callback = callback
         self._wakeup = wakeup
         self._closed = threading.Event()
+        self._view_id = store.get_view_id(view)  # read first: a drop after it shows in _gone() before any delivery
         applied = store.get_applied_version(view)
         self._snapshot: list[ChangeRow] = []
         if applied is None:
@@ -60,8 +66,18 @@ class Subscription:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _gone(self) -> bool:
+        """True (and ``error`` set) once the view this subscription follows has been dropped."""
+        if self._store.get_view_id(self.view) == self._view_id:
+            return False
+        self.error = NoView(f'View "{self.view}" was dropped; the subscription ended')
+        log.info("subscription to %s ended: the view was dropped", self.view)
+        return True
+
     def _run(self) -> None:
         try:
+            if self._gone():
+                return
             for change in self._snapshot:
                 self._callback(change)
             self._snapshot = []
@@ -70,12 +86,17 @@ class Subscription:
                 if applied is not None and self.delivered is None:
                     self.delivered = applied  # created before the first build without a snapshot: skip it
                 if applied is not None and applied > self.delivered:
-                    for change in self._store.get_view_changes(self.view, self.delivered + 1, applied):
+                    changes = self._store.get_view_changes(self.view, self.delivered + 1, applied)
+                    if self._gone():  # checked after the reads: ids are never reused, so what was read is ours
+                        return
+                    for change in changes:
                         if self._closed.is_set():
                             return
                         self._callback(change)
                     self.delivered = applied
                     continue
+                if self._gone():
+                    return
                 with self._wakeup:
                     self._wakeup.wait(0.5)
         except BaseException as exc:  # the callback's error, kept for the owner; the thread must not die silently

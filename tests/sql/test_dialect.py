@@ -26,6 +26,10 @@ def validate_identity(sql: str, canonical: str | None = None):
     "EXPLAIN VIEW v KEY 'q1'",
     "SHOW USAGE",
     "SELECT * FROM a JOIN b ON SEM_MATCH('{x:left} is {y:right}', candidates => 5)",
+    "DROP TABLE IF EXISTS a, b CASCADE",
+    "DROP STREAM s RESTRICT",
+    "DROP VIEW v",
+    "COPY docs FROM 'docs.json' WITH (format 'json', limit 40)",
 ])
 def test_round_trip(sql):
     validate_identity(sql)
@@ -46,6 +50,11 @@ def test_postgres_spellings_read_into_the_same_nodes():
     validate_identity("SUBSCRIBE v", "SUBSCRIBE TO v")
     assert [type(s.expression) for s in parse("SUBSCRIBE v; EXPLAIN VIEW v; SHOW VIEWS")] == \
         [Subscribe, ExplainView, ShowObjects]
+    drop = validate_identity("DROP CONTINUOUS VIEW IF EXISTS v, w", "DROP VIEW IF EXISTS v, w")
+    assert drop.kind == "VIEW" and [t.name for t in drop.args["tables"]] == ["v", "w"]
+    assert validate_identity("DROP STREAM s").kind == "STREAM"
+    validate_identity("COPY docs FROM 'd.csv' WITH (format = 'csv', HEADER true)",
+                      "COPY docs FROM 'd.csv' WITH (format 'csv', HEADER TRUE)")
 
 
 def test_statements_keep_their_text_and_offsets():
@@ -70,8 +79,10 @@ def test_syntax_error_shows_line_column_and_caret_under_the_fault():
 
 
 @pytest.mark.parametrize("sql, message, caret", [
-    ("SELEC * FROM t", "unknown statement 'SELEC'; expected one of CREATE, DROP, INSERT, UPDATE, DELETE, SELECT, WITH, "
-                       "SUBSCRIBE, EXPLAIN, SHOW. Did you mean 'SELECT'?", "^^^^^"),
+    ("SELEC * FROM t", "unknown statement 'SELEC'; expected one of CREATE, DROP, INSERT, UPDATE, DELETE, COPY, SELECT, "
+                       "WITH, SUBSCRIBE, EXPLAIN, SHOW. Did you mean 'SELECT'?", "^^^^^"),
+    ("DROP INDEX i", "expected TABLE, STREAM, VIEW or CONTINUOUS VIEW after DROP", "     ^^^^^"),
+    ("DROP TABLE IF EXISTS", "expected table name but the statement ended", "              ^^^^^^"),
     ("SELECT * FROM t WHERE", "expected a condition after WHERE", "                ^^^^^"),
     ("SHOW TABLE", "expected TABLES, VIEWS, USAGE after SHOW. Did you mean 'TABLES'?", "     ^^^^^"),
     ("CREATE VIEWX v", "expected TABLE, STREAM or CONTINUOUS VIEW after CREATE", "       ^^^^^"),

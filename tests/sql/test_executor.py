@@ -164,8 +164,8 @@ def test_rank_runs_before_maps_that_it_does_not_read(db):
 
 
 @pytest.mark.parametrize("sql, message", [
-    ("DROP TABLE papers", "DROP TABLE is not supported yet"),
-    ("DROP VIEW v", "DROP VIEW is not supported yet"),
+    ("COPY papers TO 'out.csv'", "COPY ... TO is not supported"),
+    ("COPY papers FROM STDIN", "FROM STDIN and PROGRAM are not supported"),
     ("CREATE VIEW v AS SELECT * FROM papers", "write CREATE CONTINUOUS VIEW"),
     ("CREATE CONTINUOUS VIEW v AS SELECT * FROM papers ORDER BY year LIMIT 2", "ORDER BY in a continuous view takes"),
     ("CREATE CONTINUOUS VIEW v AS SELECT year + 1 AS y FROM papers", "computed column 'year + 1 AS y'"),

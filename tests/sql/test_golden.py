@@ -39,7 +39,9 @@ def test_golden_scripts_cover_every_statement_form():
     for form in ("CREATE TABLE", "CREATE STREAM", "CREATE CONTINUOUS VIEW", "LLM_GENERATE", "WITH (TTL", "INSERT INTO",
                  "ON CONFLICT DO NOTHING", "UPDATE ", "DELETE FROM", "AS OF VERSION", "SUBSCRIBE TO", "EXPLAIN VIEW",
                  " KEY ", "SHOW TABLES", "SHOW VIEWS", "SHOW USAGE", "SEM_FILTER(", "SEM_MAP(", "SEM_EXTRACT(",
-                 "SEM_AGG(", "GROUP BY", "SEM_RANK(", "SEM_MATCH(", "SEM_SEARCH(", "PROMPT=\"GIVEN CONVERSATION"):
+                 "SEM_AGG(", "GROUP BY", "SEM_RANK(", "SEM_MATCH(", "SEM_SEARCH(", "PROMPT=\"GIVEN CONVERSATION",
+                 "DROP TABLE", "DROP VIEW", "DROP CONTINUOUS VIEW", "DROP STREAM", "DROP VIEW IF EXISTS", " CASCADE;",
+                 " RESTRICT;", "COPY ", "FORMAT = 'JSON'", "LIMIT = "):
         assert form in text, form
 
 

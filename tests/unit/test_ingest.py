@@ -195,3 +195,54 @@ def test_load_command_prints_counts_and_the_version_and_refreshes_views(tmp_path
 
     result = runner.invoke(app, ["load", str(tmp_path / "new.db"), "docs", str(path), *args])
     assert result.exit_code == 1 and "pass --key" in result.output
+
+
+def test_a_json_array_loads_as_rows_and_errors_name_the_line_where_the_element_starts(db, tmp_path):
+    path = tmp_path / "corpus.json"
+    path.write_text('[\n  {"title": "Ada", "text": "one"},\n  {"title": "Alan",\n   "text": "two"}\n]\n')
+    result = load_file(db, "corpus", path, key="title")  # .json holding an array: recognised, no format needed
+    assert (result.records, result.inserted, result.created) == (2, 2, True)
+    assert db.table("corpus").rows() == [{"title": "Ada", "text": "one"}, {"title": "Alan", "text": "two"}]
+    path.write_text('[\n  {"title": "Grace", "text": "three"},\n\n  {"title": "Bad",\n   "txt": "x"}\n]')
+    with pytest.raises(LoadError) as caught:
+        load_file(db, "corpus", path, format="json")
+    assert caught.value.line == 4 and "unknown column 'txt'" in str(caught.value)
+    path.write_text('[{"title": "a", "text": "b"}\n {"title": "c"}]')
+    with pytest.raises(LoadError, match=r"line 2: expected ',' or '\]' after an element of the JSON array"):
+        load_file(db, "corpus", path, format="json")
+    with pytest.raises(LoadError, match="JSON Lines wants one object per line: for an array, use format json"):
+        load_file(db, "corpus", path, format="jsonl")
+    assert len(db.table("corpus").rows()) == 2
+
+
+def test_limit_reads_the_first_records_and_repeated_keys_are_counted_not_silent(db, tmp_path):
+    rows = [{"title": "A", "text": "1"}, {"title": "B", "text": "2"}, {"title": "A", "text": "3"},
+            {"title": "C", "text": "4"}]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    result = load_file(db, "t", path, key="title", limit=3)
+    assert (result.records, result.inserted, result.superseded) == (3, 2, 1)
+    assert db.table("t").rows() == [{"title": "A", "text": "3"}, {"title": "B", "text": "2"}]  # the later A won
+    assert "(1 replaced by a later record with the same key)" in result.summary()
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("title,text\nD,5\nE,6\nF,7\n")
+    assert load_file(db, "t", csv_path, limit=1).inserted == 1 and db.table("t").get("E") is None
+    lines = _jsonl(tmp_path / "rows.jsonl", [{"title": "G", "text": "8"}, {"title": "H", "text": "9"}])
+    assert load_file(db, "t", lines, limit=0).version is None  # no records: nothing committed
+    with pytest.raises(ConfigError, match="limit takes a whole number"):
+        load_file(db, "t", lines, limit=-1)
+
+
+def test_load_command_takes_json_and_limit(tmp_path):
+    path = tmp_path / "corpus.json"
+    path.write_text(json.dumps([{"title": f"T{i}", "text": "x"} for i in range(5)] + [{"title": "T0", "text": "y"}]))
+    args = ["--llm", "test", "--embedder", "test"]
+    result = runner.invoke(app, ["load", str(tmp_path / "a.db"), "corpus", str(path), "--key", "title",
+                                 "--format", "json", "--limit", "3", *args])
+    assert result.exit_code == 0, result.output
+    assert "3 inserted, 0 updated, 0 deleted, 0 unchanged from 3 records; committed version 1" in \
+        " ".join(result.output.split())
+    result = runner.invoke(app, ["load", str(tmp_path / "a.db"), "corpus", str(path), *args])
+    text = " ".join(result.output.split())
+    assert "2 inserted, 1 updated, 0 deleted, 2 unchanged from 6 records (1 replaced by a later record with the " \
+           "same key)" in text

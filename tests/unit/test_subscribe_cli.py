@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deltamem.cli import app
+from deltamem.sql import execute
 from tests.helpers import scripted_db
 
 DELTAMEM = [sys.executable, "-m", "deltamem"]  # the command line, without depending on the installed script
@@ -99,3 +100,23 @@ def test_subscribe_to_an_unknown_view_is_an_error(tmp_path):
     result = runner.invoke(app, ["subscribe", db_path, "sumaries", "--llm", "test", "--embedder", "test"])
     assert result.exit_code == 1
     assert 'Error: View "sumaries" does not exist. Did you mean \'summaries\'?' in result.output
+
+
+def test_subscribe_prints_columns_in_the_order_sql_or_python_declared_them(tmp_path):
+    db_path = str(tmp_path / "app.db")
+    with scripted_db(db_path) as db:  # closed before the command opens the file: it learns the columns from the store
+        execute(db, "CREATE TABLE docs (zid TEXT PRIMARY KEY, title TEXT, body TEXT);"
+                    "INSERT INTO docs VALUES ('a', 'Title', 'Body');"
+                    "CREATE CONTINUOUS VIEW everything AS SELECT * FROM docs WHERE zid <> ''")
+        notes = db.table("notes", key="zid", columns={"zid": "text", "title": "text", "body": "text"})
+        notes.upsert({"zid": "n", "title": "Note", "body": "text"})
+        db.view("gists", notes.sem_map("Sum up {body}", out="gist"))
+        db.maintain()
+    args = ["--limit", "1", "--llm", "test", "--embedder", "test"]
+    result = runner.invoke(app, ["subscribe", db_path, "everything", *args])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[:2] == ["version\tdiff\tzid\ttitle\tbody", "3\t+1\ta\tTitle\tBody"]
+    result = runner.invoke(app, ["subscribe", db_path, "gists", *args])
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()[:2]
+    assert header == "version\tdiff\tzid\ttitle\tbody\tgist" and row.split("\t")[2:5] == ["n", "Note", "text"]

@@ -11,6 +11,7 @@ sentence, normalised so that a row sums to 1 over the context sentences.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -75,9 +76,10 @@ def attribute(attention: np.ndarray, token_sentence: Sequence[int], num_sentence
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
-def render_heatmap(matrix: np.ndarray, output_labels: Sequence[str], context_labels: Sequence[str], path: str,
-                   title: str = "") -> None:
-    """Write the attribution matrix as a PNG heat map (output sentences down, context sentences across)."""
+def render_heatmap(matrix: np.ndarray, output_labels: Sequence[str], context_labels: Sequence[str],
+                   path: str | BinaryIO, title: str = "") -> None:
+    """Write the attribution matrix as a PNG heat map (output sentences down, context sentences across) to a file
+    path or a binary stream."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display here
@@ -96,7 +98,7 @@ def render_heatmap(matrix: np.ndarray, output_labels: Sequence[str], context_lab
         ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03, label="share of attention")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 

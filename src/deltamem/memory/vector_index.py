@@ -169,6 +169,7 @@ class _CachedIndex:
     """One view's index as of ``version``: the vectors of the keys in ``rows`` that have one, and those rows."""
 
     version: int
+    view_id: int | None  # the view's incarnation: a view dropped and created again under its name gets a new index
     op_id: str
     model: str
     index: VectorIndex
@@ -215,12 +216,14 @@ class SearchIndexes:
         """The view's index, up to date with its applied version (None before its first build). Call under the lock
         (``search`` does)."""
         op_id = self._index_op(view, operators)
+        view_id = self.store.get_view_id(view)
         applied = self.store.get_applied_version(view)
         if applied is None:
             return None
         cached = self._indexes.get(view)
-        if cached is None or cached.op_id != op_id or cached.model != embedder.model_id or cached.version > applied:
-            cached = self._indexes[view] = self._build(view, op_id, applied, embedder)
+        if cached is None or cached.view_id != view_id or cached.op_id != op_id or \
+                cached.model != embedder.model_id or cached.version > applied:
+            cached = self._indexes[view] = self._build(view, view_id, op_id, applied, embedder)
         elif cached.version < applied:
             self._catch_up(view, cached, inputs, applied)
         return cached
@@ -233,11 +236,17 @@ class SearchIndexes:
                               f'db.view({view!r}, table.sem_index("text"))')
         return indexers[-1].op_id  # the one nearest the output, if several
 
-    def _build(self, view: str, op_id: str, applied: int, embedder: EmbeddingBackend) -> _CachedIndex:
+    def discard(self, view: str) -> None:
+        """Forget ``view``'s index (the view was dropped); a later search builds one from the store."""
+        with self._lock:
+            self._indexes.pop(view, None)
+
+    def _build(self, view: str, view_id: int | None, op_id: str, applied: int,
+               embedder: EmbeddingBackend) -> _CachedIndex:
         rows = self.store.get_view_rows(view, applied)
         state = {key: e for (op, key), e in self.store.get_all_state(view).items() if op == op_id and key in rows}
-        cached = _CachedIndex(applied, op_id, embedder.model_id, VectorIndex(embedder.dim, **self.index_options),
-                              rows, {})
+        cached = _CachedIndex(applied, view_id, op_id, embedder.model_id,
+                              VectorIndex(embedder.dim, **self.index_options), rows, {})
         self._index_keys(view, cached, state, list(state))
         return cached
 

@@ -3,8 +3,8 @@
     deltamem.sql.execute(db, "CREATE CONTINUOUS VIEW cats AS SELECT * FROM docs WHERE SEM_FILTER('{text} is on cats')")
 
 Three layers, one module each: ``dialect`` parses (text to typed syntax trees, never touching a database),
-``planner`` (with ``relations`` for continuous-view SELECTs) turns one tree into a plan of Python API calls, reading
-only the catalog, and ``executor`` runs a plan. Invariant: a statement that fails changes nothing.
+``planner`` (with ``relations`` for continuous-view SELECTs, ``drop`` for DROP and ``copy_from`` for COPY) turns one
+tree into a plan of Python API calls, reading only the catalog, and ``executor`` runs a plan. Invariant: a statement that fails changes nothing.
 """
 
 from __future__ import annotations

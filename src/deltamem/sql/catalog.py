@@ -3,8 +3,8 @@
     Catalog(db).resolve("papers")   # Source(kind='table', name='papers'), or NoTable naming the closest names
 
 Invariant: the catalog only reads. SQL keeps what the engine does not in the hidden table ``_sql_catalog``, one row
-per table created by SQL: its kind (``table`` or ``stream``), its columns in declared order (the store keeps a
-table's columns sorted by name) and, for a stream, its next sequence number. Tables whose names start with ``_sql_``
+per table created by SQL: its kind (``table`` or ``stream``), its columns in declared order (a store written before
+``TableDef`` kept the order has a table's columns sorted by name) and, for a stream, its next sequence number. Tables whose names start with ``_sql_``
 belong to the SQL layer and are never listed.
 """
 
@@ -46,15 +46,22 @@ class Catalog:
         return list(self.db.views())
 
     def entry(self, name: str) -> dict[str, Any] | None:
-        """The ``_sql_catalog`` row of table ``name``; None for a table made through the Python API."""
-        if CATALOG_TABLE not in self.db.tables():
+        """The ``_sql_catalog`` row of table ``name``; None for a table made through the Python API.
+
+        A row whose table is gone (dropped with ``db.drop_table``, which knows nothing of SQL) is ignored, and the
+        next CREATE of the name replaces it; ``DROP TABLE`` removes the row with the table.
+        """
+        tables = self.db.tables()
+        if CATALOG_TABLE not in tables or name not in tables:
             return None
         return self.db.table(CATALOG_TABLE).get(name)
 
     def streams(self) -> set[str]:
-        if CATALOG_TABLE not in self.db.tables():
+        tables = self.db.tables()
+        if CATALOG_TABLE not in tables:
             return set()
-        return {row["name"] for row in self.db.table(CATALOG_TABLE).rows() if row["kind"] == "stream"}
+        return {row["name"] for row in self.db.table(CATALOG_TABLE).rows()
+                if row["kind"] == "stream" and row["name"] in tables}
 
     def exists(self, name: str) -> bool:
         return name in self.tables() or name in self.views()

@@ -9,7 +9,11 @@ What it adds to Postgres, and nothing else:
 - ``CREATE CONTINUOUS VIEW name [WITH (...)] AS {SELECT ... | LLM_GENERATE(NAME = value, ...)} [WITH (...)]``;
 - ``SELECT ... FROM v AS OF VERSION n`` (also Postgres-style ``FOR VERSION AS OF n``);
 - ``SUBSCRIBE [TO] v [AS OF VERSION n]``, ``EXPLAIN VIEW v [KEY k]``, ``SHOW TABLES | VIEWS | USAGE``;
+- ``DROP STREAM s`` and ``DROP CONTINUOUS VIEW v`` beside Postgres's ``DROP TABLE | VIEW``: ``exp.Drop`` with
+  ``kind='STREAM'``, and ``kind='VIEW'`` (every deltamem view is continuous, so the word adds nothing);
 - ``WITH (ttl = '7 days')`` reads as a plain option (ClickHouse's ``TTL`` clause is switched off).
+
+Postgres's own ``COPY t FROM 'file' WITH (...)`` parses as sqlglot has it (``exp.Copy``).
 
 Invariant: parsing never touches a database. Each statement comes back with its source text, and a syntax error is
 an ``SQLSyntaxError`` that carries the offset of the token at fault.
@@ -67,7 +71,8 @@ class ShowObjects(exp.Expression):
     arg_types = {"this": True}
 
 
-STATEMENT_WORDS = ("CREATE", "DROP", "INSERT", "UPDATE", "DELETE", "SELECT", "WITH", "SUBSCRIBE", "EXPLAIN", "SHOW")
+STATEMENT_WORDS = ("CREATE", "DROP", "INSERT", "UPDATE", "DELETE", "COPY", "SELECT", "WITH", "SUBSCRIBE", "EXPLAIN",
+                   "SHOW")
 SHOW_WHAT = ("TABLES", "VIEWS", "USAGE")
 
 
@@ -132,6 +137,19 @@ class DeltamemParser(PostgresParser):
         if not self._match_set((TokenType.TABLE, TokenType.VIEW), advance=False):
             self.raise_error("expected TABLE, STREAM or CONTINUOUS VIEW after CREATE")
         return super()._parse_create()
+
+    def _parse_drop(self, exists: bool = False, kind: str | None = None) -> exp.Drop | exp.Command:
+        if kind is not None:  # a DROP inside another statement (ALTER ... DROP COLUMN): Postgres's own
+            return super()._parse_drop(exists=exists, kind=kind)
+        word = "STREAM" if self._match_text_seq("STREAM") else "VIEW" if self._match_text_seq("CONTINUOUS", "VIEW") \
+            else self._prev.text.upper() if self._match_set((TokenType.TABLE, TokenType.VIEW)) else None
+        if word is None:
+            self.raise_error("expected TABLE, STREAM, VIEW or CONTINUOUS VIEW after DROP")
+        # A stream is a table: parsed as one (a list of names), then marked.
+        drop = super()._parse_drop(exists=exists, kind="TABLE" if word == "STREAM" else word)
+        if word == "STREAM":
+            drop.set("kind", "STREAM")
+        return drop
 
     def _parse_as_command(self, start: Token) -> exp.Command:
         # sqlglot falls back to an opaque Command for syntax it does not know; deltamem runs no such statement.
@@ -393,6 +411,9 @@ def _syntax_error(error: ParseError, sql: str, chunk: list[Token]) -> SQLSyntaxE
 
 def _describe(description: str, token: str) -> str:
     """sqlglot's message in the words of this dialect: what was expected where the caret is."""
+    # sqlglot names its end-of-input marker: "expected table name but got <Token token_type: TokenType.SENTINEL ...>"
+    description = re.sub(r"but got <Token token_type: TokenType\.SENTINEL[^>]*>", "but the statement ended",
+                         description)
     if description.startswith("Expecting "):
         return "expected " + description[len("Expecting "):]
     if description == "Invalid expression / Unexpected token":

@@ -13,19 +13,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import ERROR_COLUMN, Row
-from deltamem.errors import PrimaryKeyError
+from deltamem.errors import NoView, PrimaryKeyError
+from deltamem.ingest import Record, load_file
 from deltamem.relation import Relation, build_operators, split_plan
 from deltamem.sql.catalog import CATALOG_COLUMNS, CATALOG_TABLE, SEQUENCE_COLUMN, Catalog, Source
 from deltamem.sql.dialect import Statement, parse
 from deltamem.sql.evaluate import Params, is_true
 from deltamem.sql.operators import chain
 from deltamem.sql.planner import (
-    CreateGenerate, CreateTable, CreateView, Delete, ExplainPlan, Insert, Plan, Query, Show, SubscribePlan, Update,
-    plan_statement,
+    CopyPlan, CreateGenerate, CreateTable, CreateView, Delete, DropPlan, ExplainPlan, Insert, Plan, Query, Show,
+    SubscribePlan, Update, plan_statement,
 )
 from deltamem.sql.relations import JoinHead, RelationPlan
 
@@ -74,21 +76,26 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def execute(db: "Database", sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Result:
-    """Run every statement of ``sql`` in order and return the last one's result."""
-    results = [result for _statement, result in execute_script(db, sql, params)]
+def execute(db: "Database", sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+            base_dir: Path | None = None, read_files: bool = True) -> Result:
+    """Run every statement of ``sql`` in order and return the last one's result (``base_dir`` and ``read_files``
+    as for ``execute_script``)."""
+    results = [result for _statement, result in execute_script(db, sql, params, base_dir=base_dir,
+                                                                read_files=read_files)]
     if not results:
         return Result("EMPTY")
     return results[-1]
 
 
-def execute_script(db: "Database", sql: str,
-                   params: Sequence[Any] | Mapping[str, Any] | None = None) -> Iterator[tuple[Statement, Result]]:
-    """Each statement of ``sql`` with its result, run as it is reached; ``?`` parameters are taken in order."""
+def execute_script(db: "Database", sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+                   base_dir: Path | None = None, read_files: bool = True) -> Iterator[tuple[Statement, Result]]:
+    """Each statement of ``sql`` with its result, run as it is reached; ``?`` parameters are taken in order.
+    COPY reads a relative path from ``base_dir`` (default: the working directory); ``read_files=False`` refuses
+    COPY ... FROM a file, for SQL that comes from others."""
     statements = parse(sql)  # all of them first: a syntax error anywhere runs nothing
     bound = Params(params)
     for statement in statements:
-        plan = plan_statement(statement.expression, Catalog(db), bound)
+        plan = plan_statement(statement.expression, Catalog(db), bound, base_dir=base_dir, read_files=read_files)
         yield statement, run_plan(db, plan)
 
 
@@ -143,6 +150,25 @@ def _create_generate(db: "Database", plan: CreateGenerate) -> Result:
     return Result("CREATE CONTINUOUS VIEW")
 
 
+def _drop(db: "Database", plan: DropPlan) -> Result:
+    skipped = "".join(f'; "{name}" does not exist, skipped' for name in plan.missing)
+    if not plan.names:
+        return Result(f"DROP {plan.kind}{skipped}")
+    catalog = Catalog(db)
+    with db.batch() as batch:  # the _sql_catalog rows go in the drop's own transaction
+        for name in plan.names:
+            if plan.kind == "VIEW":
+                db.drop_view(name, cascade=plan.cascade)
+                continue
+            if catalog.entry(name) is not None:
+                db.table(CATALOG_TABLE).delete(name)
+            db.drop_table(name, cascade=plan.cascade)
+    assert batch.dropped is not None, "sql: a batch with drops reports what it dropped"
+    cascaded = [view for view in batch.dropped.views if view not in plan.names]
+    also = f"; CASCADE dropped view{'s' if len(cascaded) > 1 else ''} {', '.join(cascaded)}" if cascaded else ""
+    return Result(f"DROP {plan.kind}{also}{skipped}", version=batch.version)
+
+
 # --- writes --------------------------------------------------------------------------------------------------------
 
 
@@ -182,6 +208,37 @@ def _next_sequence(db: "Database", stream: str) -> int:
     entry = Catalog(db).entry(stream)
     assert entry is not None, "sql: a stream with an implicit key has a catalog row"
     return entry["next_seq"]
+
+
+def _copy(db: "Database", plan: CopyPlan) -> Result:
+    if not plan.numbered:
+        result = load_file(db, plan.table, plan.path, format=plan.format, limit=plan.limit)
+    else:
+        with _SEQUENCE_LOCK:
+            counter = _next_sequence(db, plan.table)
+
+            def number(records: list[Record]) -> list[Record]:
+                nonlocal counter
+                numbered = []
+                for record in records:
+                    seq = record.row.get(SEQUENCE_COLUMN)
+                    if seq is None and not record.delete:
+                        record, counter = replace(record, row={**record.row, SEQUENCE_COLUMN: counter}), counter + 1
+                    elif isinstance(seq, int) and not isinstance(seq, bool):
+                        counter = max(counter, seq + 1)
+                    numbered.append(record)
+                return numbered
+
+            def save_counter() -> None:
+                entry = Catalog(db).entry(plan.table)
+                assert entry is not None, "sql: a stream with an implicit key has a catalog row"
+                db.table(CATALOG_TABLE).upsert({**entry, "next_seq": counter})
+
+            result = load_file(db, plan.table, plan.path, format=plan.format, limit=plan.limit, number=number,
+                               also=save_counter)
+    replaced = f"; {result.superseded} replaced by a later record with the same key" if result.superseded else ""
+    return Result(f"COPY {result.records}: {result.inserted} inserted, {result.updated} updated, {result.deleted} "
+                  f"deleted, {result.unchanged} unchanged{replaced}", version=result.version)
 
 
 def _update(db: "Database", plan: Update) -> Result:
@@ -270,6 +327,8 @@ def follow(db: "Database", view: str, after: int) -> tuple[list[tuple[Any, ...]]
     """The change rows of ``view`` after version ``after`` (each ``(version, diff, *columns)``, as SUBSCRIBE shows
     them), and the version they reach; a shell calls this in a loop to stream a subscription."""
     handle = db.view(view)
+    if db.store.get_view_id(view) is None:  # dropped by another process while followed
+        raise NoView(f'View "{view}" was dropped')
     applied = handle.version
     if applied is None or applied <= after:
         return [], after
@@ -387,6 +446,7 @@ def _duration(seconds: float) -> str:
 
 
 _HANDLERS = {
-    CreateTable: _create_table, CreateView: _create_view, CreateGenerate: _create_generate, Insert: _insert,
-    Update: _update, Delete: _delete, Query: _query, SubscribePlan: _subscribe, ExplainPlan: _explain, Show: _show,
+    CreateTable: _create_table, CreateView: _create_view, CreateGenerate: _create_generate, DropPlan: _drop,
+    Insert: _insert, Update: _update, Delete: _delete, CopyPlan: _copy, Query: _query, SubscribePlan: _subscribe,
+    ExplainPlan: _explain, Show: _show,
 }

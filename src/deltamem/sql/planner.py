@@ -11,6 +11,7 @@ never become SQL text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
@@ -18,7 +19,9 @@ from sqlglot import exp
 from deltamem.changes import ColumnType
 from deltamem.errors import AlreadyExists, ConfigError, SchemaError, did_you_mean
 from deltamem.sql.catalog import SEQUENCE_COLUMN, Catalog, Source
+from deltamem.sql.copy_from import CopyPlan, plan_copy
 from deltamem.sql.dialect import ContinuousView, ExplainView, LLMGenerate, ShowObjects, Subscribe
+from deltamem.sql.drop import DropPlan, plan_drop
 from deltamem.sql.errors import NotSupported
 from deltamem.sql.evaluate import Compiled, Params, compile_expression, constant
 from deltamem.sql.relations import RelationPlan, plan_relation
@@ -117,21 +120,23 @@ class Show:
     what: str  # TABLES | VIEWS | USAGE
 
 
-Plan = (CreateTable | CreateView | CreateGenerate | Insert | Update | Delete | Query | SubscribePlan | ExplainPlan
-        | Show)
+Plan = (CreateTable | CreateView | CreateGenerate | DropPlan | Insert | Update | Delete | CopyPlan | Query
+        | SubscribePlan | ExplainPlan | Show)
 
 
-def plan_statement(expression: exp.Expr, catalog: Catalog, params: Params) -> Plan:
-    """The plan for one statement, parameters bound; raises a ``DeltamemError`` naming what is wrong."""
+def plan_statement(expression: exp.Expr, catalog: Catalog, params: Params, *, base_dir: Path | None = None,
+                   read_files: bool = True) -> Plan:
+    """The plan for one statement, parameters bound; raises a ``DeltamemError`` naming what is wrong. ``base_dir``
+    is where COPY's relative paths start (default: the working directory); ``read_files=False`` refuses COPY."""
     tree = params.bind(expression)
     if isinstance(tree, exp.Create):
         return _create_table(tree, catalog)
     if isinstance(tree, ContinuousView):
         return _create_view(tree, catalog)
     if isinstance(tree, exp.Drop):
-        kind = tree.kind or "object"
-        raise NotSupported(f"DROP {kind} is not supported yet: the engine cannot drop a table or view (there is no "
-                           "Database.drop). Open a new database file, or create the view under a new name")
+        return plan_drop(tree, catalog)
+    if isinstance(tree, exp.Copy):
+        return plan_copy(tree, catalog, base_dir=base_dir, read_files=read_files)
     if isinstance(tree, exp.Insert):
         return _insert(tree, catalog)
     if isinstance(tree, exp.Update):

@@ -47,9 +47,11 @@ def echo_statement(console: "Console", text: str) -> None:
     console.print(transcript, markup=False, highlight=False, soft_wrap=True)
 
 
-def run_script(db: "Database", text: str, console: "Console", *, echo: bool = True) -> None:
-    """Run every statement of ``text``, printing each (with ``echo``) and its result; raises at the first error."""
-    for statement, result in execute_script(db, text):
+def run_script(db: "Database", text: str, console: "Console", *, echo: bool = True,
+               base_dir: Path | None = None) -> None:
+    """Run every statement of ``text``, printing each (with ``echo``) and its result; raises at the first error.
+    ``base_dir`` is the script's folder: COPY reads relative paths from there."""
+    for statement, result in execute_script(db, text, base_dir=base_dir):
         if echo:
             echo_statement(console, statement.text)
         print_result(console, result)

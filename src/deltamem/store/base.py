@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deltamem.changes import Change, ColumnType, ExpireMode, Row, RowKey, RowWrite
+from deltamem.errors import DependentViews, NoTable, NoView, did_you_mean
 from deltamem.llm.base import Completion
 
 
@@ -30,28 +31,106 @@ class TableDef:
     expire: ExpireMode = ExpireMode.RETRACT
 
     def to_json(self) -> dict[str, Any]:
+        # ``column_order`` keeps the declared order, which a sorted-key JSON encoding of ``columns`` would lose: it is
+        # the order of SELECT * and of a subscription's columns in every process, not only in the one that created it.
         return {
             "name": self.name, "key": self.key, "ttl": self.ttl, "ttl_column": self.ttl_column,
             "expire": self.expire.value,
             "columns": None if self.columns is None else {c: t.value for c, t in self.columns.items()},
+            "column_order": None if self.columns is None else list(self.columns),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TableDef":
         columns = data["columns"]
+        # A definition stored before ``column_order`` existed has its columns in name order.
+        order = data.get("column_order") or sorted(columns or {})
         return cls(
             name=data["name"], key=data["key"], ttl=data["ttl"], ttl_column=data["ttl_column"],
             expire=ExpireMode(data["expire"]),
-            columns=None if columns is None else {c: ColumnType(t) for c, t in columns.items()},
+            columns=None if columns is None else {c: ColumnType(columns[c]) for c in order},
         )
 
 
 @dataclass(frozen=True)
 class ViewDef:
-    """A view: its name and its operator plan as JSON (see ``deltamem.plan``)."""
+    """A view: its name, its operator plan as JSON (see ``deltamem.relation``) and its incarnation ``id``.
+
+    ``id`` is given by the store when the view is created and never reused, so a view dropped and created again under
+    the same name is another view: work computed for the old one (a maintenance commit in flight, a subscription, a
+    search index) can tell, and is discarded. ``None`` for a definition not stored yet.
+    """
 
     name: str
     plan: dict[str, Any]
+    id: int | None = None
+
+
+def get_plan_sources(plan: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every ``(kind, name)`` a view plan reads directly: ``("table", "docs")``, ``("view", "insights")``.
+
+    >>> sorted(get_plan_sources({"op": "sem_join", "left": {"source": "table", "name": "a"},
+    ...                          "right": {"source": "view", "name": "b"}, "instruction": "{x:left}"}))
+    [('table', 'a'), ('view', 'b')]
+    """
+    found: set[tuple[str, str]] = set()
+    stack: list[Any] = [plan]
+    while stack:  # a walk over the JSON, so that a new operator's inputs are found without a change here
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("source") in ("table", "view") and isinstance(node.get("name"), str):
+                found.add((node["source"], node["name"]))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def resolve_drop(tables: Sequence[str], views: Sequence[str], *, cascade: bool, table_names: Iterable[str],
+                 plans: dict[str, dict[str, Any]]) -> list[str]:
+    """The views a drop of ``tables`` and ``views`` removes, in creation order (``plans`` maps every view to its plan,
+    in creation order): those named, then every view that reads a dropped table or view, transitively. Raises
+    ``NoTable``/``NoView`` for a missing name, and ``DependentViews`` when views not named read what is dropped and
+    ``cascade`` is False (Postgres's RESTRICT). A store calls this inside the transaction that drops.
+    """
+    table_names = set(table_names)
+    for name in tables:
+        if name not in table_names:
+            raise NoTable(f'Table "{name}" does not exist.' + did_you_mean(name, table_names))
+    for name in views:
+        if name not in plans:
+            raise NoView(f'View "{name}" does not exist.' + did_you_mean(name, plans))
+    reached = {("table", name) for name in tables} | {("view", name) for name in views}
+    reads: dict[str, tuple[str, str]] = {}  # a dependent view -> one dropped thing it reads, for the message
+    grew = True
+    while grew:  # to a fixed point: one pass in creation order would do (it is topological); this does not rely on it
+        grew = False
+        for name, plan in plans.items():
+            if ("view", name) in reached:
+                continue
+            hit = sorted(get_plan_sources(plan) & reached)
+            if hit:
+                reached.add(("view", name))
+                reads[name] = hit[0]
+                grew = True
+    if reads and not cascade:
+        named = ", ".join(f'{kind} "{name}"' for kind, name in [*(("table", t) for t in tables),
+                                                                 *(("view", v) for v in views)])
+        detail = ", ".join(f'view "{view}" reads {kind} "{name}"' for view, (kind, name) in
+                           sorted(reads.items(), key=lambda item: list(plans).index(item[0])))
+        dependents = tuple(view for view in plans if view in reads)
+        raise DependentViews(f"Cannot drop {named} because other views depend on it: {detail}. Drop them first, or "
+                             "drop with CASCADE (cascade=True) to drop them too", dependents)
+    return [name for name in plans if ("view", name) in reached]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What one drop removed, and the version it committed as."""
+
+    tables: tuple[str, ...]
+    views: tuple[str, ...]  # those named, then those CASCADE reached, in creation order
+    version: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +191,7 @@ class ViewCommit:
 
     view: str
     version: int
+    view_id: int | None = None  # the incarnation it was computed for (``ViewDef.id``); None: whichever is there
     state_puts: list[tuple[str, StateEntry]] = field(default_factory=list)  # (op_id, entry)
     state_deletes: list[tuple[str, RowKey]] = field(default_factory=list)  # (op_id, key)
     outputs: dict[RowKey, Row | None] = field(default_factory=dict)
@@ -187,11 +267,34 @@ class Store(abc.ABC):
     def get_table_defs(self) -> list[TableDef]: ...
 
     @abc.abstractmethod
-    def put_view_def(self, view: ViewDef) -> None:
-        """Create a view (unbuilt: no applied version yet) or replace an unchanged definition."""
+    def put_view_def(self, view: ViewDef) -> ViewDef:
+        """Create a view (unbuilt: no applied version yet) or replace an unchanged definition; return it with its
+        ``id`` (a new one for a new view, the same one for a replaced definition)."""
 
     @abc.abstractmethod
-    def get_view_defs(self) -> list[ViewDef]: ...
+    def get_view_defs(self) -> list[ViewDef]:
+        """Every view, in creation order (a view is created after the views it reads)."""
+
+    @abc.abstractmethod
+    def get_view_id(self, view: str) -> int | None:
+        """The incarnation ``id`` of view ``view``, or ``None`` when there is no such view (never was, or dropped)."""
+
+    @abc.abstractmethod
+    def drop(
+        self, tables: Sequence[str], views: Sequence[str], *, cascade: bool, committed_at: float, note: str = "",
+        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (),
+    ) -> Dropped:
+        """Remove ``tables`` and ``views`` with everything stored for them, as one transaction that also commits
+        ``table_defs`` and ``writes`` as the next version (a drop always takes a version, so it has a place in the
+        commit log); return what was removed. Raises, changing nothing, when a name is missing
+        (``NoTable``/``NoView``) or when other views read what is dropped and ``cascade`` is False
+        (``DependentViews``); with ``cascade`` those views are dropped too, transitively.
+
+        A table takes its rows and its change log with it. A view takes its rows and their history, its operator
+        state and its decisions. The ledger stays, and so does the full-recompute baseline of a dropped view, both
+        filed under its name: money already spent is still in ``usage()``. The memo stays: it is keyed by the exact
+        call, not by view, so a view created again answers identical calls from it.
+        """
 
     # --- base tables and the change log -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -248,8 +351,12 @@ class Store(abc.ABC):
         """The summed cost of a view's stored values: what recomputing the view once, now, would cost."""
 
     @abc.abstractmethod
-    def commit_view(self, commit: ViewCommit) -> None:
-        """Apply one view's writes for one version and advance its applied version; a no-op if already applied."""
+    def commit_view(self, commit: ViewCommit) -> bool:
+        """Apply one view's writes for one version and advance its applied version; return whether it did.
+
+        A no-op (False) if that version is already applied, or if the view is gone or is another incarnation than
+        ``commit.view_id``: then the work was for a view that has been dropped.
+        """
 
     @abc.abstractmethod
     def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]: ...
@@ -267,7 +374,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
-        """Per view: (number of refreshes a full recompute would have run, their summed cost)."""
+        """Per view name: (number of refreshes a full recompute would have run, their summed cost), including what
+        dropped views of that name had accrued."""
+
+    @abc.abstractmethod
+    def get_costs_by_version(self) -> list[tuple[int, CallCost, CallCost]]:
+        """Per version, in order: (version, what deltamem paid at it, what a full recompute at it would have paid)."""
 
     # --- memo and ledger ----------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -19,11 +19,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from deltamem.changes import Change, ExpireMode, Row, RowKey, RowWrite
+from deltamem.errors import NoTable
 from deltamem.llm.base import Completion
 from deltamem.store.base import (
     CallCost,
     ChangeRow,
     Decision,
+    Dropped,
     HistoryEntry,
     LedgerEntry,
     LedgerTotals,
@@ -32,9 +34,12 @@ from deltamem.store.base import (
     TableDef,
     ViewCommit,
     ViewDef,
+    resolve_drop,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there).
+_UPGRADABLE = {2}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,6 +49,9 @@ CREATE TABLE IF NOT EXISTS view_defs (
     refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
     base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
     base_seconds REAL NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS refresh_costs (
+    view TEXT NOT NULL, version INTEGER NOT NULL, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (view, version));
 CREATE TABLE IF NOT EXISTS commits (version INTEGER PRIMARY KEY, committed_at REAL NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
     tbl TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, expires_at REAL, PRIMARY KEY (tbl, key));
@@ -76,7 +84,17 @@ CREATE TABLE IF NOT EXISTS ledger (
     reason TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
     reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, call_hash TEXT NOT NULL,
     error TEXT);
+CREATE TABLE IF NOT EXISTS view_incarnations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, dropped_version INTEGER,
+    refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
+    base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
+    base_seconds REAL NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS view_incarnations_live ON view_incarnations (name) WHERE dropped_version IS NULL;
 """
+# NOTE(store): ``view_incarnations`` was added without a schema version bump: it is a new table, created where missing,
+# and the views of an older file get their incarnation when it is opened (below). One row per view ever created: the
+# live one has ``dropped_version`` NULL; a dropped one keeps its full-recompute baseline for ``get_baselines``.
+# AUTOINCREMENT, because an incarnation id must never be reused.
 
 
 def _dumps(value: Any) -> str:
@@ -104,8 +122,14 @@ class SQLiteStore(Store):
             found = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
             if found is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) in _UPGRADABLE:
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise RuntimeError(f"{path} has store schema {found[0]}; this deltamem reads {SCHEMA_VERSION}")
+            conn.execute(
+                "INSERT INTO view_incarnations (name) SELECT name FROM view_defs WHERE name NOT IN "
+                "(SELECT name FROM view_incarnations WHERE dropped_version IS NULL) ORDER BY rowid"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -141,15 +165,67 @@ class SQLiteStore(Store):
     def get_table_defs(self) -> list[TableDef]:
         return [TableDef.from_json(_loads(d)) for (d,) in self._query("SELECT def FROM table_defs ORDER BY name")]
 
-    def put_view_def(self, view: ViewDef) -> None:
+    def put_view_def(self, view: ViewDef) -> ViewDef:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO view_defs (name, def) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET def = excluded.def",
                 (view.name, _dumps(view.plan)),
             )
+            view_id = self._view_id(conn, view.name)
+            if view_id is None:
+                view_id = conn.execute("INSERT INTO view_incarnations (name) VALUES (?)", (view.name,)).lastrowid
+            return ViewDef(view.name, view.plan, view_id)
 
     def get_view_defs(self) -> list[ViewDef]:
-        return [ViewDef(n, _loads(d)) for n, d in self._query("SELECT name, def FROM view_defs ORDER BY rowid")]
+        found = self._query(
+            "SELECT d.name, d.def, i.id FROM view_defs d LEFT JOIN view_incarnations i "
+            "ON i.name = d.name AND i.dropped_version IS NULL ORDER BY d.rowid"
+        )
+        return [ViewDef(n, _loads(d), i) for n, d, i in found]
+
+    def get_view_id(self, view: str) -> int | None:
+        with self._lock:
+            return self._view_id(self._conn, view)
+
+    @staticmethod
+    def _view_id(conn: sqlite3.Connection, view: str) -> int | None:
+        found = conn.execute(
+            "SELECT i.id FROM view_defs d JOIN view_incarnations i ON i.name = d.name AND i.dropped_version IS NULL "
+            "WHERE d.name = ?", (view,)
+        ).fetchone()
+        return None if found is None else found[0]
+
+    def drop(
+        self, tables: Sequence[str], views: Sequence[str], *, cascade: bool, committed_at: float, note: str = "",
+        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (),
+    ) -> Dropped:
+        with self._write() as conn:
+            for table in table_defs:
+                self._put_table_def(conn, table)
+            version, _changes = self._commit(conn, writes, committed_at, note)
+            table_names = [name for (name,) in conn.execute("SELECT name FROM table_defs")]
+            plans = {name: _loads(d) for name, d in conn.execute("SELECT name, def FROM view_defs ORDER BY rowid")}
+            dropped_views = resolve_drop(tables, views, cascade=cascade, table_names=table_names, plans=plans)
+            for view in dropped_views:
+                baseline = conn.execute(
+                    "SELECT refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds FROM view_defs "
+                    "WHERE name = ?", (view,)
+                ).fetchone()
+                if self._view_id(conn, view) is None:  # a view of a file older than incarnations, not reopened since
+                    conn.execute("INSERT INTO view_incarnations (name) VALUES (?)", (view,))
+                conn.execute(
+                    "UPDATE view_incarnations SET dropped_version = ?, refreshes = ?, base_calls = ?, "
+                    "base_prompt_tokens = ?, base_output_tokens = ?, base_seconds = ? "
+                    "WHERE name = ? AND dropped_version IS NULL", (version, *baseline, view)
+                )
+                for table in ("view_defs", "op_state", "view_rows", "decisions"):
+                    column = "name" if table == "view_defs" else "view"
+                    conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (view,))
+            for table in tables:
+                conn.execute("DELETE FROM table_defs WHERE name = ?", (table,))
+                conn.execute("DELETE FROM rows WHERE tbl = ?", (table,))
+                conn.execute("DELETE FROM changes WHERE tbl = ?", (table,))
+            return Dropped(tuple(tables), tuple(dropped_views), version)
 
     # --- base tables --------------------------------------------------------------------------------------------
     def commit(
@@ -164,6 +240,11 @@ class SQLiteStore(Store):
         self, conn: sqlite3.Connection, writes: Sequence[RowWrite], committed_at: float, note: str
     ) -> tuple[int, list[Change]]:
         changes: list[Change] = []
+        if writes:
+            known = {name for (name,) in conn.execute("SELECT name FROM table_defs")}
+            missing = sorted({write.table for write in writes} - known)
+            if missing:  # another process dropped it; its rows must not come back without a definition
+                raise NoTable(f'Table "{missing[0]}" does not exist (dropped?); nothing was committed')
         (last,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM commits").fetchone()
         version = last + 1
         conn.execute("INSERT INTO commits VALUES (?, ?, ?)", (version, committed_at, note))
@@ -291,13 +372,14 @@ class SQLiteStore(Store):
         ).fetchone()
         return CallCost(calls, prompt, output, seconds)
 
-    def commit_view(self, commit: ViewCommit) -> None:
+    def commit_view(self, commit: ViewCommit) -> bool:
         with self._write() as conn:
-            (applied,) = conn.execute(
-                "SELECT applied_version FROM view_defs WHERE name = ?", (commit.view,)
-            ).fetchone()
+            found = conn.execute("SELECT applied_version FROM view_defs WHERE name = ?", (commit.view,)).fetchone()
+            if found is None or (commit.view_id is not None and self._view_id(conn, commit.view) != commit.view_id):
+                return False  # computed for a view that has been dropped since (and perhaps created again)
+            (applied,) = found
             if applied is not None and applied >= commit.version:
-                return  # already applied: a commit is idempotent
+                return False  # already applied: a commit is idempotent
             for op_id, key in commit.state_deletes:
                 conn.execute("DELETE FROM op_state WHERE view = ? AND op = ? AND key = ?", (commit.view, op_id, key))
             for op_id, e in commit.state_puts:
@@ -326,12 +408,16 @@ class SQLiteStore(Store):
                   d.output_tokens, d.seconds, d.evidence) for d in commit.decisions],
             )
             base = self._state_cost(conn, commit.view) if commit.count_baseline else None
+            if base is not None:
+                conn.execute("INSERT OR REPLACE INTO refresh_costs VALUES (?, ?, ?, ?, ?, ?)",
+                             (commit.view, commit.version, *_cost_tuple(base)))
             conn.execute(
                 "UPDATE view_defs SET applied_version = ?, refreshes = refreshes + ?, base_calls = base_calls + ?, "
                 "base_prompt_tokens = base_prompt_tokens + ?, base_output_tokens = base_output_tokens + ?, "
                 "base_seconds = base_seconds + ? WHERE name = ?",
                 (commit.version, 0 if base is None else 1, *_cost_tuple(base or CallCost()), commit.view),
             )
+            return True
 
     def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]:
         if as_of is None:
@@ -369,10 +455,31 @@ class SQLiteStore(Store):
         return [Decision(v, RowKey(k), *rest) for v, k, *rest in found]
 
     def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
+        columns = "refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds"
         found = self._query(
-            "SELECT name, refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds FROM view_defs"
+            f"SELECT name, {columns} FROM view_defs UNION ALL SELECT name, {columns} FROM view_incarnations "
+            "WHERE dropped_version IS NOT NULL"
         )
-        return {name: (n, CallCost(c, p, o, s)) for name, n, c, p, o, s in found}
+        out: dict[str, tuple[int, CallCost]] = {}
+        for name, n, c, p, o, s in found:
+            refreshes, cost = out.get(name, (0, CallCost()))
+            out[name] = (refreshes + n, cost + CallCost(c, p, o, s))
+        return out
+
+    def get_costs_by_version(self) -> list[tuple[int, CallCost, CallCost]]:
+        paid = self._query(
+            "SELECT COALESCE(version, 0), COUNT(*), SUM(prompt_tokens), SUM(output_tokens), SUM(seconds) "
+            "FROM ledger WHERE outcome = 'paid' GROUP BY 1"
+        )
+        full = self._query(
+            "SELECT version, SUM(calls), SUM(prompt_tokens), SUM(output_tokens), SUM(seconds) FROM refresh_costs "
+            "GROUP BY 1"
+        )
+        by_version: dict[int, list[CallCost]] = {}
+        for position, found in enumerate((paid, full)):
+            for version, *cost in found:
+                by_version.setdefault(version, [CallCost(), CallCost()])[position] = CallCost(*cost)
+        return [(version, *by_version[version]) for version in sorted(by_version)]
 
     # --- memo and ledger ----------------------------------------------------------------------------------------
     def get_memo(self, call_hash: str) -> Completion | None:
