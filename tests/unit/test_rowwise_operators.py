@@ -134,3 +134,26 @@ def test_two_databases_in_one_process_share_nothing():
     one.table("docs").upsert({"id": 1, "text": "t", "tag": "a"})
     one.maintain()
     assert two.tables() == [] and two.usage().calls == 0
+
+
+def test_building_a_view_over_an_empty_table_does_not_load_the_model():
+    from deltamem.engine import Database
+    from deltamem.llm import LazyBackend
+    from deltamem.store.sqlite import SQLiteStore
+
+    loads = []
+
+    def load_scripted():
+        loads.append(1)
+        return ScriptedLLM()
+
+    db = Database(SQLiteStore(":memory:"), llm=LazyBackend(load_scripted), embedder=LazyBackend(lambda: None),
+                  background=False)
+    docs = db.table("docs", key="id", columns={"id": "text", "text": "text"})
+    db.view("gists", docs.sem_filter("{text} is long").sem_map("Summarise {text}", out="gist"))
+    db.maintain()
+    assert loads == []  # loading SmolLM2 takes about 30 s; an empty build needs no model
+    docs.upsert({"id": "a", "text": "now there is work"})
+    db.maintain()
+    assert loads == [1] and len(db.view("gists").rows()) in (0, 1)
+    db.close()

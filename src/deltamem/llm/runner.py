@@ -108,6 +108,8 @@ class CallRunner:
 
     def run(self, calls: Sequence[CallSpec], *, view: str, operator: str, version: int | None) -> list[CallResult]:
         """Run ``calls``; results come back in the same order."""
+        if not calls:
+            return []  # before touching the backend: an empty build must not load a model
         model = self.backend.model_id
         hashes = [call_hash(model, spec.request) for spec in calls]
         results: dict[str, CallResult] = {}

@@ -81,7 +81,10 @@ class RowwiseOperator(Operator):
 
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         stored = ctx.get_state(self.op_id, [d.key for d in deltas])
-        model = ctx.runner.backend.model_id
+
+        def model() -> str:  # asked for only when a call is hashed: a build over no rows must not load a model
+            return ctx.runner.backend.model_id
+
         out: list[Delta] = []
         pending: list[tuple[Delta, Row | None, CallSpec, str]] = []  # (delta, output before, call, hash)
         for delta in deltas:
@@ -97,7 +100,7 @@ class RowwiseOperator(Operator):
                 out.append(Delta(delta.key, before_out, self.output_for(delta.after, entry)))
                 continue
             request = self.build_request(self.template.render(delta.after))
-            h = call_hash(model, request)
+            h = call_hash(model(), request)
             if old is not None and old.fingerprint == h and old.error is None:
                 if old.input_row != delta.after:
                     ctx.put_state(self.op_id, StateEntry(delta.key, h, delta.after, old.value, None, old.cost))
@@ -112,7 +115,8 @@ class RowwiseOperator(Operator):
                 row = failed.input_row
                 request = self.build_request(self.template.render(row))
                 retry = Delta(failed.key, row, row)
-                pending.append((retry, self.output_for(row, failed), CallSpec(request, "retry"), call_hash(model, request)))
+                spec = CallSpec(request, "retry")
+                pending.append((retry, self.output_for(row, failed), spec, call_hash(model(), request)))
 
         results = ctx.run_calls(self.op_id, [spec for _d, _b, spec, _h in pending])
         for (delta, before_out, _spec, h), result in zip(pending, results, strict=True):
