@@ -124,6 +124,10 @@ def test_sql_runs_one_statement_with_bound_parameters(client, seeded_db):
     assert typo.status_code == 400 and "line 1, column 1" in typo.json()["detail"]
     unknown = client.post("/sql", json={"sql": "SELECT * FROM summaris"})
     assert unknown.status_code == 404 and "summaries" in unknown.json()["detail"]
+    version = seeded_db.version
+    restricted = client.post("/sql", json={"sql": "DROP TABLE docs"})
+    assert restricted.status_code == 409 and 'view "summaries" reads table "docs"' in restricted.json()["detail"]
+    assert seeded_db.version == version and "docs" in seeded_db.tables()
 
 
 def test_explain_gives_dependencies_decisions_and_the_heat_map(client):

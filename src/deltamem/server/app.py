@@ -9,6 +9,8 @@ are plain ``def``s (FastAPI runs them on its thread pool); only the subscription
 subscriber holds no thread and a slow one never blocks a writer.
 """
 
+# No `from __future__ import annotations`: FastAPI reads the route functions' annotations when they are declared, and
+# as strings they would name variables local to create_app that it cannot resolve.
 import hmac
 import json
 from collections import Counter
@@ -27,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deltamem.errors import (
     AlreadyExists,
     DeltamemError,
+    DependentViews,
     FreshnessTimeout,
     MaintenanceError,
     NoRow,
@@ -45,7 +48,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_CHANGES = 10_000
 
-_STATUS = {NoTable: 404, NoView: 404, NoRow: 404, AlreadyExists: 409, FreshnessTimeout: 503, MaintenanceError: 503}
+_STATUS = {NoTable: 404, NoView: 404, NoRow: 404, AlreadyExists: 409, DependentViews: 409, FreshnessTimeout: 503,
+           MaintenanceError: 503}
 
 
 class _ErrorCounter:
