@@ -45,7 +45,7 @@ from deltamem.errors import ConfigError, DeltamemError, LoadError, NoTable, did_
 if TYPE_CHECKING:
     from deltamem.engine import Database
 
-ProgressHook = Callable[[str, int, int], None]  # (label, done, total): what cli._task_reporter draws
+ProgressHook = Callable[[str, int, int], None]  # (label, done, total): what commands.common.task_reporter draws
 
 _PROGRESS_EVERY = 512  # records between progress reports: the bar stays live without costing per-record time
 

@@ -1,0 +1,177 @@
+"""``deltamem bench rowwise | operators | edit-stream``: deltamem and the full-recompute baseline side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table as RichTable
+
+import deltamem as dm
+from deltamem.commands.common import LLM, console, fail, task_reporter
+
+
+def bench_rowwise(
+    llm: str = LLM,
+    passages: int = typer.Option(200, help="Passages in the table before the stream."),
+    changes: int = typer.Option(100, help="Changes in the seeded stream."),
+    seed: int = typer.Option(0, help="Seed of the change stream."),
+    data: Optional[Path] = typer.Option(None, help="A file of {title, text} passages or 2Wiki records."),
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """A filter-then-map view kept fresh by deltamem against a full recompute after every change, in one run.
+
+    Example: deltamem bench rowwise --llm test --passages 200 --changes 100
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.rowwise import run_rowwise_bench
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
+    try:
+        with Progress(console=console) as progress:
+            report = task_reporter(progress)
+            result = run_rowwise_bench(data_file=data_file, llm=llm, num_passages=passages, num_changes=changes,
+                                       seed=seed, progress=report)
+    except dm.DeltamemError as exc:
+        fail(exc)
+    table = RichTable(title=f"bench rowwise · {result.llm} · {result.passages} passages · {result.changes} changes")
+    for column in ("side", "calls", "tokens (prompt + output)", "wall s"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for side, numbers in (("deltamem", result.incremental), ("full recompute", result.full_recompute)):
+        table.add_row(side, str(numbers.calls), str(numbers.prompt_tokens + numbers.output_tokens),
+                      f"{numbers.seconds:.2f}")
+    ratios = result.ratios()
+    table.add_row("full recompute / deltamem", f"{ratios['calls']:.1f}x", f"{ratios['tokens']:.1f}x",
+                  f"{ratios['seconds']:.1f}x", style="bold")
+    console.print(table)
+    console.print(f"final views agree row for row: {result.views_agree}")
+    if out:
+        out.write_text(json.dumps(result.to_json(), indent=2))
+
+
+def bench_operators(
+    sizes: str = typer.Option("64,256,1024", help="Comma-separated numbers of rows."),
+    operators: str = typer.Option("sem_agg,sem_topk,sem_join,sem_search", help="Comma-separated operators."),
+    changes: int = typer.Option(30, help="Changes measured per operator and size (inserts, updates, deletes in turn)."),
+    index_sizes: str = typer.Option("10000,100000", help="Vector counts for the HNSW index timings ('' skips them)."),
+    seed: int = typer.Option(0, help="Seed of the changes."),
+    data: Optional[Path] = typer.Option(None, help="Corpus (default: ../shared/data/2wikimultihopqa/hipporag_corpus_6119.json)."),
+    llm: str = LLM,
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """LLM calls of one insert, update and delete per incremental operator, beside a build from scratch and LOTUS's
+    algorithms, at each size; then the vector index's insert rate, query latency and recall@10.
+
+    Example: deltamem bench operators --sizes 64,256,1024 --llm test --index-sizes 10000
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.index import run_index_bench, run_standing_search_bench
+    from deltamem.bench.operators import run_operators_bench
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "hipporag_corpus_6119.json"
+    try:
+        with Progress(console=console) as progress:
+            result = run_operators_bench(
+                data_file=data_file, sizes=_ints(sizes, "sizes"), llm=llm, num_changes=changes, seed=seed,
+                operators=[o.strip() for o in operators.split(",") if o.strip()], progress=task_reporter(progress))
+        if index_sizes.strip():
+            result["index"] = run_index_bench(sizes=tuple(_ints(index_sizes, "index-sizes")))
+            result["standing_search"] = run_standing_search_bench()
+    except dm.DeltamemError as exc:
+        fail(exc)
+    table = RichTable(title=f"bench operators · {result['config']['llm']} · mean LLM calls per change")
+    for column in ("operator", "N", "from scratch", "insert", "update", "delete", "max", "LOTUS per change"):
+        table.add_column(column, justify="left" if column == "operator" else "right")
+    for operator, by_size in result["operators"].items():
+        for size, r in by_size.items():
+            if operator == "sem_search":  # no LLM call: its cost is embeddings
+                table.add_row(f"{operator} (embeddings)", size, str(r["from_scratch_embeddings"]),
+                              f"{r['insert_embeddings']:.1f}", f"{r['update_embeddings']:.1f}",
+                              f"{r['delete_embeddings']:.1f}", "", str(r["lotus"]))
+                continue
+            worst = max(r["insert_max"], r["update_max"], r["delete_max"])
+            table.add_row(operator, size, str(r["from_scratch"]), f"{r['insert']:.1f}", f"{r['update']:.1f}",
+                          f"{r['delete']:.1f}", str(worst), str(r["lotus"]))
+    console.print(table)
+    for r in result.get("index", {}).get("sizes", []):
+        console.print(f"HNSW index, {r['n']:,} {result['index']['data']} vectors: {r['inserts_per_second']:,} "
+                      f"inserts/s, query {r['query_ms_mean']:.2f} ms mean / {r['query_ms_p99']:.2f} ms p99 (exact "
+                      f"{r['exact_query_ms_mean']:.2f} ms), recall@10 {r['recall_at_10']:.4f}")
+    if "standing_search" in result:
+        r = result["standing_search"]
+        console.print(f"{r['num_queries']:,} standing searches in {r['num_clusters']} clusters, {r['num_new_rows']:,} "
+                      f"new rows: {r['similarities']:,} similarities instead of {r['similarities_every_query']:,} "
+                      f"({r['saved']:.1%} saved)")
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(dm.ConfigError(f"--{name} takes comma-separated integers, got {text!r}"))
+
+
+def bench_edit_stream(
+    data: Optional[Path] = typer.Option(None, help="2Wiki/HotpotQA file (default: ../shared/data/2wikimultihopqa/dev_000_099.json)."),
+    questions: int = typer.Option(30, help="Questions to answer."),
+    edits_per_question: int = typer.Option(4, help="Edits per question (2 irrelevant, 1 answer substitution, 1 deletion, ...)."),
+    seed: int = typer.Option(0, help="Seed of the edits."),
+    strategies: str = typer.Option("full,full+prefix,auto,skip,patch,regenerate,append", help="Comma-separated."),
+    shadow: float = typer.Option(0.1, help="Share of auto's approximate decisions checked against full recompute."),
+    llm: str = LLM,
+    out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+) -> None:
+    """Standing answers under seeded edits of known relevance: every strategy beside full recompute, in one run.
+
+    Example: deltamem bench edit-stream --questions 30 --edits-per-question 4 --llm test
+    """
+    from rich.progress import Progress
+
+    from deltamem.bench.datasets import default_data_dir
+    from deltamem.bench.edit_stream import run_edit_stream
+
+    data_file = data or default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
+    try:
+        with Progress(console=console) as progress:
+            report = task_reporter(progress)
+            result = run_edit_stream(data_file=data_file, llm=llm, num_questions=questions,
+                                     edits_per_question=edits_per_question, seed=seed,
+                                     strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                                     shadow=shadow, progress=report)
+    except dm.DeltamemError as exc:
+        fail(exc)
+    config = result["config"]
+    table = RichTable(title=f"bench edit-stream · {config['llm']} · {config['questions']} questions · "
+                            f"{config['edits']} edits")
+    columns = ("strategy", "calls", "prompt tok", "reused tok", "output tok", "model s", "wall s", "vs full",
+               "agreement", "take-up", "skip P", "skip R")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    full_wall = result["strategies"]["full"]["wall_seconds"]
+    for name, r in result["strategies"].items():
+        def pct(value):
+            return "" if value is None else f"{value:.0%}"
+        table.add_row(name, str(r["calls"]), str(r["prompt_tokens"]), str(r["reused_tokens"]), str(r["output_tokens"]),
+                      f"{r['seconds']:.1f}", f"{r['wall_seconds']:.1f}", f"{full_wall / max(r['wall_seconds'], 1e-9):.1f}x",
+                      pct(r["agreement"]), pct(r["takeup"]), pct(r.get("skip_precision")), pct(r.get("skip_recall")))
+    console.print(table)
+    console.print("wall s on the relevant / irrelevant edits: " + ", ".join(
+        f"{name} {r['wall_seconds_relevant']:.1f} / {r['wall_seconds_irrelevant']:.1f}"
+        for name, r in result["strategies"].items()))
+    if config["full_changed_on_irrelevant"] is not None:
+        console.print(f"full changed its answer after {config['full_changed_on_irrelevant']:.0%} of the irrelevant "
+                      "edits: a strategy that skips them disagrees with full that often")
+    if config["attribution_overhead"] is not None:
+        console.print(f"initial build: {config['initial_build_seconds']:.1f} model s with attribution, "
+                      f"{config['initial_build_seconds_without_attribution']:.1f} s without "
+                      f"({config['attribution_overhead']:+.1%})")
+    if out:
+        out.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,68 @@
+"""What every command shares: the console, the backend options, one-line errors and progress bars.
+
+    from deltamem.commands.common import LLM, console, fail
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+
+import deltamem as dm
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws a raw tqdm bar; ours are rich's
+
+console = Console()
+
+LLM = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test.")
+EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test.")
+
+
+def fail(exc: dm.DeltamemError) -> NoReturn:
+    """Print ``exc`` as one unwrapped line on stderr and exit with status 1."""
+    typer.echo(f"Error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def task_reporter(progress: "Progress") -> Callable[[str, int, int], None]:
+    """A ``(name, done, total)`` callback that draws one bar per name."""
+    tasks: dict[str, int] = {}
+
+    def report(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done)
+
+    return report
+
+
+def open_db(db: str, llm: str = "test", embedder: str = "test") -> dm.Database:
+    """Open an existing database file; a missing one is a ``ConfigError``, not a new empty database."""
+    if not Path(db).exists():
+        raise dm.ConfigError(f"Database file {db!r} does not exist")
+    return dm.connect(db, llm=llm, embedder=embedder)
+
+
+def stop_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM stop a long-running command as Ctrl-C does (cleanly), e.g. under ``timeout`` or a supervisor;
+    return the function that puts the previous handler back (the command may run inside a test process)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (embedded use): Ctrl-C alone stops it
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
