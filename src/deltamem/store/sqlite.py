@@ -36,65 +36,7 @@ from deltamem.store.base import (
     ViewDef,
     resolve_drop,
 )
-
-SCHEMA_VERSION = 3
-# Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there).
-_UPGRADABLE = {2}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS table_defs (name TEXT PRIMARY KEY, def TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS view_defs (
-    name TEXT PRIMARY KEY, def TEXT NOT NULL, applied_version INTEGER,
-    refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
-    base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
-    base_seconds REAL NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS refresh_costs (
-    view TEXT NOT NULL, version INTEGER NOT NULL, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (view, version));
-CREATE TABLE IF NOT EXISTS commits (version INTEGER PRIMARY KEY, committed_at REAL NOT NULL, note TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rows (
-    tbl TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, expires_at REAL, PRIMARY KEY (tbl, key));
-CREATE INDEX IF NOT EXISTS rows_expiry ON rows (tbl, expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    version INTEGER NOT NULL, seq INTEGER NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
-    before TEXT, after TEXT, expire_mode TEXT, PRIMARY KEY (version, seq));
-CREATE INDEX IF NOT EXISTS changes_by_table ON changes (tbl, version);
-CREATE TABLE IF NOT EXISTS op_state (
-    view TEXT NOT NULL, op TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, input_row TEXT NOT NULL,
-    value TEXT, error TEXT, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-    seconds REAL NOT NULL, PRIMARY KEY (view, op, key));
-CREATE INDEX IF NOT EXISTS op_state_errors ON op_state (view, op) WHERE error IS NOT NULL;
-CREATE TABLE IF NOT EXISTS view_rows (
-    view TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, valid_from INTEGER NOT NULL, valid_to INTEGER);
-CREATE INDEX IF NOT EXISTS view_rows_current ON view_rows (view, key) WHERE valid_to IS NULL;
-CREATE INDEX IF NOT EXISTS view_rows_from ON view_rows (view, valid_from);
-CREATE INDEX IF NOT EXISTS view_rows_to ON view_rows (view, valid_to);
-CREATE TABLE IF NOT EXISTS decisions (
-    view TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, strategy TEXT NOT NULL, reason TEXT NOT NULL,
-    calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, reused_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, evidence REAL);
-CREATE INDEX IF NOT EXISTS decisions_by_key ON decisions (view, key, version);
-CREATE TABLE IF NOT EXISTS memo (
-    call_hash TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-    reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
-    finish_reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ledger (
-    id INTEGER PRIMARY KEY, ts REAL NOT NULL, version INTEGER, view TEXT NOT NULL, operator TEXT NOT NULL,
-    reason TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-    reused_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, call_hash TEXT NOT NULL,
-    error TEXT);
-CREATE TABLE IF NOT EXISTS view_incarnations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, dropped_version INTEGER,
-    refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
-    base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
-    base_seconds REAL NOT NULL DEFAULT 0);
-CREATE UNIQUE INDEX IF NOT EXISTS view_incarnations_live ON view_incarnations (name) WHERE dropped_version IS NULL;
-"""
-# NOTE(store): ``view_incarnations`` was added without a schema version bump: it is a new table, created where missing,
-# and the views of an older file get their incarnation when it is opened (below). One row per view ever created: the
-# live one has ``dropped_version`` NULL; a dropped one keeps its full-recompute baseline for ``get_baselines``.
-# AUTOINCREMENT, because an incarnation id must never be reused.
+from deltamem.store.sqlite_schema import create_or_upgrade
 
 
 def _dumps(value: Any) -> str:
@@ -116,20 +58,7 @@ class SQLiteStore(Store):
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            found = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-            if found is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(found[0]) in _UPGRADABLE:
-                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
-            elif int(found[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{path} has store schema {found[0]}; this deltamem reads {SCHEMA_VERSION}")
-            conn.execute(
-                "INSERT INTO view_incarnations (name) SELECT name FROM view_defs WHERE name NOT IN "
-                "(SELECT name FROM view_incarnations WHERE dropped_version IS NULL) ORDER BY rowid"
-            )
+            create_or_upgrade(conn, path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
