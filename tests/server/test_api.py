@@ -270,3 +270,36 @@ def test_dropping_a_view_ends_its_subscriptions(client, seeded_db):
     assert [(e.event, e.data.get("key")) for e in got] == [("change", "z"), ("dropped", None)]
     assert client.get("/views/summaries/subscribe").status_code == 404
     assert [v["name"] for v in client.get("/views").json()] == ["answers"]
+
+
+def test_ctrl_c_stops_the_server_while_a_subscription_is_open(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from deltamem.bench.serve_load import _free_port
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "deltamem", "serve", str(tmp_path / "s.db"), "--port", str(port),
+                               "--llm", "test", "--embedder", "test"], stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"{url}/sql", json={"sql": "CREATE TABLE docs (id TEXT PRIMARY KEY, text TEXT)"})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        view = "CREATE CONTINUOUS VIEW v AS SELECT id, SEM_MAP('Sum up {text}') AS s FROM docs"
+        httpx.post(f"{url}/sql", json={"sql": view}).raise_for_status()
+        with httpx.stream("GET", f"{url}/views/v/subscribe", timeout=30) as open_subscription:
+            assert open_subscription.status_code == 200
+            server.send_signal(signal.SIGINT)
+            began = time.monotonic()
+            server.wait(timeout=15)
+            assert time.monotonic() - began < 10  # a subscription never ends by itself; the server cuts it after 3 s
+    finally:
+        server.kill()
+        server.wait()

@@ -68,7 +68,9 @@ def serve(
     try:
         app = create_app(database, token=token, max_body_bytes=int(max_body_mb * 1024 * 1024))
         typer.echo(f"deltamem: serving {db} at http://{host}:{port}/" + (" (bearer token required)" if token else ""))
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # Subscriptions never end on their own, so a graceful stop would wait for ever; after 3 s uvicorn cancels
+        # them, and their clients resume with Last-Event-ID from another server.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     finally:
         database.close()
 

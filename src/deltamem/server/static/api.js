@@ -104,6 +104,8 @@ export const rowPath = (view, key) => `${viewPath(view)}/rows/${encodeURICompone
 // --- the subscription ---------------------------------------------------------------------------------------------
 
 const IDLE_LIMIT_MS = 45_000; // the server sends a keep-alive every 15 s; three missed means the link is dead
+// A server that accepted the connection but sends no answer (one shutting down) must not hold the page for 45 s.
+const CONNECT_LIMIT_MS = 5_000;
 
 /**
  * Follows a view's change rows from `after` on. Calls onChange({version, diff, key, row}) for each, and
@@ -136,7 +138,7 @@ export function subscribe(view, after, { onChange, onState }) {
       if (closed) return;
       onState("reconnecting");
       await sleep(backoff + Math.random() * 250);
-      backoff = Math.min(backoff * 2, 10_000);
+      backoff = Math.min(backoff * 2, 5_000);
     }
   }
 
@@ -149,9 +151,11 @@ export function subscribe(view, after, { onChange, onState }) {
     const connection = new AbortController();
     const abort = () => connection.abort();
     controller.signal.addEventListener("abort", abort);
-    let watchdog = setTimeout(abort, IDLE_LIMIT_MS);
+    let watchdog = setTimeout(abort, CONNECT_LIMIT_MS);
     try {
       const response = await request(path, { headers, signal: connection.signal });
+      clearTimeout(watchdog);
+      watchdog = setTimeout(abort, IDLE_LIMIT_MS);
       onState("live");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = new EventStreamParser((event) => {
