@@ -453,14 +453,20 @@ class Database:
             )
         # At `applied`, not "current": maintenance may commit a newer version between the two reads.
         rows = self.store.get_view_rows(name, as_of if as_of is not None or applied is None else applied)
-        applied = applied or 0
+        lag, lag_seconds = self._lag(applied or 0, latest)
+        return ViewRows(rows=[rows[key] for key in sorted(rows, key=key_order)],
+                        version=(applied or 0) if as_of is None else as_of, lag=lag, lag_seconds=lag_seconds)
+
+    def lag(self, name: str) -> tuple[int, float]:
+        """How far view ``name`` is behind: committed versions it does not reflect yet, and seconds since the first
+        of them was committed (both 0 when it is fresh)."""
+        self._view_def(name)
+        latest = self.version
+        return self._lag(self.store.get_applied_version(name) or 0, latest)
+
+    def _lag(self, applied: int, latest: int) -> tuple[int, float]:
         behind = self.store.get_commit_time(applied + 1) if latest > applied else None
-        return ViewRows(
-            rows=[rows[key] for key in sorted(rows, key=key_order)],
-            version=applied if as_of is None else as_of,
-            lag=latest - applied,
-            lag_seconds=0.0 if behind is None else max(0.0, self.clock.now() - behind),
-        )
+        return latest - applied, 0.0 if behind is None else max(0.0, self.clock.now() - behind)
 
     def _subscribe(self, name: str, callback: Callable[[ChangeRow], None], *, snapshot: bool) -> Subscription:
         self._view_def(name)

@@ -303,3 +303,15 @@ def test_ctrl_c_stops_the_server_while_a_subscription_is_open(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_view_list_counts_rows_and_failed_rows_in_the_store(seeded_db):
+    from deltamem.server import reads
+
+    docs = seeded_db.table("docs")
+    docs.upsert({"id": "x", "text": "fine"})
+    seeded_db.maintain(timeout=30)
+    [summaries] = [v for v in reads.views(seeded_db) if v.name == "summaries"]
+    assert (summaries.rows, summaries.error_rows, summaries.lag_versions) == (4, 0, 0)
+    assert seeded_db.store.count_view_rows("summaries") == (4, 0)
+    assert seeded_db.lag("summaries") == (0, 0.0)

@@ -107,6 +107,10 @@ def test_a_failed_filter_shows_the_row_and_downstream_passes_it_through():
     (row,) = view.rows(fresh=True)
     assert row["s"] is None and row["_error"].startswith("scripted failure")
     assert db.usage().by_operator.get(("v", "2:sem_map")) is None  # no call for an errored row
+    assert db.store.count_view_rows("v") == (1, 1)  # rows, and rows with an _error
+    docs.upsert([{"id": 2, "text": "poison too"}, {"id": 3, "text": "fine"}])
+    rows = view.rows(fresh=True)
+    assert db.store.count_view_rows("v") == (len(rows), 2)
 
 
 def test_extract_adds_one_column_per_field():

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from deltamem.changes import ERROR_COLUMN
-
 if TYPE_CHECKING:
     from deltamem.engine import Database
 
@@ -72,10 +70,10 @@ class DeltamemCollector(Collector):
         error_rows = GaugeMetricFamily("deltamem_view_error_rows", "Rows of a view whose LLM call failed",
                                        labels=["view"])
         for name in views:
-            rows = self._db.view(name).rows()
-            lag.add_metric([name], rows.lag)
-            lag_seconds.add_metric([name], rows.lag_seconds)
-            error_rows.add_metric([name], sum(1 for row in rows if row.get(ERROR_COLUMN) is not None))
+            behind, seconds = self._db.lag(name)
+            lag.add_metric([name], behind)
+            lag_seconds.add_metric([name], seconds)
+            error_rows.add_metric([name], self._db.store.count_view_rows(name)[1])
         yield from (lag, lag_seconds, error_rows)
         maintenance = GaugeMetricFamily("deltamem_maintenance_stopped",
                                         "1 when background maintenance stopped on an error")

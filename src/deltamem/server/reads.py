@@ -142,15 +142,18 @@ def tables(db: "Database") -> list[TableInfo]:
 def views(db: "Database") -> list[ViewInfo]:
     usage = db.usage()
     found = []
+    latest = db.version
     for name in db.views():
         view = db.view(name)
-        read = view.rows()
+        rows, failed = db.store.count_view_rows(name)
+        lag, lag_seconds = db.lag(name)
         full = usage.full_recompute.get(name)
         paid = usage.by_view.get(name)
         found.append(ViewInfo(
-            name=name, definition=view.definition.describe(), columns=view_columns(view.columns, read.rows),
-            version=view.version, latest_version=db.version, lag_versions=read.lag, lag_seconds=read.lag_seconds,
-            rows=len(read), error_rows=sum(1 for row in read if row.get(ERROR_COLUMN) is not None),
+            name=name, definition=view.definition.describe(),
+            columns=[*view.columns, *([ERROR_COLUMN] if failed else [])],
+            version=view.version, latest_version=latest, lag_versions=lag, lag_seconds=lag_seconds,
+            rows=rows, error_rows=failed,
             calls=paid.calls if paid else 0, full_recompute_calls=full.cost.calls if full else 0,
             refreshes=full.refreshes if full else 0,
         ))

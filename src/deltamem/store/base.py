@@ -362,6 +362,10 @@ class Store(abc.ABC):
     def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]: ...
 
     @abc.abstractmethod
+    def count_view_rows(self, view: str) -> tuple[int, int]:
+        """The view's current rows: how many, and how many carry an ``_error`` (a failed call)."""
+
+    @abc.abstractmethod
     def get_view_history(self, view: str, key: RowKey) -> list[HistoryEntry]: ...
 
     @abc.abstractmethod

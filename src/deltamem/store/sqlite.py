@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from deltamem.changes import Change, ExpireMode, Row, RowKey, RowWrite
+from deltamem.changes import ERROR_COLUMN, Change, ExpireMode, Row, RowKey, RowWrite
 from deltamem.errors import NoTable
 from deltamem.llm.base import Completion
 from deltamem.store.base import (
@@ -358,6 +358,15 @@ class SQLiteStore(Store):
                 (view, as_of, as_of),
             )
         return {RowKey(k): _loads(r) for k, r in sorted(found)}
+
+    def count_view_rows(self, view: str) -> tuple[int, int]:
+        # Counted inside SQLite (json_extract), so a dashboard's poll never decodes every row in Python.
+        total, failed = self._query(
+            f"SELECT COUNT(*), COALESCE(SUM(json_extract(row, '$.{ERROR_COLUMN}') IS NOT NULL), 0) FROM view_rows "
+            "WHERE view = ? AND valid_to IS NULL",
+            (view,),
+        )[0]
+        return total, failed
 
     def get_view_history(self, view: str, key: RowKey) -> list[HistoryEntry]:
         found = self._query(
