@@ -358,8 +358,15 @@ class Database:
         return self._write(list(writes.values()), new_defs)
 
     def _delete_rows(self, table: str, keys: Sequence[Any]) -> int | None:
-        self._table_def(table)
-        writes = {encode_key(k): RowWrite(table, encode_key(k), None) for k in keys}
+        definition = self._table_def(table)
+        kind = (definition.columns or {}).get(definition.key)
+        writes: dict[RowKey, RowWrite] = {}
+        for key in keys:
+            encoded = encode_key(key)  # a str or an int, or PrimaryKeyError
+            # A delete of an absent key does nothing, so a wrongly typed key would silently delete nothing.
+            if kind is not None and not kind.accepts(key):
+                raise PrimaryKeyError(f"key {definition.key!r} is {kind.value}, got {key!r}")
+            writes[encoded] = RowWrite(table, encoded, None)
         return self._write(list(writes.values()), [])
 
     def _check_row(self, table: TableDef, row: Row, position: int) -> Row:

@@ -172,18 +172,11 @@ def load_file(
         db.table(table, key=key_column, columns=_infer_columns(records, key_column))
         created = True
     target = db.table(table)
-    key_type = (db._table_def(table).columns or {}).get(key_column)
     with db.batch() as batch:
         for done, record in enumerate(records, 1):
             try:
                 if record.delete:
-                    value = record.row[key_column]
-                    if key_type is not None and not key_type.accepts(value):
-                        # NOTE(ingest): the engine ignores a delete of an absent key, so a wrongly typed key would
-                        # silently delete nothing; it is an error here.
-                        raise LoadError(str(path), record.line,
-                                        f"key {key_column!r} is {key_type.value}, got {value!r}")
-                    target.delete(value)
+                    target.delete(record.row[key_column])
                 else:
                     target.upsert(record.row)
             except LoadError:
@@ -306,7 +299,7 @@ def _json_records(values: Iterator[tuple[int, Any]], path: str, key: str, fmt: F
         if debezium is None:
             debezium = _looks_like_event(value)
         if debezium:
-            yield from _event_records(value, path, number, key)
+            yield from event_records(value, path, number, key)
         else:
             yield Record(number, value)
 
@@ -317,7 +310,9 @@ def _looks_like_event(value: dict[str, Any]) -> bool:
     return "op" in value and ("after" in value or "before" in value)
 
 
-def _event_records(event: dict[str, Any], path: str, line: int, key: str) -> Iterator[Record]:
+def event_records(event: dict[str, Any], path: str, line: int, key: str) -> Iterator[Record]:
+    """The writes one Debezium-style event asks for (see the module docstring); ``LoadError`` names ``path`` and
+    ``line`` when it is malformed."""
     if "payload" in event and "op" not in event:
         event = event["payload"]
         if event is None:

@@ -65,6 +65,8 @@ def test_bad_key_type_is_rejected(db):
         db.table("docs").upsert({"id": 2.5, "text": "x"})
     with pytest.raises(PrimaryKeyError, match="use a str or an int"):
         db.table("docs").delete(2.5)
+    with pytest.raises(PrimaryKeyError, match="key 'id' is int, got '2'"):  # would silently delete nothing
+        db.table("docs").delete("2")
 
 
 def test_unknown_table_and_view_suggest_the_nearest_name(db):
