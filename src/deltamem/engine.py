@@ -461,8 +461,9 @@ class Database:
         # At `applied`, not "current": maintenance may commit a newer version between the two reads.
         rows = self.store.get_view_rows(name, as_of if as_of is not None or applied is None else applied)
         lag, lag_seconds = self._lag(applied or 0, latest)
-        return ViewRows(rows=[rows[key] for key in sorted(rows, key=key_order)],
-                        version=(applied or 0) if as_of is None else as_of, lag=lag, lag_seconds=lag_seconds)
+        keys = sorted(rows, key=key_order)
+        return ViewRows(rows=[rows[key] for key in keys], version=(applied or 0) if as_of is None else as_of, lag=lag,
+                        lag_seconds=lag_seconds, keys=keys)
 
     def lag(self, name: str) -> tuple[int, float]:
         """How far view ``name`` is behind: committed versions it does not reflect yet, and seconds since the first

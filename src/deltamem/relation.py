@@ -10,10 +10,10 @@ the source's columns when it is built, before any model call. ``db.view(name, re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deltamem.changes import Row, encode_key, key_order
+from deltamem.changes import Row, RowKey, encode_key, key_order
 from deltamem.errors import ConfigError, NoRow, SchemaError
 from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
@@ -215,6 +215,7 @@ class ViewRows:
     version: int
     lag: int  # committed versions not yet reflected
     lag_seconds: float  # age of the oldest commit not yet reflected; 0.0 when fresh
+    keys: list[RowKey] = field(default_factory=list)  # each row's key, in the order of ``rows``
 
     def __iter__(self):
         return iter(self.rows)

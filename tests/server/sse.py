@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from deltamem.server.feed import parse_events
+
 
 @dataclass(frozen=True)
 class Event:
@@ -18,16 +20,9 @@ class Event:
 
 
 def events(response: httpx.Response) -> Iterator[Event]:
-    """The events of a streaming response, in order; comment lines (keep-alives) are skipped."""
-    fields: dict[str, str] = {}
-    for line in response.iter_lines():
-        if not line:
-            if "data" in fields:
-                yield Event(fields.get("event", "message"), fields.get("id"), json.loads(fields["data"]))
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value[1:] if value.startswith(" ") else value
+    """The events of a streaming response, in order, with their data decoded."""
+    for event, event_id, data in parse_events(response.iter_lines()):
+        yield Event(event, event_id, json.loads(data))
 
 
 def take(client: httpx.Client, url: str, count: int, *, headers: dict[str, str] | None = None,

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deltamem.cli import app as cli
-from deltamem.server.command import check_binding, is_loopback
 from deltamem.errors import ConfigError
+from deltamem.server.command import check_binding, is_loopback
 from tests.server.sse import events, take
 
 
@@ -277,9 +277,9 @@ def test_ctrl_c_stops_the_server_while_a_subscription_is_open(tmp_path):
     import subprocess
     import sys
 
-    from deltamem.bench.serve_load import _free_port
+    from deltamem.bench.serve_load import free_port
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "deltamem", "serve", str(tmp_path / "s.db"), "--port", str(port),
                                "--llm", "test", "--embedder", "test"], stderr=subprocess.PIPE)
     try:

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from deltamem.server.feed import parse_events
+
 VIEW_SQL = "CREATE CONTINUOUS VIEW digest AS SELECT id, writer, SEM_MAP('Summarise {text}') AS gist FROM events"
 TABLE_SQL = "CREATE TABLE events (id TEXT PRIMARY KEY, writer INT, n INT, text TEXT)"
 
@@ -61,7 +63,8 @@ class LoadReport:
         return dict(self.__dict__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -95,17 +98,11 @@ def _subscribe(url: str, after: int, expected: threading.Event, stop: threading.
                               timeout=httpx.Timeout(5.0, read=1.0)) as response:
                 response.raise_for_status()
                 expected.set()
-                fields: dict[str, str] = {}
                 try:
-                    for line in response.iter_lines():
-                        if line == "" and "data" in fields:
-                            into.arrived.append(time.time())
-                            into.events.append((fields["id"], json.loads(fields["data"])))
-                            headers = {"Last-Event-ID": fields["id"]}
-                            fields = {}
-                        elif line and not line.startswith(":"):
-                            name, _, value = line.partition(":")
-                            fields[name] = value.lstrip(" ")
+                    for _event, event_id, data in parse_events(response.iter_lines()):
+                        into.arrived.append(time.time())
+                        into.events.append((event_id, json.loads(data)))
+                        headers = {"Last-Event-ID": event_id}
                 except httpx.ReadTimeout:
                     pass  # idle for a second: look at `stop`, then resume from the last id
     except BaseException as exc:  # reported by the run, not lost in a thread
@@ -159,7 +156,7 @@ def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, 
 
     folder = Path(workdir or tempfile.mkdtemp(prefix="deltamem-load-"))
     db_path = folder / "load.db"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _start_server(db_path, port)
     try:
@@ -215,7 +212,7 @@ def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, 
                 and len({event_id for event_id, _ in r.events}) == len(r.events)
                 for r in received
             )
-            commit_time = {v: reader.store.get_commit_time(v) for v in {row[0] for row in expected_rows}}
+            commit_time = reader.store.get_commit_times(start + 1, latest)
             final_table = reader.table("events").rows()
             final_view = reader.view("digest").rows().rows
         latencies = sorted(

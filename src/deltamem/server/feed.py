@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -167,3 +167,17 @@ class ChangeFeed:
                 events.append(ChangeEvent(f"{change.version}:{index}", change))
             index += 1
         return events, Cursor(last), True
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[tuple[str, str | None, str]]:
+    """The reading side of the wire format, for Python clients (the load benchmark, the tests): each event of an
+    SSE stream's lines as ``(event, id, data)``; comment lines (keep-alives) are skipped."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in fields:
+                yield fields.get("event", "message"), fields.get("id"), fields["data"]
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from deltamem.changes import ERROR_COLUMN, key_order
+from deltamem.changes import ERROR_COLUMN
 from deltamem.errors import NoRow
 from deltamem.sql.dialect import parse
 from deltamem.sql.executor import execute, view_columns
@@ -162,13 +162,9 @@ def views(db: "Database") -> list[ViewInfo]:
 
 def read_view(db: "Database", name: str, as_of: int | None) -> ViewRead:
     view = db.view(name)
-    read = view.rows(as_of=as_of)
-    # Rows and keys from one snapshot at exactly `read.version`, in the order `View.rows` gives them.
-    stored = db.store.get_view_rows(name, read.version)
-    keys = sorted(stored, key=key_order)
-    rows = [stored[key] for key in keys]
-    return ViewRead(view=name, columns=view_columns(view.columns, rows), rows=rows,
-                    keys=[json.loads(key) for key in keys], version=read.version, latest_version=db.version,
+    read = view.rows(as_of=as_of)  # rows and keys of one snapshot, at exactly `read.version`
+    return ViewRead(view=name, columns=view_columns(view.columns, read.rows), rows=read.rows,
+                    keys=[json.loads(key) for key in read.keys], version=read.version, latest_version=db.version,
                     lag_versions=read.lag, lag_seconds=read.lag_seconds)
 
 
@@ -243,8 +239,9 @@ def cost_history(db: "Database", max_points: int = 400) -> list[CostPoint]:
                                 full_seconds=full_seconds))
     step = max(1, -(-len(points) // max_points))  # ceiling division; 1 for an empty history
     kept = points[::-1][::step][::-1]  # counted from the last point, so the last is always kept
+    times = db.store.get_commit_times(kept[0].version, kept[-1].version) if kept else {}
     for point in kept:
-        point.committed_at = db.store.get_commit_time(point.version)
+        point.committed_at = times.get(point.version)
     return kept
 
 
@@ -256,5 +253,6 @@ def commit_log(db: "Database", limit: int) -> list[CommitInfo]:
         counts = by_version[change.version].setdefault(change.table, TableChanges())
         field = {"insert": "inserted", "update": "updated", "delete": "deleted", "expire": "expired"}[change.kind]
         setattr(counts, field, getattr(counts, field) + 1)
-    return [CommitInfo(version=v, committed_at=db.store.get_commit_time(v), tables=by_version[v])
+    times = db.store.get_commit_times(first, latest)
+    return [CommitInfo(version=v, committed_at=times.get(v), tables=by_version[v])
             for v in sorted(by_version, reverse=True)]

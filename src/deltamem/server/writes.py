@@ -65,7 +65,8 @@ class ChangeError(DeltamemError):
     """Raised when one change of a request is malformed or does not fit the table; nothing was applied."""
 
     def __init__(self, position: int, problem: str):
-        super().__init__(f"change {position}: {problem.rstrip('.')}. Nothing was applied.")
+        end = " " if problem.endswith((".", "?")) else ". "
+        super().__init__(f"change {position}: {problem}{end}Nothing was applied.")
         self.position = position
 
 

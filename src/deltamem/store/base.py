@@ -331,6 +331,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_commit_time(self, version: int) -> float | None: ...
 
+    @abc.abstractmethod
+    def get_commit_times(self, first: int, last: int) -> dict[int, float]:
+        """When each version from ``first`` to ``last`` was committed (one read, for logs and charts)."""
+
     # --- views --------------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def get_applied_version(self, view: str) -> int | None:

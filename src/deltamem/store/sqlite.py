@@ -212,6 +212,10 @@ class SQLiteStore(Store):
         found = self._query("SELECT committed_at FROM commits WHERE version = ?", (version,))
         return found[0][0] if found else None
 
+    def get_commit_times(self, first: int, last: int) -> dict[int, float]:
+        found = self._query("SELECT version, committed_at FROM commits WHERE version BETWEEN ? AND ?", (first, last))
+        return dict(found)
+
     def get_changes(self, first: int, last: int, tables: Iterable[str]) -> list[Change]:
         tables = list(tables)
         if not tables:
