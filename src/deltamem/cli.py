@@ -13,7 +13,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands import bench, sql, streams
+from deltamem.commands import bench, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
 from deltamem.server.command import bench_serve, serve
 
@@ -180,4 +180,5 @@ app.command("serve")(serve)
 bench_app.command("rowwise")(bench.bench_rowwise)
 bench_app.command("operators")(bench.bench_operators)
 bench_app.command("edit-stream")(bench.bench_edit_stream)
+bench_app.command("kv-reuse")(bench_kv.bench_kv_reuse)
 bench_app.command("serve")(bench_serve)

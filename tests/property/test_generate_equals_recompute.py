@@ -62,3 +62,53 @@ def test_generate_views_equal_recompute(steps):
         for name, rows in expected.items():
             assert db.view(name).rows().rows == rows, f"view {name} diverged after {step}"
     db.close()
+
+
+PHRASES = ("in 1815", "in London")  # few answers, so a changed prompt often keeps its answer
+
+
+def build_verified(db: dm.Database) -> None:
+    """The exact strategies on a backend that scores drafts: verify (no blend here: exact) and regenerate."""
+    questions, docs = db.table("questions"), db.table("docs")
+    db.generate("verify_all", prompt="Answer from the documents.", context=questions, data_source=docs,
+                strategy="verify")
+    db.generate("verify_top2", prompt="Answer from the documents.", context=questions, data_source=docs, retrieve=2,
+                strategy="verify")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=1, max_size=8))
+def test_verified_views_equal_recompute_and_keep_exactly_the_unchanged_answers(steps):
+    from deltamem.llm.scripted import ScriptedLLM
+
+    db = scripted_db(llm=ScriptedLLM(verifies=True, phrases=PHRASES))
+    questions = db.table("questions", key="qid", columns=QUESTIONS)
+    docs = db.table("docs", key="doc_id", columns=DOCS)
+    questions.upsert({"qid": "w", "question": "When was Ada born?"})
+    docs.upsert({"doc_id": "z", "title": "Z", "text": "Ada lived in London."})
+    build_verified(db)
+    for step in steps:
+        before = {name: {r["qid"]: r["answer"] for r in db.view(name).rows(fresh=True).rows} for name in db.views()}
+        if step[0] == "doc":
+            docs.upsert({"doc_id": step[1], "title": step[1].upper(), "text": step[2]})
+        elif step[0] == "drop_doc":
+            docs.delete(step[1])
+        elif step[0] == "question":
+            questions.upsert({"qid": step[1], "question": step[2]})
+        else:
+            questions.delete(step[1])
+        db.maintain()
+        expected, _ = recompute_from_scratch(
+            {"questions": ("qid", QUESTIONS, questions.rows()), "docs": ("doc_id", DOCS, docs.rows())},
+            build_verified, llm=ScriptedLLM(phrases=PHRASES))
+        for name, rows in expected.items():
+            assert db.view(name).rows().rows == rows, f"view {name} diverged after {step}"
+            after = {r["qid"]: r["answer"] for r in rows}
+            for d in db.store.get_decisions(name):
+                if d.version != db.version or not any(v in d.reason for v in ("; kept", "; it changed")):
+                    continue  # not a verification (a memo hit has no token ids to verify: it regenerates)
+                qid = d.key.strip('"')
+                # an answer is kept by verification exactly when a full recompute gives it unchanged
+                assert (d.strategy == "verify") == (before[name].get(qid) == after.get(qid)), (name, d)
+                assert d.calls == 1 and (d.output_tokens == 0) == (d.strategy == "verify")
+    db.close()

@@ -66,8 +66,13 @@ def test_bench_edit_stream_reports_every_strategy_against_full(tmp_path):
     full, regenerate = data["strategies"]["full"], data["strategies"]["regenerate"]
     assert full["agreement"] == 1.0 and regenerate["agreement"] == 1.0  # exact strategies agree with full
     assert full["calls"] == data["config"]["edits"]  # the baseline answers again after every edit
-    for name in ("calls", "prompt_tokens", "reused_tokens", "output_tokens", "seconds", "agreement", "takeup"):
+    for name in ("calls", "prompt_tokens", "reused_tokens", "output_tokens", "seconds", "agreement", "takeup",
+                 "contains", "f1", "contains_vs_full_ci", "f1_vs_full_ci", "skip_precision", "verify_precision"):
         assert name in data["strategies"]["auto"]
+    assert len(data["edits"]) == data["config"]["edits"]
+    assert set(data["edits"][0]["strategies"]) == set(data["strategies"])  # every answer of every strategy
+    text = " ".join(result.output.split())  # rich wraps at the terminal's width
+    assert "answers after each edit" in text and "paired bootstrap 95% interval" in text
 
 
 def test_bench_edit_stream_rejects_an_unknown_strategy():

@@ -85,8 +85,8 @@ def test_explain_reports_provenance_attribution_and_key_spans():
     attribution = deps["attribution"]
     assert attribution["output_sentences"] == ["Alan studied at Cambridge."]
     assert attribution["matrix"] == [[0.0, 1.0, 0.0, 0.0]]
-    # the skip kept the attribution of the older prompt: the rewritten tea sentence is labelled as changed
-    assert attribution["context"][1] == "Alan studied at Cambridge." and attribution["context"][3] == "(changed since)"
+    # the skip carried the attribution over: the rewritten tea sentence's column now names the sentence replacing it
+    assert attribution["context"][1] == "Alan studied at Cambridge." and attribution["context"][3] == "Tea grows on shrubs."
     assert deps["key_spans"] == ["Alan", "Cambridge"]
 
 

@@ -8,7 +8,11 @@ supporting paragraph, or a distractor paragraph changed, added or deleted), a se
 substituted in a supporting sentence (the new answer is known), and a supporting paragraph deleted. The initial build
 is made once and copied for every strategy; every strategy, and the ``full`` baseline, sees the same stream. Reported
 per strategy: calls, prompt tokens computed and reused, output tokens and model seconds of the edits, wall seconds,
-agreement with ``full`` after each edit, take-up of known new answers, and the precision and recall of its skips.
+agreement with ``full`` after each edit, take-up of known new answers, accuracy against the gold answer after each
+edit (contains-match and token F1, ``deltamem.bench.answer_quality``; the gold is the substituted answer from its
+substitution on) with a paired bootstrap interval of the difference from ``full``'s, and the precision of its skips
+and verifications against the edits' known relevance. The result lists every edit with every strategy's answer and
+decisions, so ``headline_figures`` recomputes the answer figures from the JSON alone.
 
 On a backend with KV caches every strategy starts from the caches the initial build left (a copy of them), as a
 server that has been answering would; on a backend with attention the build captures attribution, and the same build
@@ -17,6 +21,7 @@ is also run once without it to measure what attribution costs.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -28,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import deltamem as dm
+from deltamem.bench.answer_quality import contains_match, paired_bootstrap_ci, token_f1
 from deltamem.bench.datasets import Question, load_questions
+from deltamem.changes import RowKey
 from deltamem.errors import ConfigError
 from deltamem.llm import lazy_llm
 from deltamem.memory.kvcache import PromptKVCache
@@ -40,6 +47,7 @@ PROMPT = "Answer the question from the documents with a short phrase."
 QUESTIONS = {"qid": "text", "question": "text"}
 DOCS = {"doc_id": "text", "qid": "text", "title": "text", "text": "text"}
 _NUMBER = re.compile(r"\b(1[0-9]{3}|20[0-9]{2}|[0-9]{1,3})\b")
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,18 @@ def _new_answer(question: Question, others: Sequence[Question], rng: random.Rand
     return rng.choice(names) if names else question.answer + " Jr."
 
 
+def gold_answers(edits: Sequence[Edit], questions: Sequence[Question]) -> list[str]:
+    """The gold answer after each edit: its question's answer until an answer substitution for that question, the
+    substituted answer from then on (a later deletion of its paragraph does not bring the old answer back)."""
+    gold = {q.qid: q.answer for q in questions}
+    after = []
+    for edit in edits:
+        if edit.new_answer is not None:
+            gold[edit.qid] = edit.new_answer
+        after.append(gold[edit.qid])
+    return after
+
+
 def _build(path: str, backend: Any, chosen: Sequence[Question], strategy: str, shadow: float) -> tuple[float, dict]:
     """Build the standing answers in a new database at ``path``; returns the model seconds paid and the answers."""
     db = dm.connect(path, llm=backend, embedder="test", background=False)
@@ -162,6 +182,8 @@ def run_edit_stream(
     strategies: Sequence[str], shadow: float = 0.1, progress: Callable[[str, int, int], None] | None = None,
     kv_cache_bytes: int = 4 * 2**30,
 ) -> dict[str, Any]:
+    """Run the benchmark described above; the result is JSON-ready: ``config``, ``strategies`` (the figures per
+    strategy), ``initial_answers`` and ``edits`` (every edit with every strategy's answer, decisions and scores)."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(f"Unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
@@ -189,7 +211,9 @@ def run_edit_stream(
         store.close()
 
         results: dict[str, Any] = {}
-        reference: list[str] = []
+        answered: dict[str, list[str]] = {}
+        decided: dict[str, list[list[str]]] = {}
+        reasons: dict[str, list[list[str]]] = {}  # beside the decisions: which were exact and which approximate
         for strategy in strategies:
             path = str(Path(folder) / f"{strategy}.db")
             shutil.copy(base, path)
@@ -200,7 +224,7 @@ def run_edit_stream(
             store.put_view_def(ViewDef(view.name, {**view.plan, "strategy": strategy}))
             store.close()
             db = dm.connect(path, llm=backend, embedder="test", background=False)
-            answers, skipped, edit_walls = [], [], []
+            answers, decisions, edit_walls = [], [], []
             started = time.perf_counter()
             for i, edit in enumerate(edits):
                 docs = db.table("docs")
@@ -209,48 +233,97 @@ def run_edit_stream(
                 rows = {r["qid"]: r["answer"] for r in db.view("answers").rows(fresh=True)}
                 edit_walls.append(time.perf_counter() - edit_started)
                 answers.append(rows.get(edit.qid) or "")
-                decided = [d.strategy for d in db.store.get_decisions("answers") if d.version == db.version
-                           and d.key == f'"{edit.qid}"']
-                skipped.append(decided == ["skip"])
+                decisions.append([d for d in db.store.get_decisions("answers", RowKey(json.dumps(edit.qid)))
+                                  if d.version == db.version])
                 if progress:
                     progress(strategy, i + 1, len(edits))
             wall = time.perf_counter() - started
             ledger = [e for e in db.store.get_ledger("answers") if e.version and e.version > base_version
                       and e.outcome == "paid"]
             db.close()
-            if strategy == "full":
-                reference = answers
-            results[strategy] = _score(edits, answers, reference, skipped, ledger, wall, edit_walls)
-    return {
+            answered[strategy], decided[strategy] = answers, [[d.strategy for d in ds] for ds in decisions]
+            reasons[strategy] = [[d.reason for d in ds] for ds in decisions]
+            results[strategy] = _costs(edits, ledger, wall, edit_walls)
+    result = {
         "config": {"data": str(data_file), "llm": backend.model_id, "questions": len(chosen),
                    "edits_per_question": edits_per_question, "edits": len(edits), "seed": seed, "shadow": shadow,
                    "kv_cache_bytes": backend.kv_cache.max_bytes if kv else None,
                    "initial_build_seconds": build_seconds,
                    "initial_build_seconds_without_attribution": plain_seconds,
                    "attribution_overhead": None if not plain_seconds else build_seconds / plain_seconds - 1,
-                   "full_changed_on_irrelevant": _changed_on_irrelevant(edits, reference, initial),
+                   "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "bootstrap_seed": seed,
                    "edit_kinds": {k: sum(e.kind == k for e in edits) for k in sorted({e.kind for e in edits})}},
         "strategies": results,
+        "initial_answers": initial,
+        "edits": [
+            {"qid": e.qid, "kind": e.kind, "relevant": e.relevant, "doc_id": e.doc_id, "new_answer": e.new_answer,
+             "gold": gold, "strategies": {s: {"answer": answered[s][i], "decided": decided[s][i], "reasons": reasons[s][i],
+                                              "contains": contains_match(answered[s][i], gold),
+                                              "f1": token_f1(answered[s][i], gold)} for s in strategies}}
+            for i, (e, gold) in enumerate(zip(edits, gold_answers(edits, chosen), strict=True))],
     }
+    figures = headline_figures(result)  # computed from the listed edits, as anyone holding the JSON can
+    result["config"]["full_changed_on_irrelevant"] = figures["full_changed_on_irrelevant"]
+    for strategy, numbers in figures["strategies"].items():
+        results[strategy].update(numbers)
+    return result
 
 
-def _changed_on_irrelevant(edits: Sequence[Edit], full: Sequence[str], initial: dict[str, str]) -> float | None:
+def headline_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The answer figures of an edit-stream result from its ``initial_answers``, ``edits`` and bootstrap settings
+    alone: ``full_changed_on_irrelevant``, and per strategy the figures the run reports beside its costs."""
+    edits, config = result["edits"], result["config"]
+    per_edit = {s: [e["strategies"][s] for e in edits] for s in result["strategies"]}
+    full = [a["answer"] for a in per_edit["full"]]
+    irrelevant = sum(not e["relevant"] for e in edits)
+    figures = {}
+    for strategy, answers in per_edit.items():
+        agrees = [a["answer"].strip() == r.strip() for a, r in zip(answers, full, strict=True)]
+        takeup = [e["new_answer"].lower() in a["answer"].lower() for a, r, e in zip(answers, full, edits, strict=True)
+                  if e["new_answer"] and e["new_answer"].lower() in r.lower()]
+        out: dict[str, Any] = {"agreement": _mean(agrees), "takeup": _mean(takeup), "takeup_cases": len(takeup)}
+        scores = {metric: [a[metric] for a in answers] for metric in ("contains", "f1")}
+        for metric, values in scores.items():
+            out[metric] = _mean(values)
+            ci = None if strategy == "full" else paired_bootstrap_ci(
+                values, [a[metric] for a in per_edit["full"]], resamples=config["bootstrap_resamples"],
+                seed=config["bootstrap_seed"])
+            out[f"{metric}_vs_full_ci"] = None if ci is None else list(ci)
+        for relevant in (True, False):  # the same figures split by the edits' known relevance
+            label = "relevant" if relevant else "irrelevant"
+            picked = [i for i, e in enumerate(edits) if e["relevant"] == relevant]
+            for name, values in (("agreement", agrees), *scores.items()):
+                out[f"{name}_{label}"] = _mean([values[i] for i in picked])
+        for kind in ("skip", "verify"):
+            # an edit counts when this was its only decision: after a shadow check the answer kept is full's
+            alone = [a["decided"] == [kind] for a in answers]
+            hits = sum(a and not e["relevant"] for a, e in zip(alone, edits, strict=True))
+            out[f"{kind}_count"] = sum(alone)
+            out[f"{kind}_precision"] = hits / sum(alone) if any(alone) else None
+            out[f"{kind}_recall"] = hits / irrelevant if any(alone) and irrelevant else None
+        figures[strategy] = out
+    return {"full_changed_on_irrelevant": _changed_on_irrelevant(edits, full, result["initial_answers"]),
+            "strategies": figures}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _changed_on_irrelevant(edits: Sequence[dict], full: Sequence[str], initial: dict[str, str]) -> float | None:
     """The share of irrelevant edits after which ``full`` answered differently than before: the noise floor of the
     agreement any strategy that skips them can reach."""
     previous, changed, irrelevant = dict(initial), 0, 0
     for edit, answer in zip(edits, full, strict=True):
-        if not edit.relevant:
+        if not edit["relevant"]:
             irrelevant += 1
-            changed += answer.strip() != previous.get(edit.qid, "").strip()
-        previous[edit.qid] = answer
+            changed += answer.strip() != previous.get(edit["qid"], "").strip()
+        previous[edit["qid"]] = answer
     return changed / irrelevant if irrelevant else None
 
 
-def _score(edits, answers, reference, skipped, ledger, wall, edit_walls) -> dict[str, Any]:
-    agrees = [a.strip() == r.strip() for a, r in zip(answers, reference, strict=True)]
-    agree = sum(agrees)
-    takeup_cases = [(a, e.new_answer) for a, r, e in zip(answers, reference, edits, strict=True)
-                    if e.new_answer and e.new_answer.lower() in r.lower()]
+def _costs(edits: Sequence[Edit], ledger: Sequence[Any], wall: float, edit_walls: Sequence[float]) -> dict[str, Any]:
+    """What a strategy paid for the edits: its ledger's calls, tokens and model seconds, and the wall clock."""
     out = {
         "calls": len(ledger),
         "prompt_tokens": sum(e.prompt_tokens for e in ledger),
@@ -258,18 +331,8 @@ def _score(edits, answers, reference, skipped, ledger, wall, edit_walls) -> dict
         "output_tokens": sum(e.output_tokens for e in ledger),
         "seconds": sum(e.seconds for e in ledger),
         "wall_seconds": wall,
-        "agreement": agree / len(edits) if edits else 1.0,
-        "takeup": (sum(new.lower() in a.lower() for a, new in takeup_cases) / len(takeup_cases)
-                   if takeup_cases else None),
-        "takeup_cases": len(takeup_cases),
     }
-    for relevant in (True, False):  # the same figures split by the edits' known relevance
-        label = "relevant" if relevant else "irrelevant"
-        picked = [i for i, e in enumerate(edits) if e.relevant == relevant]
-        out[f"wall_seconds_{label}"] = sum(edit_walls[i] for i in picked)
-        out[f"agreement_{label}"] = sum(agrees[i] for i in picked) / len(picked) if picked else None
-    if any(skipped):
-        true_skips = sum(s and not e.relevant for s, e in zip(skipped, edits, strict=True))
-        out["skip_precision"] = true_skips / sum(skipped)
-        out["skip_recall"] = true_skips / max(1, sum(not e.relevant for e in edits))
+    for relevant in (True, False):
+        out[f"wall_seconds_{'relevant' if relevant else 'irrelevant'}"] = sum(
+            w for w, e in zip(edit_walls, edits, strict=True) if e.relevant == relevant)
     return out

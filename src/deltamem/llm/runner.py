@@ -48,7 +48,9 @@ class CallSpec:
     ``cache_key`` and ``draft`` are hints for a backend that keeps KV caches (``capabilities.kv_cache``): reuse the
     prompt KV stored under ``cache_key`` and re-score ``draft`` (the previous output's token ids) instead of decoding
     it. ``attribute_to`` names the context sentences a backend with attention (``capabilities.attention``) attributes
-    the output to. None of them changes the text a call returns, so the memo key ignores them.
+    the output to. None of them changes the text a call returns, so the memo key ignores them. ``blend`` lets a
+    backend that can (``capabilities.kv_blend``) accept the draft on KV reused beyond the prefix: that may change the
+    text (the completion then says ``exact=False`` and is not memoised).
     """
 
     request: CompletionRequest
@@ -56,6 +58,7 @@ class CallSpec:
     cache_key: str | None = None
     draft: tuple[int, ...] | None = None
     attribute_to: tuple[str, ...] | None = None
+    blend: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ class CallRunner:
             except BackendError as exc:
                 error = str(exc)
                 continue
-            self._record(spec, h, completion, "paid", view, operator, version, memo=completion)
+            self._record(spec, h, completion, "paid", view, operator, version,
+                         memo=completion if completion.exact else None)
             return CallResult(h, completion, None, memo_hit=False)
         error = f"{error} (after {self.retry.attempts} attempts)"
         self.store.record_call(
@@ -167,6 +171,8 @@ class CallRunner:
         hints: dict = {}
         if spec.cache_key is not None and can.kv_cache:
             hints.update(cache_key=spec.cache_key, draft=spec.draft)
+            if spec.blend and can.kv_blend:
+                hints["blend"] = True
         if spec.attribute_to is not None and can.attention:
             hints["attribute_to"] = spec.attribute_to
         return hints

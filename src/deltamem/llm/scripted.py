@@ -10,6 +10,12 @@ larger is better) and names the winner, so its verdicts are transitive, like a m
 text that itself contains the line ``Item B:`` may be split elsewhere; the answer is still a pure function of the
 prompt.
 
+``ScriptedLLM(verifies=True)`` also plays a backend that keeps KV caches and scores drafts
+(``capabilities.kv_cache``, ``logits``): its token ids are stable hashes of its words, and a ``draft`` equal to the
+answer's ids costs no output tokens (the old answer verified), as greedy re-scoring on a real model would. Its answer
+is the same function of the request either way. ``phrases=("x", "y")`` makes it answer a plain question with one of
+those phrases (still a pure function of the request), so a changed prompt often keeps its answer.
+
 Faults are injected by substring: ``ScriptedLLM(failures={"poison": 2})`` fails the first two calls whose prompt
 contains ``poison`` with a ``BackendError``, then answers normally.
 
@@ -56,8 +62,12 @@ class ScriptedLLM:
 
     capabilities = BackendCapabilities()
 
-    def __init__(self, *, failures: dict[str, int] | None = None, latency: float = 0.0, model_id: str = "scripted-v1"):
+    def __init__(self, *, failures: dict[str, int] | None = None, latency: float = 0.0, model_id: str = "scripted-v1",
+                 verifies: bool = False, phrases: tuple[str, ...] = ()):
         self.model_id = model_id
+        self.phrases = tuple(phrases)
+        if verifies:
+            self.capabilities = BackendCapabilities(logits=True, kv_cache=True)
         self.latency = latency
         self._failures_left = dict(failures or {})
         self._lock = threading.Lock()
@@ -66,7 +76,8 @@ class ScriptedLLM:
     def count_tokens(self, text: str) -> int:
         return count_scripted_tokens(text)
 
-    def complete(self, request: CompletionRequest) -> Completion:
+    def complete(self, request: CompletionRequest, *, cache_key: str | None = None,
+                 draft: tuple[int, ...] | None = None) -> Completion:
         prompt = "\n".join(f"{m.role}: {m.content}" for m in request.messages)
         with self._lock:
             for needle, left in self._failures_left.items():
@@ -82,13 +93,15 @@ class ScriptedLLM:
             text, finish = " ".join(words[: request.max_tokens]), "length"
         else:
             finish = "stop"
+        ids = tuple(int.from_bytes(_digest("token:" + t)[:3], "big") for t in _TOKEN.findall(text))
         completion = Completion(
             text=text,
             prompt_tokens=sum(count_scripted_tokens(m.content) + 4 for m in request.messages),
-            output_tokens=count_scripted_tokens(text),
+            output_tokens=0 if draft is not None and tuple(draft) == ids else count_scripted_tokens(text),
             seconds=self.latency,
             model=self.model_id,
             finish_reason=finish,
+            output_ids=ids,
         )
         with self._lock:
             self.usage.add(completion)
@@ -107,7 +120,7 @@ class ScriptedLLM:
         if keys:
             names = [k.strip(" '\"`") for k in re.split(r",|\band\b", keys.group(1)) if k.strip(" '\"`")]
             return json.dumps({name: _phrase(_digest(name + everything), 2) for name in names})
-        return _phrase(digest, 3)
+        return self.phrases[digest[0] % len(self.phrases)] if self.phrases else _phrase(digest, 3)
 
 
 def _phrase(digest: bytes, num_words: int) -> str:

@@ -87,6 +87,13 @@ class PromptKVCache:
         crop_cache(cache, num_reused)
         return KVMatch(num_reused=num_reused, cache=cache)
 
+    def peek(self, cache_key: str) -> tuple[tuple[int, ...], Any] | None:
+        """The stored token ids and cache under ``cache_key`` (shared, read only: never extend it), without touching
+        the LRU order or the counters; None when there is no entry."""
+        with self._lock:
+            entry = self._entries.get(cache_key)
+        return None if entry is None else (entry.token_ids, entry.cache)
+
     def get_num_bytes(self) -> int:
         with self._lock:
             return self._num_bytes

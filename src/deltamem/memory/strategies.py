@@ -214,3 +214,19 @@ def is_shadowed(view: str, key: str, version: int, share: float) -> bool:
         return False
     digest = hashlib.sha256(f"{view}\x00{key}\x00{version}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+def carry_attribution(attribution: Mapping | None, changes: ChunkChanges) -> dict | None:
+    """``attribution`` with each column that names a sentence an edit rewrote in place renamed to the sentence that
+    replaced it, so the attention the answer paid to a sentence still counts when that sentence is edited again.
+
+    >>> changes = ChunkChanges({("a", 0, "x"): "Old."}, {("a", 0, "y"): "New."}, {})
+    >>> carry_attribution({"columns": [["a", 0, "x"], ["b", 0, "z"]], "matrix": [[0.9, 0.1]]}, changes)["columns"]
+    [['a', 0, 'y'], ['b', 0, 'z']]
+    """
+    if not attribution or not changes:
+        return None if attribution is None else dict(attribution)
+    added_at = {ident[:2]: ident for ident in changes.added}
+    columns = [list(added_at.get((c[0], c[1]), c)) if tuple(c) in changes.removed else list(c)
+               for c in attribution["columns"]]
+    return {**attribution, "columns": columns}

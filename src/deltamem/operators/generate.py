@@ -16,12 +16,16 @@ When DATA_SOURCE changes, each output gets one strategy, and the decision is log
 ==========  ==========================================================================================================
 skip        the change touches nothing the output depends on: none of its chunks changed, and no new chunk scores
             above its k-th (exact: the prompt is provably the same); also whenever the rebuilt prompt is identical.
-            ``auto`` also skips, approximately, a change its answer paid less than the attention threshold to (5% of
-            its attention, until calibrated) that touches no key term of the question, the answer or the three
-            sentences it attended to most; without attribution, an edit that substitutes a value neither the question
-            nor the answer mentions
+            ``auto``, on a backend that cannot verify, also skips, approximately, a change its answer paid less
+            than the attention threshold to (5% of its attention, until calibrated) that touches no key term of the
+            question, the answer or the three sentences it attended to most; without attribution, an edit that
+            substitutes a value neither the question nor the answer mentions
 patch       an edit substituted a value (a number, date or name) that the answer copies: rewrite it in place, no call
             (approximate)
+verify      on a backend with KV caches: re-score the old answer as a draft against the new prompt, on KV blended
+            beyond the prefix where the backend can (``deltamem.llm.kv_blend``); a draft it reproduces with a clear
+            margin is kept (approximate on blended KV, exact otherwise), and any other outcome falls through to the
+            exact regenerate in the same call. Logged as ``verify`` when the answer was kept, else ``regenerate``
 regenerate  on a backend with KV caches: reuse the prompt KV up to the first changed token and re-score the old answer
             as a draft in one pass; token for token what ``full`` gives, for greedy decoding
 append      ``LLM(C + LLM(C) + ΔC)``: the old answer stays in the conversation and the delta is a new turn; past
@@ -29,8 +33,11 @@ append      ``LLM(C + LLM(C) + ΔC)``: the old answer stays in the conversation 
 full        recompute from scratch
 ==========  ==========================================================================================================
 
-``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: skip, patch, then regenerate where
-the backend can, else append, else full. A share ``shadow`` of its approximate decisions is also recomputed in full
+``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: skip, patch, then verify where the
+backend can, else append, else full. After ``MAX_APPROXIMATE_CHAIN`` approximate answers in a row (skips on weak
+evidence, patches, drafts accepted on blended KV), the next change of an output is refreshed exactly (regenerate, or
+full), so approximations never compound. A skip carries the answer's attention attribution over to the sentences
+that replaced the ones it named, so the next edit of such a sentence is judged by the attention it really had. A share ``shadow`` of its approximate decisions is also recomputed in full
 and compared, and the checks calibrate it (``deltamem.memory.strategies.calibrate``): an approximate strategy whose
 agreement falls below 90% after 5 checks is no longer used, and the attention threshold falls to the largest value at
 which the checked skips below it agree at least 90% of the time. ``strategy="skip"`` skips or recomputes;
@@ -63,6 +70,7 @@ from deltamem.memory.strategies import (
     attention_share,
     attention_skip,
     calibrate,
+    carry_attribution,
     describe_delta,
     is_shadowed,
     lexical_skip,
@@ -75,7 +83,8 @@ from deltamem.operators.template import Template
 from deltamem.store.base import Decision, StateEntry
 
 NO_CHANGES = ChunkChanges({}, {}, {})
-STRATEGIES = ("auto", "skip", "patch", "regenerate", "append", "full", "full+prefix")
+STRATEGIES = ("auto", "skip", "patch", "verify", "regenerate", "append", "full", "full+prefix")
+MAX_APPROXIMATE_CHAIN = 3  # approximate answers in a row before an output is refreshed exactly
 MIN_CHECKS = 5  # shadow checks of an approximate strategy before its agreement is trusted
 MIN_AGREEMENT = 0.9  # below this measured agreement, auto stops using the strategy
 ATTENTION_THRESHOLD = 0.05  # auto may skip below this attention share on the changed sentences, until calibrated
@@ -108,6 +117,7 @@ class _Planned:
     entry: StateEntry | None = None
     shadow: CallSpec | None = None
     evidence: float | None = None  # the attention share an approximate decision rested on
+    changes: ChunkChanges = NO_CHANGES  # what changed in its documents (a kept answer's attribution is carried over)
 
 
 class GenerateOperator(MultiInputOperator):
@@ -275,8 +285,11 @@ class GenerateOperator(MultiInputOperator):
             return _Planned(key, item, spec, "full", why, value, h, old)
         answer = old.value.get("text") or ""
         replacements = changes.replacements(in_prompt)
+        chain = old.value.get("approximate", 0)
+        exact_now = chain >= MAX_APPROXIMATE_CHAIN  # approximations must not compound: this refresh is exact
+        can_verify = kv and can.logits
         approximate: list[tuple[str, str | None, str | None, float | None]] = []
-        if self.strategy == "auto":
+        if self.strategy == "auto" and not can_verify and not exact_now:  # else verify tests what this guesses
             attribution = old.value.get("attribution")
             share = attention_share(attribution, in_prompt & set(changes.removed))
             if share is not None:
@@ -287,29 +300,40 @@ class GenerateOperator(MultiInputOperator):
             else:
                 why = lexical_skip(answer, value["question"], replacements or {})
             approximate.append(("skip", why, answer, share))
-        if self.strategy in ("auto", "patch"):
+        if self.strategy in ("auto", "patch") and not exact_now:
             patch = plan_patch(answer, replacements or {})
             approximate.append(("patch", patch and patch[1], patch and patch[0], None))
         for strategy, why, text, share in approximate:
             if why is None or (calibration is not None and strategy in calibration.disabled):
                 continue
             # A skip keeps the answer, so its token ids (the next draft) and attribution still describe it.
-            kept = {k: old.value.get(k) for k in ("output_ids", "attribution")} if strategy == "skip" else {}
-            entry = StateEntry(key, h, item.row, {**value, "text": text, "output_ids": [], **kept}, None, old.cost)
+            kept = {"output_ids": old.value.get("output_ids"),
+                    "attribution": carry_attribution(old.value.get("attribution"), changes)} if strategy == "skip" else {}
+            entry = StateEntry(key, h, item.row, {**value, "text": text, "output_ids": [], **kept,
+                                                  "approximate": chain + 1}, None, old.cost)
             shadow = CallSpec(request, "update", attribute_to=attribute_to) if self.strategy == "auto" and is_shadowed(
                 ctx.view, key, ctx.version, self.shadow) else None
             self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"), evidence=share)
             return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow, evidence=share)
         why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
-        if self.strategy in ("auto", "regenerate") and kv:
-            draft = tuple(old.value.get("output_ids") or ()) or None
+        draft = tuple(old.value.get("output_ids") or ()) or None
+        if self.strategy in ("auto", "verify") and kv and draft and not exact_now:
+            blend = can.kv_blend
+            spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft, attribute_to=attribute_to,
+                            blend=blend)
+            how = "on KV blended beyond the prefix, then exactly if that is not conclusive" if blend else "exactly"
+            return _Planned(key, item, spec, "verify", f"{why}; re-scoring its answer {how}", value, h, old,
+                            changes=changes)
+        if self.strategy in ("auto", "verify", "regenerate") and kv:
             spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft, attribute_to=attribute_to)
-            return _Planned(key, item, spec, "regenerate", why + "; reusing its prompt KV and re-scoring its answer",
-                            value, h, old)
+            forced = f" (exact after {chain} approximate answers)" if exact_now else ""
+            return _Planned(key, item, spec, "regenerate",
+                            why + "; reusing its prompt KV and re-scoring its answer" + forced, value, h, old)
         if self.strategy == "full+prefix" and kv:
             return _Planned(key, item, CallSpec(request, spec_reason, cache_key=cache_key), "full+prefix",
                             why + "; reusing its prompt KV, decoding in full", value, h, old)
-        if self.strategy == "append" or (self.strategy == "auto" and "append" not in calibration.disabled):
+        if self.strategy == "append" or (self.strategy == "auto" and "append" not in calibration.disabled
+                                         and not exact_now):
             planned = self._plan_append(ctx, key, item, request, h, value, changes, why)
             if planned is not None:
                 return planned
@@ -343,16 +367,26 @@ class GenerateOperator(MultiInputOperator):
             text = c.text.strip()
             value = {**p.value, "text": text, "output_ids": list(c.output_ids),
                      "attribution": None if c.attribution is None else {
-                         "columns": p.value["chunks"], **c.attribution.to_json()}}
+                         "columns": p.value["chunks"], **c.attribution.to_json()},
+                     "approximate": 0 if c.exact or p.old is None else p.old.value.get("approximate", 0) + 1}
+            if c.attribution is None and not c.exact:  # a draft kept on blended KV: the old evidence still holds
+                value["attribution"] = carry_attribution(p.old.value.get("attribution"), p.changes)
             if p.strategy == "append":
                 value["base"]["log"][-1][1] = text
             else:
                 value["base"] = {"messages": [[m.role, m.content] for m in p.spec.request.messages], "log": []}
             entry = StateEntry(p.key, p.h, p.item.row, value, None, result.cost)
         paid = c is not None and not result.memo_hit
+        strategy, why = p.strategy, p.why
+        if strategy == "verify" and c is not None:
+            kept = list(c.output_ids) == list(p.spec.draft or ())
+            strategy = "verify" if kept else "regenerate"
+            why += ("; kept: its answer reproduced on blended KV (approximate)" if not c.exact else
+                    "; kept: every answer token is still the greedy choice (exact)" if kept else
+                    "; it changed: decoded from the first divergence (exact)")
         self._decide(
-            ctx, p.key, "memo" if result.memo_hit else p.strategy,
-            "an identical call was answered before" if result.memo_hit else p.why,
+            ctx, p.key, "memo" if result.memo_hit else strategy,
+            "an identical call was answered before" if result.memo_hit else why,
             calls=int(paid), prompt_tokens=c.prompt_tokens if paid else 0, reused_tokens=c.reused_tokens if paid else 0,
             output_tokens=c.output_tokens if paid else 0, seconds=c.seconds if paid else 0.0,
         )
