@@ -37,29 +37,41 @@ def build(db: dm.Database) -> None:
                 strategy="skip")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(STEP, min_size=1, max_size=10))
-def test_generate_views_equal_recompute(steps):
-    db = scripted_db()
+def seeded_db(**options) -> tuple[dm.Database, dm.Table, dm.Table]:
+    """A database with one question and one document, and its two tables."""
+    db = scripted_db(**options)
     questions = db.table("questions", key="qid", columns=QUESTIONS)
     docs = db.table("docs", key="doc_id", columns=DOCS)
     questions.upsert({"qid": "w", "question": "When was Ada born?"})
     docs.upsert({"doc_id": "z", "title": "Z", "text": "Ada lived in London."})
+    return db, questions, docs
+
+
+def apply_step(step: tuple, questions: dm.Table, docs: dm.Table) -> None:
+    if step[0] == "doc":
+        docs.upsert({"doc_id": step[1], "title": step[1].upper(), "text": step[2]})
+    elif step[0] == "drop_doc":
+        docs.delete(step[1])
+    elif step[0] == "question":
+        questions.upsert({"qid": step[1], "question": step[2]})
+    else:
+        questions.delete(step[1])
+
+
+def from_scratch(questions: dm.Table, docs: dm.Table, build_views, **options) -> dict[str, list[dict]]:
+    tables = {"questions": ("qid", QUESTIONS, questions.rows()), "docs": ("doc_id", DOCS, docs.rows())}
+    return recompute_from_scratch(tables, build_views, **options)[0]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=1, max_size=10))
+def test_generate_views_equal_recompute(steps):
+    db, questions, docs = seeded_db()
     build(db)
     for step in steps:
-        if step[0] == "doc":
-            docs.upsert({"doc_id": step[1], "title": step[1].upper(), "text": step[2]})
-        elif step[0] == "drop_doc":
-            docs.delete(step[1])
-        elif step[0] == "question":
-            questions.upsert({"qid": step[1], "question": step[2]})
-        else:
-            questions.delete(step[1])
+        apply_step(step, questions, docs)
         db.maintain()
-        expected, _ = recompute_from_scratch(
-            {"questions": ("qid", QUESTIONS, questions.rows()), "docs": ("doc_id", DOCS, docs.rows())}, build
-        )
-        for name, rows in expected.items():
+        for name, rows in from_scratch(questions, docs, build).items():
             assert db.view(name).rows().rows == rows, f"view {name} diverged after {step}"
     db.close()
 
@@ -81,26 +93,13 @@ def build_verified(db: dm.Database) -> None:
 def test_verified_views_equal_recompute_and_keep_exactly_the_unchanged_answers(steps):
     from deltamem.llm.scripted import ScriptedLLM
 
-    db = scripted_db(llm=ScriptedLLM(verifies=True, phrases=PHRASES))
-    questions = db.table("questions", key="qid", columns=QUESTIONS)
-    docs = db.table("docs", key="doc_id", columns=DOCS)
-    questions.upsert({"qid": "w", "question": "When was Ada born?"})
-    docs.upsert({"doc_id": "z", "title": "Z", "text": "Ada lived in London."})
+    db, questions, docs = seeded_db(llm=ScriptedLLM(verifies=True, phrases=PHRASES))
     build_verified(db)
     for step in steps:
         before = {name: {r["qid"]: r["answer"] for r in db.view(name).rows(fresh=True).rows} for name in db.views()}
-        if step[0] == "doc":
-            docs.upsert({"doc_id": step[1], "title": step[1].upper(), "text": step[2]})
-        elif step[0] == "drop_doc":
-            docs.delete(step[1])
-        elif step[0] == "question":
-            questions.upsert({"qid": step[1], "question": step[2]})
-        else:
-            questions.delete(step[1])
+        apply_step(step, questions, docs)
         db.maintain()
-        expected, _ = recompute_from_scratch(
-            {"questions": ("qid", QUESTIONS, questions.rows()), "docs": ("doc_id", DOCS, docs.rows())},
-            build_verified, llm=ScriptedLLM(phrases=PHRASES))
+        expected = from_scratch(questions, docs, build_verified, llm=ScriptedLLM(phrases=PHRASES))
         for name, rows in expected.items():
             assert db.view(name).rows().rows == rows, f"view {name} diverged after {step}"
             after = {r["qid"]: r["answer"] for r in rows}

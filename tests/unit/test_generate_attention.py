@@ -4,6 +4,9 @@ attention is known exactly (all of it on the sentence its answer copies)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from deltamem.llm.base import Attribution, BackendCapabilities
 from deltamem.operators.generate import ATTENTION_THRESHOLD
 from tests.helpers import AttendingLLM, scripted_db
 
@@ -98,3 +101,87 @@ def test_a_change_naming_an_entity_of_an_attended_sentence_is_not_skipped():
     args = (0.01, 0.05, changes, {old}, "Who is the mother of the director of Wojna?", "Malgorzata Braunek")
     assert attention_skip(*args) is not None  # nothing of the question or the answer is touched
     assert attention_skip(*args, anchors=["Wojna is a film directed by Xawery Zulawski."]) is None
+
+
+class GlancingLLM(AttendingLLM):
+    """``AttendingLLM`` that glances around: 80% of its attention on what its answer copies, 4% on any sentence about
+    kettles (below the 5% attention threshold), the rest spread evenly over the other context sentences."""
+
+    def complete(self, request, attribute_to=None):
+        completion = super().complete(request, attribute_to=attribute_to)
+        if attribute_to is None:
+            return completion
+        (copied,) = completion.attribution.matrix
+        kettles = [float("kettles" in s) for s in attribute_to]
+        rest = [float(not c and not k) for c, k in zip(copied, kettles)]
+        row = tuple(0.8 * c + 0.04 * k + (0.2 - 0.04 * sum(kettles)) * r / sum(rest)
+                    for c, k, r in zip(copied, kettles, rest))
+        return dataclasses.replace(completion, attribution=Attribution(completion.attribution.output_sentences, (row,)))
+
+
+NOTE = {"doc_id": "note", "title": "Note", "text": "Rain fell in Leeds. Some kettles whistle loudly."}
+
+
+def test_a_skipped_sentence_keeps_its_attention_when_it_is_edited_again():
+    db = scripted_db(llm=GlancingLLM())
+    db.table("questions", key="qid", columns=QUESTIONS).upsert({"qid": "q1", "question": "Where did Alan study?"})
+    db.table("docs", key="doc_id", columns=DOCS).upsert([ALAN, NOTE])
+    view = db.generate("answers", prompt="Answer from the documents.", context=db.table("questions"),
+                       data_source=db.table("docs"), strategy="auto", shadow=0.0)
+    view.rows(fresh=True)
+    for text in ("Some kettles hum softly.", "Some kettles sing."):  # the same sentence, edited twice
+        db.table("docs").upsert({**NOTE, "text": f"Rain fell in Leeds. {text}"})
+        view.rows(fresh=True)
+        (decision,) = latest(db)
+        # the second edit reads the 4% the answer paid to the sentence the first edit replaced, not 0% for a
+        # sentence its (kept) attribution never named
+        assert decision.strategy == "skip" and abs(decision.evidence - 0.04) < 1e-9, decision
+
+
+def test_after_three_approximate_answers_in_a_row_the_next_refresh_is_exact():
+    db, view = make_db([{"qid": "q1", "question": "Where did Alan study?"}], [ALAN, TEA])
+    decided = []
+    for text in ("shrubs", "trees", "hills", "plains", "terraces"):
+        db.table("docs").upsert({**TEA, "text": f"Tea is a drink. Tea grows on {text}."})
+        view.rows(fresh=True)
+        (decision,) = latest(db)
+        decided.append(decision)
+    assert [d.strategy for d in decided] == ["skip", "skip", "skip", "full", "skip"]
+    assert "exact after 3 approximate answers" in decided[3].reason and decided[3].calls == 1
+    assert view.rows()[0]["answer"] == "Alan studied at Cambridge."
+
+
+class BlendingLLM(AttendingLLM):
+    """``AttendingLLM`` on a backend that scores drafts and can blend KV; it answers exactly either way and records
+    whether each call was asked to blend."""
+
+    capabilities = BackendCapabilities(attention=True, kv_cache=True, logits=True, kv_blend=True)
+
+    def __init__(self):
+        super().__init__()
+        self.blends = []
+
+    def complete(self, request, cache_key=None, draft=None, attribute_to=None, blend=False):
+        self.blends.append(blend)
+        return super().complete(request, attribute_to=attribute_to)
+
+
+def test_auto_blends_only_where_the_answer_paid_little_attention_to_what_changed():
+    llm = BlendingLLM()
+    db = scripted_db(llm=llm)
+    db.table("questions", key="qid", columns=QUESTIONS).upsert({"qid": "q1", "question": "Where did Alan study?"})
+    db.table("docs", key="doc_id", columns=DOCS).upsert([ALAN, TEA])
+    view = db.generate("answers", prompt="Answer from the documents.", context=db.table("questions"),
+                       data_source=db.table("docs"), strategy="auto", shadow=0.0)
+    view.rows(fresh=True)
+    db.table("docs").upsert({**TEA, "text": "Tea is a drink. Tea grows on shrubs."})  # 0% of its attention
+    view.rows(fresh=True)
+    (decision,) = latest(db)
+    assert llm.blends[-1] is True and decision.strategy == "verify" and decision.evidence == 0.0
+    assert "on KV blended beyond the prefix" in decision.reason and "(exact)" in decision.reason
+    db.table("docs").upsert({**ALAN, "text": "Alan was born in 1912. Alan read maths at Cambridge."})
+    view.rows(fresh=True)
+    (decision,) = latest(db)  # all its attention was on the edited sentence: tested exactly, no blend
+    assert llm.blends[-1] is False and decision.strategy == "regenerate" and decision.evidence == 1.0
+    assert "exactly, as its answer paid 100.0% of its attention to what changed" in decision.reason
+    assert view.rows()[0]["answer"] == "Alan read maths at Cambridge."

@@ -4,6 +4,11 @@
 
 Invariant: with a draft or without, a call returns the greedy completion of the chat as the backend's chat template
 renders it, token for token (``text``, ``output_ids``, ``finish_reason``); a draft only changes what the server computes.
+That holds on a *batch-invariant* server, one whose logits for a token do not depend on how many tokens it evaluates
+in the same batch: the draft is scored, and a kept prefix prefilled, as one batch, where a plain completion decodes
+the same tokens one at a time. llama.cpp is batch-invariant with ``--n_batch 1 --n_ubatch 1``; at its default batch
+size its kernels round differently and flipped near-ties in 2 of 20 real edits (``benchmarks/RESULTS.md``), so there
+the result is greedy decoding up to such flips.
 
 The chat is rendered here (``chat_template``: a name in ``CHAT_TEMPLATES``, ChatML by default, or a Jinja2 template
 string) and sent as a raw prompt, so that a draft can follow it. A call with a draft (the old answer's token ids) sends
@@ -17,7 +22,7 @@ needed. ``Completion.requests`` counts the model requests (1 or 2); tokenizer ro
 
 A server qualifies when a probe, at first use, finds prompt logprobs for ``echo`` + ``logprobs``, usage counts, and a
 tokenizer at ``/extras/tokenize`` and ``/extras/detokenize`` beside ``/v1``: llama-cpp-python's server started with
-``--logits_all true``. Otherwise ``OpenAILLM`` logs one warning saying why and keeps to ``/chat/completions``.
+``--logits_all true`` (and ``--n_batch 1 --n_ubatch 1`` for the invariant above). Otherwise ``OpenAILLM`` logs one warning saying why and keeps to ``/chat/completions``.
 
 What llama-cpp-python's server really returns, and what follows:
 

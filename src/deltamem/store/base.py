@@ -179,7 +179,7 @@ class Decision:
     reused_tokens: int = 0
     output_tokens: int = 0
     seconds: float = 0.0
-    evidence: float | None = None  # the measure an approximate decision rested on (attention share), for calibration
+    evidence: float | None = None  # the attention share on what changed that a skip or a verification rested on
 
 
 @dataclass
