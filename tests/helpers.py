@@ -9,7 +9,7 @@ from typing import Any
 
 import deltamem as dm
 from deltamem.llm.base import Attribution, BackendCapabilities
-from deltamem.llm.runner import RetryPolicy
+from deltamem.llm.runner import RetryPolicy, is_embedding_operator
 from deltamem.llm.scripted import ScriptedLLM
 from deltamem.operators.rowwise import PASSTHROUGH
 
@@ -50,12 +50,15 @@ def recompute_from_scratch(
 
 
 def paid_hashes(db: dm.Database) -> list[str]:
-    return [entry.call_hash for entry in db.store.get_ledger() if entry.outcome == "paid"]
+    """The LLM calls paid (embeddings, also on the ledger, left out)."""
+    return [entry.call_hash for entry in db.store.get_ledger()
+            if entry.outcome == "paid" and not is_embedding_operator(entry.operator)]
 
 
-def num_requested_calls(db: dm.Database) -> int:
-    """Calls the operators asked for: paid, answered by the memo, or failed."""
-    return len(db.store.get_ledger())
+def num_requested_calls(db: dm.Database, view: str | None = None) -> int:
+    """LLM calls the operators (of ``view``, if given) asked for: paid, answered by the memo, or failed (embeddings,
+    on the ledger too, left out)."""
+    return sum(1 for entry in db.store.get_ledger(view) if not is_embedding_operator(entry.operator))
 
 
 class ExtractiveLLM(ScriptedLLM):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import math
 import re
 import threading
 import time
@@ -79,6 +80,32 @@ class ColumnType(str, enum.Enum):
         if self is ColumnType.FLOAT:
             return isinstance(value, (int, float)) and not isinstance(value, bool)
         return ColumnType.of(value) is self
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored, or None when it is a JSON value: None, a bool, an int, a finite float, a str,
+    or a list, tuple or str-keyed dict of these.
+
+    The store writes rows as JSON text that SQLite's ``json_extract`` reads back; ``json.dumps`` would write NaN and
+    Infinity as bare words that SQLite rejects (breaking every later query of the table), and raise ``TypeError``
+    for a ``datetime`` or ``set`` only at commit, so rows are checked with this before anything is written.
+    """
+    if value is None or isinstance(value, (str, int)):  # a bool is an int
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value!r}, which is not a finite number (NaN and Infinity " \
+                                                 "cannot be stored)"
+    if isinstance(value, (list, tuple)):
+        return next((problem for problem in map(json_problem, value) if problem is not None), None)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                return f"an object key {name!r} ({type(name).__name__}); JSON object keys are strings"
+            problem = json_problem(item)
+            if problem is not None:
+                return problem
+        return None
+    return f"{value!r} ({type(value).__name__}), which is not a JSON value"
 
 
 @dataclass(frozen=True)

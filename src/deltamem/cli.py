@@ -15,6 +15,7 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.commands import bench, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
+from deltamem.display import literal
 from deltamem.server.command import bench_serve, serve
 
 app = typer.Typer(help="deltamem: keep LLM-generated results fresh as their data changes.", no_args_is_help=True)
@@ -79,12 +80,12 @@ def rows(
     try:
         with open_db(db) as database:
             read = database.view(view).rows(as_of=as_of)
-            table = RichTable(title=f"{view} at version {read.version} (lag {read.lag})")
+            table = RichTable(title=literal(f"{view} at version {read.version} (lag {read.lag})"))
             columns = list(dict.fromkeys(c for row in read for c in row))
             for column in columns:
-                table.add_column(column, overflow="fold")
+                table.add_column(literal(column), overflow="fold")
             for row in read:
-                table.add_row(*[str(row.get(c, "")) for c in columns])
+                table.add_row(*[literal(row.get(c, "")) for c in columns])
             console.print(table)
     except dm.DeltamemError as exc:
         fail(exc)
@@ -102,7 +103,7 @@ def _draw_heatmap(report: dict, view: str, path: Path) -> None:
     attribution = found[0]
     render_heatmap(np.asarray(attribution["matrix"]), attribution["output_sentences"], attribution["context"],
                    str(path), title=f"{view} · {report['key']}")
-    console.print(f"heat map written to {path}")
+    console.print(literal(f"heat map written to {path}"))
 
 
 @app.command()
@@ -133,17 +134,18 @@ def explain(
     if as_json:
         console.print_json(json.dumps(report, default=str))
         return
-    console.print(f"[bold]{view}[/] key {parsed_key!r}: {report['row']}")
+    console.print(literal(view, style="bold") + literal(f" key {parsed_key!r}: {report['row']}"))
     for op, state in report["operators"].items():
         value = state["value"] or {}
         chunks = value.get("chunks") if isinstance(value, dict) else None
-        console.print(f"  {op}: cost {state['cost']}" + (f", {len(chunks)} chunks in its prompt" if chunks else ""))
+        in_prompt = f", {len(chunks)} chunks in its prompt" if chunks else ""
+        console.print(literal(f"  {op}: cost {state['cost']}{in_prompt}"))
     table = RichTable(title="decisions")
     for column in ("version", "strategy", "reason", "calls", "prompt tok", "reused tok", "output tok", "seconds"):
         table.add_column(column, overflow="fold")
     for d in report["decisions"]:
-        table.add_row(str(d["version"]), d["strategy"], d["reason"], str(d["calls"]), str(d["prompt_tokens"]),
-                      str(d["reused_tokens"]), str(d["output_tokens"]), f"{d['seconds']:.2f}")
+        table.add_row(*(literal(v) for v in (d["version"], d["strategy"], d["reason"], d["calls"], d["prompt_tokens"],
+                                              d["reused_tokens"], d["output_tokens"], f"{d['seconds']:.2f}")))
     console.print(table)
 
 

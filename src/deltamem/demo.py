@@ -25,6 +25,7 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.bench.datasets import default_data_dir, load_passages
 from deltamem.demo_rag import ratio, run_rag_demo
+from deltamem.display import literal
 
 DAY = 86400.0
 FILTER = "The passage below describes the life of a person (born, died, worked as ...).\n\n{text}"
@@ -96,7 +97,8 @@ def run_demo(
     def on_calls(label: str, done: int, total: int) -> None:
         progress.update(calls_task, description=f"  calls {label}", completed=done, total=total, visible=done < total)
 
-    console.print(f"[bold]deltamem demo[/] · store {db_path} · llm={llm} · {len(initial)} passages from {data_file}")
+    console.print(literal("deltamem demo", style="bold")
+                  + literal(f" · store {db_path} · llm={llm} · {len(initial)} passages from {data_file}"))
     db = dm.connect(db_path, llm=llm, embedder=embedder, clock=clock, progress=on_calls)
     console.print(f"loading the model ({llm}) ...")
     started = time.perf_counter()
@@ -124,10 +126,10 @@ def run_demo(
             step.apply()
             read = people.rows(fresh=True)
             after = db.usage()
-            progress.console.print(
+            progress.console.print(literal(
                 f"v{read.version:<3} {step.label[:58]:<58} {after.calls - before.calls} calls, "
                 f"{after.memo_hits - before.memo_hits} memo, {time.perf_counter() - t0:4.1f} s, {len(read)} rows"
-            )
+            ))
             progress.advance(stream)
     _report_people(db, people, console)
     if num_questions > 0:
@@ -143,7 +145,8 @@ def _report_people(db: dm.Database, people: dm.View, console: Console) -> None:
     for column in ("title", "known_for"):
         sample.add_column(column, overflow="fold")
     for row in read.rows[:8]:
-        sample.add_row(row["title"], row.get("known_for") or f"[red]{row.get('_error')}")
+        known_for = row.get("known_for")
+        sample.add_row(literal(row["title"]), literal(known_for) if known_for else literal(row.get("_error"), "red"))
     console.print(sample)
     all_views = db.usage()
     usage, full = all_views.by_view["people"], all_views.full_recompute["people"]

@@ -21,6 +21,7 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.bench.datasets import load_questions
 from deltamem.bench.edit_stream import DOCS, QUESTIONS, answers_view, doc_row, make_edits, paragraphs_of
+from deltamem.display import literal
 from deltamem.memory.attribution import render_heatmap
 
 SEED = 0
@@ -41,7 +42,7 @@ def run_rag_demo(db: dm.Database, questions_file: Path, *, num_questions: int, c
     answers = answers_view(db, "auto", shadow=0.0)
     started = time.perf_counter()
     for row in answers.rows(fresh=True):
-        console.print(f"  {row['question']}\n    -> [cyan]{row['answer']}[/]")
+        console.print(literal(f"  {row['question']}\n    -> ") + literal(row["answer"], "cyan"))
     console.print(f"answers built in {time.perf_counter() - started:.1f} s")
     _draw_heatmap(answers, chosen[0].qid, heatmap, console)
 
@@ -53,8 +54,9 @@ def run_rag_demo(db: dm.Database, questions_file: Path, *, num_questions: int, c
         answers.rows(fresh=True)
         key = f'"{edit.qid}"'
         for d in (d for d in db.store.get_decisions("answers", key) if d.version == db.version):
-            table.add_row(str(d.version), f"{edit.kind} ({'relevant' if edit.relevant else 'irrelevant'})",
-                          d.strategy, d.reason, str(d.calls), str(d.reused_tokens), f"{d.seconds:.1f}")
+            relevance = "relevant" if edit.relevant else "irrelevant"
+            table.add_row(str(d.version), f"{edit.kind} ({relevance})", literal(d.strategy), literal(d.reason),
+                          str(d.calls), str(d.reused_tokens), f"{d.seconds:.1f}")
     console.print(table)
     usage = db.usage()
     paid, full = usage.by_view["answers"], usage.full_recompute["answers"]
@@ -81,5 +83,5 @@ def _draw_heatmap(answers: dm.View, qid: str, path: Path, console: Console) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     render_heatmap(attribution["matrix"], attribution["output_sentences"], attribution["context"], str(path),
                    title=f"answer to {qid}: output sentences x context sentences")
-    console.print(f"heat map of the answer to {qid} written to [bold]{path}[/] "
-                  f"(`deltamem explain DB answers '{qid}' --heatmap out.png` draws any answer's)")
+    console.print(literal(f"heat map of the answer to {qid} written to ") + literal(str(path), "bold")
+                  + literal(f" (`deltamem explain DB answers '{qid}' --heatmap out.png` draws any answer's)"))

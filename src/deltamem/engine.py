@@ -8,9 +8,11 @@ Every write is validated whole before anything is stored: a bad row fails the ba
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from deltamem.changes import (
     RowWrite,
     SystemClock,
     encode_key,
+    json_problem,
     key_order,
     parse_duration,
     parse_timestamp,
@@ -38,7 +41,7 @@ from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
-from deltamem.store.base import ChangeRow, Dropped, Store, TableDef, ViewDef
+from deltamem.store.base import ChangeRow, Dropped, LedgerEntry, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
 
 
@@ -49,6 +52,17 @@ def _default_template(table: TableDef, preferred: tuple[str, ...]) -> str:
     present = [c for c in preferred if c in table.columns]
     columns = present or [c for c in table.columns if c != table.key]
     return ": ".join(f"{{{c}}}" for c in columns) if present else "\n".join(f"{c}: {{{c}}}" for c in columns)
+
+
+def _report_interrupted(calls: Sequence[LedgerEntry]) -> None:
+    """Warn about the calls an earlier process left in flight; each entry's error names that process."""
+    logger = logging.getLogger("deltamem")
+    many = len(calls) != 1
+    logger.warning("%d model call%s %s in flight when an earlier process on this database died: each may have been "
+                   "paid, its result is lost, and it is paid again where its view still needs it "
+                   "(db.usage().interrupted counts them)", len(calls), "s" if many else "", "were" if many else "was")
+    for call in calls:
+        logger.warning("view %s, operator %s, version %s: %s", call.view, call.operator, call.version, call.error)
 
 
 @dataclass
@@ -93,6 +107,11 @@ class Database:
         self._tables = {t.name: t for t in store.get_table_defs()}
         self._views = {v.name: v for v in store.get_view_defs()}
         self._search_indexes = SearchIndexes(store)  # the HNSW caches behind View.search, rebuilt from the store
+        # Calls an earlier process on this store was paying when it died: on the ledger as ``interrupted`` from now
+        # on, and reported here, by the one process that took them off the store.
+        self.interrupted_calls = store.take_interrupted_calls()
+        if self.interrupted_calls:
+            _report_interrupted(self.interrupted_calls)
         self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval)
 
     # --- backends -----------------------------------------------------------------------------------------------
@@ -322,20 +341,31 @@ class Database:
 
     # --- writes -------------------------------------------------------------------------------------------------
     @contextmanager
-    def batch(self) -> Iterator["Batch"]:
+    def batch(self, *, atomic: bool = False) -> Iterator["Batch"]:
         """Commit every write made in the block, on this thread, as one version, or none if the block raises.
 
         Within a batch the last write of a key wins; ``batch.version`` is set when the block commits.
+
+        ``atomic=True`` makes the block's reads part of it too: the block holds the store's write transaction, so its
+        reads (``table.get``, ``table.rows``) see the latest commit and no other writer, in this process or another,
+        commits until the block's writes have. A read-modify-write or a key check in the block is then atomic.
+        Every other writer waits for the block: keep it short, and never wait in it for another thread (no fresh
+        view reads, no model calls). An atomic block that writes nothing commits nothing (``version`` stays None).
         """
         if getattr(self._batches, "current", None) is not None:
             raise ConfigError("Batches do not nest")
-        batch = self._batches.current = Batch()
-        try:
-            yield batch
-        finally:
-            self._batches.current = None
-        batch.version, batch.dropped = self._commit(list(batch.writes.values()), list(batch.defs.values()),
-                                                    drops=batch.drops, cascade=bool(batch.cascade))
+        with ExitStack() as held:
+            if atomic:  # the engine's lock before the store's, the order _commit takes them in: no deadlock
+                held.enter_context(self._lock)
+                held.enter_context(self.store.transaction())
+            batch = self._batches.current = Batch()
+            try:
+                yield batch
+            finally:
+                self._batches.current = None
+            if not atomic or batch.writes or batch.defs or batch.drops:
+                batch.version, batch.dropped = self._commit(list(batch.writes.values()), list(batch.defs.values()),
+                                                            drops=batch.drops, cascade=bool(batch.cascade))
 
     def _write_rows(self, table: str, rows: Sequence[Row]) -> int | None:
         definition = self._table_def(table)
@@ -380,6 +410,9 @@ class Database:
             kind = table.columns[column]
             if not kind.accepts(value):
                 raise SchemaError(f"{where}: column {column!r} is {kind.value}, got {value!r} ({type(value).__name__})")
+            problem = json_problem(value)
+            if problem is not None:
+                raise SchemaError(f"{where}: column {column!r} holds {problem}")
         encode_key(row[table.key])  # raises for a bad key type
         if table.ttl_column is not None:
             if row.get(table.ttl_column) is None:
@@ -463,7 +496,7 @@ class Database:
         lag, lag_seconds = self._lag(applied or 0, latest)
         keys = sorted(rows, key=key_order)
         return ViewRows(rows=[rows[key] for key in keys], version=(applied or 0) if as_of is None else as_of, lag=lag,
-                        lag_seconds=lag_seconds, keys=keys)
+                        lag_seconds=lag_seconds, keys=keys, error=self.maintainer.view_failure(name))
 
     def lag(self, name: str) -> tuple[int, float]:
         """How far view ``name`` is behind: committed versions it does not reflect yet, and seconds since the first
@@ -481,11 +514,14 @@ class Database:
         return self.maintainer.subscribe(name, callback, snapshot=snapshot)
 
     def maintain(self, timeout: float | None = None) -> None:
-        """Bring every view up to the latest version now (what the background thread does on its own)."""
+        """Bring every view up to the latest version now (what the background thread does on its own); ``timeout``
+        bounds the whole call, not each view's wait."""
         latest = self.version
+        deadline = None if timeout is None else time.monotonic() + timeout
         for name in list(self._views):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                self.maintainer.wait_for(name, latest, timeout)
+                self.maintainer.wait_for(name, latest, left)
             except NoView:
                 if name in self._views:
                     raise  # not a drop that raced with this call

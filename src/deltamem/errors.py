@@ -78,7 +78,11 @@ class MaintenanceError(DeltamemError):
 
 
 class FreshnessTimeout(DeltamemError):
-    """Raised when ``fresh=True`` waited ``timeout`` seconds and the view had still not caught up."""
+    """Raised when ``fresh=True`` waited ``timeout`` seconds and the view had still not caught up; ``view`` names it."""
+
+    def __init__(self, message: str, view: str):
+        super().__init__(message)
+        self.view = view
 
 
 class LoadError(DeltamemError):

@@ -20,7 +20,8 @@ Formats:
   is where its element starts. A ``.json`` file that starts with ``[`` is read as this, any other as JSON Lines.
 - ``csv``: a header line naming the columns, then one row per record. Values are converted to the table's column
   types (``int``, ``float``, ``bool`` as true/false/1/0/yes/no, ``json``); an empty field is NULL, except in a
-  ``text`` column, where it is ``""``. A new table's types are inferred from every value of each column.
+  ``text`` column, where it is ``""``. A new table's types are inferred from every value of each column (``nan``
+  and ``inf`` make a ``text`` column, as no column stores a non-finite float).
 - ``debezium``: one change event per line, ``{"before", "after", "op"}`` or the same inside ``{"payload": ...}``:
   ``c`` (create) and ``r`` (snapshot read) upsert ``after``, ``u`` upserts ``after`` (and deletes ``before``'s key
   when the key changed), ``d`` deletes ``before``'s key. ``null`` lines (Kafka tombstones) are skipped; ``t``
@@ -33,13 +34,14 @@ import csv
 import enum
 import io
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from deltamem.changes import ColumnType, Row
+from deltamem.changes import ColumnType, Row, json_problem
 from deltamem.errors import ConfigError, DeltamemError, LoadError, NoTable, did_you_mean
 
 if TYPE_CHECKING:
@@ -166,6 +168,12 @@ def load_file(
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise LoadError(str(path), record.line,
                             f"key {key_column!r} must be a string or an integer, got {value!r}")
+        if not exists:  # an existing table's rows are checked by the engine, with everything else about them
+            for column, item in record.row.items():
+                problem = json_problem(item)
+                if problem is not None:
+                    raise LoadError(str(path), record.line,
+                                    f"the record for table {table!r}: column {column!r} holds {problem}")
     created = False
     if not exists:
         # Declared from every record, not inferred from the first row: a later record may add a column.
@@ -395,10 +403,11 @@ def _infer_csv_type(values: list[str]) -> ColumnType:
 
 def _parses(value: str, kind: ColumnType) -> bool:
     try:
-        (int if kind is ColumnType.INT else float)(value)
-        return True
+        number = (int if kind is ColumnType.INT else float)(value)
     except ValueError:
         return False
+    # "nan" and "inf" are words (a name, say), not floats: a float column cannot store them.
+    return kind is ColumnType.INT or math.isfinite(number)
 
 
 def _convert(value: str, kind: ColumnType, column: str, path: str, line: int) -> Any:

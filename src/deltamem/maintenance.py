@@ -12,34 +12,61 @@ from the next one, and the calls it had already paid come back from the memo.
     versions   ... a-1 | a | a+1 ... latest
     view            done ^  pending ---->     a = applied_version; each pending version with changes for the
                                               view is one transaction; the rest are skipped in one step
+
+A view whose maintenance raises (any exception: a model call that failed where no row can hold the error, a bug)
+stays at the last version it committed and is tried again later, after a backoff that doubles with each failure in
+a row; the other views go on, except those that read it, which wait for it. Readers see the failure: a fresh read
+raises ``MaintenanceError`` naming it, and ``rows().error`` holds it until the view catches up.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from deltamem.changes import Delta, ExpireMode, RowKey, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
 from deltamem.relation import Plan, build_operators, plan_inputs
-from deltamem.store.base import ViewCommit, ViewDef
+from deltamem.store.base import ViewCommit, ViewDef, get_plan_sources
 from deltamem.subscribe import Subscription
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
 
 
+MAX_RETRY_DELAY = 60.0  # seconds: the longest a failing view waits for its next try
+
+
 class _ViewGone(Exception):
     """The view being maintained was dropped meanwhile: stop working on it (never leaves this module)."""
+
+
+@dataclass(frozen=True)
+class ViewFailure:
+    """Why maintaining one incarnation of a view failed, how many times in a row, and when the background thread
+    tries it again (``time.monotonic()``)."""
+
+    view_id: int | None
+    error: Exception
+    attempts: int
+    retry_at: float
+
+    def describe(self, view: str) -> str:
+        return f'Maintenance of view "{view}" failed ({self.attempts}x in a row, retried in the background): ' \
+               f"{type(self.error).__name__}: {self.error}"
 
 
 class Maintainer:
     """Keeps every view of one database up to date, on a background thread or, with ``background=False``, inline.
 
     Only one thread maintains at a time (``_work``). ``_changed`` wakes the background thread on commits and wakes
-    readers and subscribers after each view commit. ``error`` holds what stopped background maintenance, if anything.
+    readers and subscribers after each view commit, and guards ``_failures``: per view whose last try raised, its
+    ``ViewFailure`` (cleared when it catches up). ``error`` holds what failed outside any one view on the last
+    background pass (``db.expire()``, say), retried the same way, or what stopped the thread (a ``BaseException``).
     """
 
     def __init__(self, db: "Database", *, background: bool, poll_interval: float):
@@ -53,6 +80,7 @@ class Maintainer:
         self._dirty = True
         self._stopping = False
         self._subscriptions: list[Subscription] = []
+        self._failures: dict[str, ViewFailure] = {}
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="deltamem-maintenance", daemon=True)
@@ -78,20 +106,29 @@ class Maintainer:
         when the view is dropped while this waits."""
         if not self.background:
             self.catch_up_all()
+            blocking = self._blocking_failure(view)
+            if blocking is not None and self._applied(view) < version:
+                raise blocking[1].error  # inline, the caller gets the error itself
             return
         with self._changed:
             ok = self._changed.wait_for(
-                lambda: self.error is not None or view not in self.db._views or self._applied(view) >= version,
+                lambda: self.error is not None or view not in self.db._views or self._applied(view) >= version
+                or self._blocking_failure(view) is not None,
                 timeout=timeout,
             )
         if self.error is not None:
-            raise MaintenanceError(f'View maintenance stopped: {self.error}') from self.error
+            raise MaintenanceError(f"View maintenance failed: {self.error}") from self.error
         if view not in self.db._views:
             raise NoView(f'View "{view}" was dropped')
+        blocking = self._blocking_failure(view)
+        if blocking is not None and self._applied(view) < version:
+            raise MaintenanceError(blocking[1].describe(blocking[0])) from blocking[1].error
         if not ok:
+            applied = self._applied(view)
+            behind, seconds = self.db._lag(max(applied, 0), self.db.version)
             raise FreshnessTimeout(
-                f'View "{view}" reflects version {self._applied(view)}, not yet {version}, after {timeout} s'
-            )
+                f'View "{view}" reflects version {applied}, not yet {version}, after waiting {timeout:.3g} s: it is '
+                f'{behind} version{"s" if behind != 1 else ""} behind ({seconds:.1f} s)', view)
 
     def wait_for_view_commit(self, seen: int, timeout: float) -> int:
         """Block until the count of view commits differs from ``seen``, or for ``timeout`` seconds; return the count.
@@ -109,8 +146,16 @@ class Maintainer:
         self._subscriptions.append(subscription)
         return subscription
 
+    def view_failure(self, view: str) -> str | None:
+        """Why ``view`` cannot catch up now (its own failure, or that of a view it reads), or None."""
+        blocking = self._blocking_failure(view)
+        return None if blocking is None else blocking[1].describe(blocking[0])
+
     def catch_up_all(self) -> None:
         """Bring every view to the latest version, sources before the views that read them.
+
+        A view that raises is recorded in ``_failures`` and left behind; the others go on. In the background, a
+        failed view is tried again once its backoff has passed; inline, every call tries it again.
 
         A view dropped meanwhile (here or by another process) is left at once: what was computed for it is discarded
         by the store (its commit names the incarnation, ``ViewDef.id``), and an error it raised is moot.
@@ -120,17 +165,31 @@ class Maintainer:
                 definition = self.db._views.get(name)
                 if definition is None:
                     continue  # dropped since the list was taken
+                failure = self._failures.get(name)
+                if failure is not None and failure.view_id != definition.id:
+                    failure = None  # an older incarnation's
+                if failure is not None and self.background and time.monotonic() < failure.retry_at:
+                    continue
                 try:
                     self._catch_up(definition)
                 except _ViewGone:
+                    self._set_failure(name, None)
                     continue
-                except Exception:
-                    if self.db.store.get_view_id(name) == definition.id:
-                        raise
-                    self.db._reload_view(name)  # NOTE(maintenance): it failed because it was dropped under it
+                except Exception as exc:  # noqa: BLE001 - one view's failure, whatever it is, must not stop the rest
+                    if self.db.store.get_view_id(name) != definition.id:
+                        self.db._reload_view(name)  # NOTE(maintenance): it failed because it was dropped under it
+                        self._set_failure(name, None)
+                        continue
+                    attempts = 1 if failure is None else failure.attempts + 1
+                    retry_at = time.monotonic() + self._retry_delay(attempts)
+                    self._set_failure(name, ViewFailure(definition.id, exc, attempts, retry_at))
+                    continue
+                if name in self._failures:
+                    self._set_failure(name, None)
 
     # --- the background loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
+        failures = 0  # passes in a row that failed outside any one view
         while True:
             with self._changed:
                 if not self._dirty and not self._stopping:
@@ -141,11 +200,52 @@ class Maintainer:
             try:
                 self.db.expire()
                 self.catch_up_all()
-            except BaseException as exc:  # surfaced to readers by wait_for; a broken loop must not spin
-                self.error = exc
+            except Exception as exc:  # noqa: BLE001 - surfaced to readers by wait_for, and tried again after a backoff
+                failures += 1
                 with self._changed:
+                    self.error = exc
+                    self._changed.notify_all()
+                    self._changed.wait_for(lambda: self._stopping, self._retry_delay(failures))
+                continue
+            except BaseException as exc:  # an interpreter exit: stop, and tell the readers
+                with self._changed:
+                    self.error = exc
                     self._changed.notify_all()
                 return
+            if failures:
+                failures = 0
+                with self._changed:
+                    self.error = None
+                    self._changed.notify_all()
+
+    def _retry_delay(self, attempts: int) -> float:
+        """Seconds before the next try after ``attempts`` failures in a row: the poll interval, doubled each time."""
+        return min(MAX_RETRY_DELAY, self.poll_interval * 2 ** min(attempts - 1, 32))
+
+    def _set_failure(self, view: str, failure: ViewFailure | None) -> None:
+        with self._changed:
+            if failure is None:
+                self._failures.pop(view, None)
+            else:
+                self._failures[view] = failure
+            self._changed.notify_all()  # a reader waiting for the view learns why it is not coming
+
+    def _blocking_failure(self, view: str) -> tuple[str, ViewFailure] | None:
+        """The failure that keeps ``view`` behind, with the view that has it: its own, else that of a view it reads,
+        directly or through others."""
+        seen: set[str] = set()
+        pending = [view]
+        while pending:
+            name = pending.pop()
+            definition = self.db._views.get(name)
+            if name in seen or definition is None:
+                continue
+            seen.add(name)
+            failure = self._failures.get(name)
+            if failure is not None and failure.view_id == definition.id:
+                return name, failure
+            pending.extend(source for kind, source in sorted(get_plan_sources(definition.plan)) if kind == "view")
+        return None
 
     # --- one view ---------------------------------------------------------------------------------------------------
     def _applied(self, view: str) -> int:

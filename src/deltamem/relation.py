@@ -216,6 +216,7 @@ class ViewRows:
     lag: int  # committed versions not yet reflected
     lag_seconds: float  # age of the oldest commit not yet reflected; 0.0 when fresh
     keys: list[RowKey] = field(default_factory=list)  # each row's key, in the order of ``rows``
+    error: str | None = None  # why maintenance cannot bring the view up to date now (it is retried); None if it can
 
     def __iter__(self):
         return iter(self.rows)
@@ -261,7 +262,8 @@ class View(Relation):
         if fresh:
             self._db.maintainer.wait_for(self.name, self._db.version, None)
         inputs, operators = self._db._view_plan(self.name)
-        return self._db._search_indexes.search(self.name, inputs, operators, self._db.embedder, query, k)
+        return self._db._search_indexes.search(self.name, inputs, operators, self._db.embedder, query, k,
+                                               runner=self._db.runner)
 
     def subscribe(self, callback: Callable[[ChangeRow], None], *, snapshot: bool = True) -> "Subscription":
         """Call ``callback`` with every change row from now on (after the current rows as +1, if ``snapshot``)."""

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
 import httpx
 import pytest
+from starlette.routing import Mount
 from typer.testing import CliRunner
 
 from deltamem.cli import app as cli
 from deltamem.errors import ConfigError
+from deltamem.server import create_app
 from deltamem.server.command import check_binding, is_loopback
+from tests.server.conftest import LiveServer
 from tests.server.sse import events, take
 
 
@@ -89,6 +93,24 @@ def test_bad_changes_are_refused_and_change_nothing(client, seeded_db, body, sta
     assert message in json.dumps(answer.json()["detail"]) if status == 422 else message in answer.json()["detail"]
     assert seeded_db.version == version
     assert sorted(seeded_db.table("docs").get(k) is not None for k in ("ok", "refunds")) == [False, True]
+
+
+def test_nan_and_infinity_in_changes_are_refused_and_views_and_metrics_keep_answering(client, seeded_db):
+    scores = seeded_db.table("scores", key="id", columns={"id": "text", "score": "float"})
+    scores.upsert({"id": "a", "score": 0.5})
+    seeded_db.view("rated", scores.sem_map("Rate {score}", out="rating"))  # would copy a NaN into its rows
+    seeded_db.maintain(timeout=30)
+    version = seeded_db.version
+    for literal in ("NaN", "Infinity", "-Infinity"):  # not JSON, but Python's parser (and so Starlette's) reads them
+        body = f'[{{"op": "upsert", "row": {{"id": "b", "score": 1.5}}}}, ' \
+               f'{{"op": "upsert", "row": {{"id": "c", "score": {literal}}}}}]'
+        answer = client.post("/tables/scores/changes", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "change 1: the row for table 'scores': column 'score' holds" in answer.json()["detail"]
+        assert "not a finite number" in answer.json()["detail"]
+    seeded_db.maintain(timeout=30)
+    assert seeded_db.version == version and scores.rows() == [{"id": "a", "score": 0.5}]
+    assert client.get("/views").status_code == 200 and client.get("/metrics").status_code == 200
 
 
 def test_unknown_table_malformed_json_and_oversized_bodies(seeded_db, serve):
@@ -197,20 +219,47 @@ def test_a_subscriber_that_does_not_read_blocks_no_writer(client, seeded_db):
     assert [e.data["key"] for e in caught_up] == [f"w{i}" for i in range(30)]
 
 
-def test_a_token_guards_every_api_route_but_the_page(seeded_db, serve):
-    server = serve(seeded_db, token="s3cret")
-    with httpx.Client(base_url=server.url) as http:
-        for method, path in [("GET", "/views"), ("GET", "/views/answers"), ("GET", "/metrics"), ("GET", "/usage"),
-                             ("POST", "/sql"), ("POST", "/tables/docs/changes"), ("GET", "/views/answers/subscribe")]:
+PUBLIC_PATHS = {"/", "/openapi.json", "/static"}  # the page, its files and the spec need no token
+
+
+def route_requests(app) -> list[tuple[str, str]]:
+    """(method, path) for every route of ``app``, path parameters filled with a dummy value, a mount's with a file."""
+    found = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            found.append(("GET", f"{route.path}/app.js"))
+            continue
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        found.extend((method, path) for method in sorted(route.methods))
+    return found
+
+
+def assert_every_api_route_needs_the_token(app, url: str) -> None:
+    walked = set()
+    with httpx.Client(base_url=url) as http:
+        for method, path in route_requests(app):
+            walked.add(path)
+            public = path in PUBLIC_PATHS or path.startswith("/static/")
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 answer = http.request(method, path, headers=headers, json=[{"op": "delete", "key": "refunds"}])
+                if public:
+                    assert answer.status_code == 200, (method, path, headers)
+                    continue
                 assert answer.status_code == 401, (method, path, headers)
                 assert answer.headers["www-authenticate"] == "Bearer"
+    assert {"/sql", "/tables/x/changes", "/views/x/subscribe", "/metrics", "/static/app.js"} <= walked
+
+
+def test_a_token_guards_every_api_route_but_the_page(seeded_db):
+    app = create_app(seeded_db, token="s3cret")
+    server = LiveServer(app)
+    try:
+        assert_every_api_route_needs_the_token(app, server.url)
         assert seeded_db.table("docs").get("refunds") is not None
-        good = {"Authorization": "Bearer s3cret"}
-        assert http.get("/views", headers=good).status_code == 200
-        assert http.get("/").status_code == 200
-        assert http.get("/openapi.json").status_code == 200
+        with httpx.Client(base_url=server.url) as http:
+            assert http.get("/views", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_usage_history_and_metrics_agree_with_the_store(client, seeded_db):

@@ -2,7 +2,8 @@
 
 The browser test walks the page as a user would: the token from ``#token=``, the view list, the live table updated
 through the subscription (no reload), one output's heat map, dependencies and decision log, the cost chart and the
-change log. It saves ``docs/server.png``, the screenshot the docs show.
+change log. It saves its screenshot under pytest's ``tmp_path`` and leaves ``docs/server.png`` (the one the docs
+show) alone; to refresh that picture, run the test with ``-s`` and copy the file it names over ``docs/server.png``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 TOKEN = "page-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "server.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "server.png"
 WAIT_MS = 20_000  # generous: the machine running the tests may be busy
 
 
 def test_page_and_static_files_need_no_token_but_the_api_does(seeded_db):
-    client = TestClient(create_app(seeded_db, token=TOKEN))
+    client = TestClient(create_app(seeded_db, token=TOKEN), base_url="http://127.0.0.1")
 
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -40,19 +41,23 @@ def test_page_and_static_files_need_no_token_but_the_api_does(seeded_db):
     assert client.get("/views", headers=AUTH).status_code == 200
 
 
-def test_page_in_a_browser(seeded_db, serve):
+def test_page_in_a_browser(seeded_db, serve, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).exists(), (
         f"The browser test needs Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
     server = serve(seeded_db, token=TOKEN)
+    docs_picture = _fingerprint(DOCS_SCREENSHOT)
+    screenshot = tmp_path / "server.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             _asks_for_the_token(browser, server.url, expect)
-            _walk_the_page(browser, server.url, expect)
+            _walk_the_page(browser, server.url, expect, screenshot)
         finally:
             browser.close()
+    print(f"screenshot: {screenshot}")
+    assert _fingerprint(DOCS_SCREENSHOT) == docs_picture, "the test overwrote docs/server.png in the work tree"
 
 
 def test_page_resumes_its_subscription_after_the_server_restarts(seeded_db):
@@ -126,7 +131,7 @@ def _asks_for_the_token(browser, url, expect):
     page.close()
 
 
-def _walk_the_page(browser, url, expect):
+def _walk_the_page(browser, url, expect, screenshot: Path):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -206,11 +211,15 @@ def _walk_the_page(browser, url, expect):
     expect(commit.locator(".chip.ins")).to_have_text("+1")
     expect(page.locator('#changelog tr[data-version] .tname', has_text="docs").first).to_be_visible()
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True, animations="disabled")
-    assert SCREENSHOT.stat().st_size > 20_000
+    page.screenshot(path=str(screenshot), full_page=True, animations="disabled")
+    assert screenshot.stat().st_size > 20_000
     assert not errors, f"the page logged errors: {errors}"
     page.close()
+
+
+def _fingerprint(path: Path) -> tuple[int, bytes] | None:
+    # The modification time too: a rewrite with the very same pixels is still a write to the work tree.
+    return (path.stat().st_mtime_ns, path.read_bytes()) if path.exists() else None
 
 
 def _post(url: str, table: str, row: dict) -> int:

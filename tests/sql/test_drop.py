@@ -88,7 +88,7 @@ def test_drop_stream_frees_its_sequence_and_a_table_name(db):
     ("DROP STREAM gists", NoTable, '"gists" is a view, not a stream; drop it with DROP VIEW'),
     ("DROP VIEW gist", NoView, 'View "gist" does not exist. Did you mean \'gists\'?'),
     ("DROP TABLE paper", NoTable, 'Table "paper" does not exist. Did you mean \'papers\'?'),
-    ("DROP TABLE _sql_catalog", NoTable, 'Table "_sql_catalog" does not exist'),
+    ("DROP TABLE _sql_catalog", NoTable, 'Table "_sql_catalog" is internal to deltamem'),
     ("DROP VIEW short, nope", NoView, 'View "nope" does not exist'),
 ])
 def test_wrong_or_missing_names_fail_and_drop_nothing(db, sql, error, message):

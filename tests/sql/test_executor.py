@@ -88,6 +88,19 @@ def test_a_statement_that_fails_changes_nothing(db, sql):
     assert (db.version, rows(db, "SELECT * FROM papers"), db.views()) == before
 
 
+@pytest.mark.parametrize("sql, params, shown", [
+    ("INSERT INTO scores VALUES (3, 1.0), (4, 1e999)", None, "inf"),
+    ("INSERT INTO scores VALUES (3, ?)", [float("nan")], "nan"),
+    ("UPDATE scores SET score = score * 1e308 * 10", None, "inf"),
+])
+def test_insert_and_update_refuse_nan_and_infinity_and_change_nothing(db, sql, params, shown):
+    execute(db, "CREATE TABLE scores (id INT PRIMARY KEY, score FLOAT); INSERT INTO scores VALUES (1, 0.5), (2, 2.0)")
+    before = (db.version, rows(db, "SELECT * FROM scores"))
+    with pytest.raises(SchemaError, match=rf"table 'scores': column 'score' holds {shown}, which is not a finite"):
+        execute(db, sql, params)
+    assert (db.version, rows(db, "SELECT * FROM scores")) == before
+
+
 def test_a_script_stops_at_the_first_error_and_keeps_what_ran(db):
     with pytest.raises(PrimaryKeyError):
         execute(db, "INSERT INTO papers VALUES (5, 'a', 'b', 2020); INSERT INTO papers VALUES (5, 'c', 'd', 2021);"

@@ -6,6 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
+import deltamem as dm
 from deltamem.cli import app
 
 runner = CliRunner()
@@ -110,3 +111,43 @@ def test_bench_operators_reports_each_change_beside_scratch_and_lotus(tmp_path):
 def test_bench_operators_rejects_bad_sizes():
     result = runner.invoke(app, ["bench", "operators", "--llm", "test", "--sizes", "ten"])
     assert result.exit_code == 1 and "--sizes takes comma-separated integers" in result.output
+
+
+MARKUP = "See [the docs](http://x) [red]alert[/red] :thumbs_up: [/]"  # rich markup, an emoji code, a stray [/]
+
+
+def test_data_prints_as_typed_never_as_rich_markup_or_emoji(tmp_path):
+    db = tmp_path / "markup.db"
+    options, wide = ["--llm", "test", "--embedder", "test"], {"COLUMNS": "250"}  # no folding inside a cell
+    script = tmp_path / "notes.sql"
+    script.write_text(f"CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, n INT);\n"
+                      f"INSERT INTO notes (id, body) VALUES ('k1', '{MARKUP}');\nSELECT * FROM notes;\n")
+    run = runner.invoke(app, ["run", str(db), str(script), *options], env=wide)
+    assert run.exit_code == 0, run.output
+    assert f"VALUES ('k1', '{MARKUP}');" in run.output  # the echoed statement
+    assert f"│ k1 │ {MARKUP} │" in run.output  # the result table
+
+    typed = (f"SELECT body AS \"{MARKUP}\" FROM notes;\n"  # a column name is data too
+             "INSERT INTO notes (id, n) VALUES ('k2', ':thumbs_up:');\n"  # an error quotes the value
+             "INSERT INTO notes (id, body) VALUES ('k3', 'a stray [/] closes nothing');\n"
+             "SELECT body FROM notes WHERE id = 'k3';\n"
+             "SELECT count(*) FROM notes;\n")
+    shell = runner.invoke(app, ["sql", str(db), *options], input=typed, env=wide)
+    assert shell.exit_code == 0, shell.output
+    assert shell.output.count(MARKUP) == 2
+    assert "column 'n' is int, got ':thumbs_up:'" in shell.output
+    assert "│ a stray [/] closes nothing │" in shell.output
+    assert "SELECT 1 (version 3)" in shell.output.splitlines()[-1]  # the session went on to its last statement
+
+    database = dm.connect(str(db), llm="test", embedder="test", background=False)
+    database.view("gists", database.table("notes").sem_map("Summarise {body}", out="gist"))
+    database.maintain()
+    database.close()
+    rows = runner.invoke(app, ["rows", str(db), "gists"], env=wide)
+    assert rows.exit_code == 0, rows.output
+    assert f"│ {MARKUP} │" in rows.output
+    explain = runner.invoke(app, ["explain", str(db), "gists", "k1"], env=wide)
+    assert explain.exit_code == 0, explain.output
+    assert f"'body': '{MARKUP}'" in explain.output
+    usage = runner.invoke(app, ["usage", str(db)], env=wide)
+    assert usage.exit_code == 0 and "│ gists " in usage.output

@@ -1,4 +1,5 @@
-"""A process killed with SIGKILL mid-stream loses nothing committed, applies nothing twice, and pays no call twice."""
+"""A process killed with SIGKILL mid-stream loses nothing committed, applies nothing twice, and pays no completed call
+twice; a call in flight at the kill is paid again, and reported once as interrupted by the next process."""
 
 from __future__ import annotations
 
@@ -90,3 +91,55 @@ def test_sigkill_mid_stream_loses_nothing_and_pays_nothing_twice(tmp_path, kill_
     paid = paid_hashes(db)
     assert len(paid) == len(set(paid)), "a call paid before the kill was paid again"
     db.close()
+
+
+IN_FLIGHT_CHILD = textwrap.dedent(
+    """
+    import sys
+    import time
+    import deltamem as dm
+    from deltamem.llm.scripted import ScriptedLLM
+
+    class Slow(ScriptedLLM):
+        def complete(self, request, **hints):
+            print("calling", flush=True)  # the call is in flight from here until the kill
+            return super().complete(request, **hints)
+
+    db = dm.connect(sys.argv[1], llm=Slow(latency=60), embedder="test", poll_interval=0.01)
+    docs = db.table("docs", key="id", columns={"id": "int", "text": "text", "tag": "text"})
+    db.view("v", docs.sem_map("Summarise {text}", out="s"))
+    docs.upsert({"id": 1, "text": "a slow one", "tag": "x"})
+    time.sleep(120)
+    """
+)
+
+
+def test_a_call_in_flight_at_a_kill_is_reported_once_as_interrupted(tmp_path, caplog):
+    path = str(tmp_path / "in_flight.db")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen([sys.executable, "-c", IN_FLIGHT_CHILD, path], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == "calling\n", "the child died before its call"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+
+    with caplog.at_level("WARNING", logger="deltamem"):
+        db = scripted_db(path)
+    interrupted = [e for e in db.store.get_ledger() if e.outcome == "interrupted"]
+    assert [(e.view, e.operator) for e in interrupted] == [("v", "1:sem_map")]
+    assert f"process {child.pid}" in interrupted[0].error and "paid again" in interrupted[0].error
+    assert db.interrupted_calls == interrupted
+    assert db.usage().interrupted == 1 and db.usage().by_view["v"].interrupted == 1
+    assert "1 model call was in flight" in caplog.text and f"process {child.pid}" in caplog.text
+    db.maintain()  # the lost result is paid again: what the README's crash-safety bullet says
+    assert paid_hashes(db) == [interrupted[0].call_hash]
+    db.close()
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deltamem"):
+        again = scripted_db(path)
+    assert again.interrupted_calls == [] and "in flight" not in caplog.text  # reported once, by the first reopen
+    assert [e.outcome for e in again.store.get_ledger()] == ["interrupted", "paid"]
+    again.close()

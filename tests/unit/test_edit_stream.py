@@ -76,6 +76,7 @@ def test_headline_figures_count_verifications_and_score_against_the_gold():
     assert (auto["verify_count"], auto["verify_precision"], auto["verify_recall"]) == (3, pytest.approx(2 / 3),
                                                                                        pytest.approx(2 / 3))
     assert auto["skip_count"] == 0 and auto["skip_precision"] is None  # the shadow check kept full's answer
+    assert (auto["kept_count"], auto["kept_agreement"]) == (3, 0.0)  # the three kept answers all differ from full's
     assert full["contains_vs_full_ci"] is None
     low, high = auto["contains_vs_full_ci"]
     assert -1 <= low <= -1 / 5 <= high <= 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 import deltamem as dm
+from deltamem.changes import RowWrite, encode_key
 from deltamem.errors import ConfigError, NoTable, NoView, PrimaryKeyError, SchemaError, TemplateError
+from deltamem.store.base import TableDef
+from deltamem.store.sqlite import SQLiteStore
 from tests.helpers import scripted_db
 
 
@@ -123,3 +128,46 @@ def test_bad_ttl_and_expire_mode_are_named():
         db.table("t", key="id", ttl="soon")
     with pytest.raises(ConfigError, match="Unknown expire mode 'retrakt'. Did you mean 'retract'"):
         db.table("t", key="id", ttl="1 day", expire="retrakt")
+
+
+@pytest.mark.parametrize("column, value", [
+    ("score", float("nan")), ("score", float("inf")), ("score", float("-inf")),
+    ("meta", {"weights": [1.0, float("nan")]}),
+])
+def test_nan_and_infinity_are_refused_naming_table_and_column(db, column, value):
+    scores = db.table("scores", key="id", columns={"id": "int", "score": "float", "meta": "json"})
+    scores.upsert({"id": 1, "score": 0.5})
+    before = db.version, scores.rows()
+    with pytest.raises(SchemaError, match=rf"table 'scores': column '{column}' holds .*not a finite number"):
+        scores.upsert([{"id": 2, "score": 1.5}, {"id": 3, column: value}])
+    with pytest.raises(SchemaError, match="not a finite number"):
+        with db.batch():
+            db.table("docs").upsert({"id": 10, "text": "kept only if the batch commits"})
+            scores.upsert({"id": 4, column: value})
+    assert (db.version, scores.rows()) == before and db.table("docs").get(10) is None
+
+
+@pytest.mark.parametrize("value, shown", [
+    (dt.datetime(2024, 5, 1), r"datetime.datetime\(2024, 5, 1, 0, 0\) \(datetime\), which is not a JSON value"),
+    ({1, 2}, r"\{1, 2\} \(set\), which is not a JSON value"),
+    ({"nested": [b"bytes"]}, r"b'bytes' \(bytes\), which is not a JSON value"),
+    ({1: "one"}, r"an object key 1 \(int\); JSON object keys are strings"),
+])
+def test_values_json_cannot_hold_are_refused_at_validation_not_at_commit(db, value, shown):
+    before = snapshot(db)
+    typed = db.table("notes", key="id", columns={"id": "int", "meta": "json"})
+    untyped = db.table("loose", key="id")  # columns come from the first row: a datetime would make a json column
+    bad = {"id": 2, "meta": value}
+    for table, rows in ((typed, [{"id": 1, "meta": "fine"}, bad]), (untyped, [bad])):
+        with pytest.raises(SchemaError, match=rf"table '{table.name}': column 'meta' holds {shown}"):
+            table.upsert(rows)
+        assert table.rows() == []
+    assert snapshot(db)[:2] == before[:2]
+
+
+def test_the_store_never_writes_json_that_sqlite_cannot_read():
+    store = SQLiteStore(":memory:")
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        store.commit([RowWrite("t", encode_key(1), {"id": 1, "x": float("nan")})], committed_at=0.0,
+                     table_defs=[TableDef("t", "id")])
+    assert store.commit([], committed_at=0.0)[0] == 1  # the failed commit took no version

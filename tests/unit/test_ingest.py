@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -82,6 +83,27 @@ def test_a_bad_record_in_a_new_table_creates_no_table(db, tmp_path):
     with pytest.raises(LoadError, match="line 2"):
         load_file(db, "docs", path, key="id")
     assert "docs" not in db.tables() and db.version == 0
+
+
+def test_nan_and_infinity_in_a_file_name_line_table_and_column_and_change_nothing(db, tmp_path):
+    problem = "column 'score' holds nan, which is not a finite number (NaN and Infinity cannot be stored)"
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": 1, "score": 0.5}\n{"id": 2, "score": NaN}\n')  # Python's json reads the NaN literal
+    with pytest.raises(LoadError, match=rf"line 2: the record for table 'scores': {re.escape(problem)}"):
+        load_file(db, "scores", path, key="id")
+    assert "scores" not in db.tables() and db.version == 0
+    load_file(db, "scores", _jsonl(tmp_path / "ok.jsonl", [{"id": 1, "score": 0.5}]), key="id")
+    version = db.version
+    with pytest.raises(LoadError, match=rf"line 2: the record for table 'scores': {re.escape(problem)}"):
+        load_file(db, "scores", path)
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text("id,score\n3,1.5\n4,-inf\n")
+    with pytest.raises(LoadError, match=r"line 3: .*column 'score' holds -inf, which is not a finite number"):
+        load_file(db, "scores", csv_path)
+    assert db.version == version and db.table("scores").rows() == [{"id": 1, "score": 0.5}]
+    csv_path.write_text("id,name\n1,Nan\n2,Inf\n")  # words that float() reads: a text column, not a float one
+    load_file(db, "people", csv_path, key="id")
+    assert db.table("people").rows() == [{"id": 1, "name": "Nan"}, {"id": 2, "name": "Inf"}]
 
 
 def test_invalid_json_and_non_objects_name_the_line(db, tmp_path):

@@ -68,7 +68,7 @@ def test_index_graph_search_finds_the_exact_top_k_on_distinct_vectors():
     inputs, operators = db._view_plan("idx")
     graph = SearchIndexes(db.store, exact_below=0)  # always the HNSW graph, never a scan
     for query in ["red apple", "blue sea at night"]:
-        hits = graph.search("idx", inputs, operators, db.embedder, query, 3)
+        hits = graph.search("idx", inputs, operators, db.embedder, query, 3, runner=db.runner)
         assert_search_is_exact(hits, docs.rows(), query, 3)
 
 
@@ -87,7 +87,7 @@ def test_index_stays_fresh_across_inserts_updates_and_deletes_without_a_rebuild(
     assert db._search_indexes._indexes["idx"] is cached and cached.version == index.version  # patched in place
     assert hits[0]["id"] == 2 and 1 not in {h["id"] for h in hits} and 20 in {h["id"] for h in hits}
     assert_search_is_exact(hits, docs.rows(), "apple", 3)
-    rebuilt = SearchIndexes(db.store).search("idx", *db._view_plan("idx"), db.embedder, "apple", 3)
+    rebuilt = SearchIndexes(db.store).search("idx", *db._view_plan("idx"), db.embedder, "apple", 3, runner=db.runner)
     assert rebuilt == hits
 
 
@@ -134,7 +134,7 @@ def test_ttl_keep_frees_the_vector_and_the_index_agrees_with_a_rebuild():
     db.maintain()
     assert len(index.rows()) == len(TEXTS)  # the rows stay...
     assert index.search("apple", 3) == []  # ...but their vectors were freed
-    assert SearchIndexes(db.store).search("idx", *db._view_plan("idx"), db.embedder, "apple", 3) == []
+    assert SearchIndexes(db.store).search("idx", *db._view_plan("idx"), db.embedder, "apple", 3, runner=db.runner) == []
 
 
 def test_reopened_database_rebuilds_the_index_from_the_store(tmp_path):
@@ -145,7 +145,7 @@ def test_reopened_database_rebuilds_the_index_from_the_store(tmp_path):
     db.close()
     db = scripted_db(path)
     assert db.view("idx").search("red sky", 5) == before
-    assert db.embedder.num_texts == 1  # the query only: every row's vector came from the store
+    assert db.embedder.num_texts == 0  # every row's vector came from the store, and the query's from the memo
     db.close()
 
 
@@ -201,12 +201,16 @@ def test_standing_search_makes_one_embedding_per_new_row_and_none_for_other_colu
     assert db.embedder.num_texts == len(TEXTS) + 1  # every row, and the query once
     docs.upsert({"id": 30, "text": "red apple", "tag": "b"})
     db.maintain()
-    assert db.embedder.num_texts == len(TEXTS) + 2
+    assert db.embedder.num_texts == len(TEXTS) + 1  # the row's text is the query's: the memo embedded it
+    assert (db.usage().embeddings, db.usage().embedding_memo_hits) == (len(TEXTS) + 1, 1)
     assert top.rows().rows[-1] == {"id": 30, "text": "red apple", "tag": "b", "score": pytest.approx(1.0)}
     docs.upsert({"id": 30, "text": "red apple", "tag": "c"})
     db.maintain()
-    assert db.embedder.num_texts == len(TEXTS) + 2
+    assert db.embedder.num_texts == len(TEXTS) + 1
     assert top.rows().rows[-1]["tag"] == "c"
+    docs.upsert({"id": 31, "text": "red apples", "tag": "b"})
+    db.maintain()
+    assert db.embedder.num_texts == len(TEXTS) + 2
 
 
 def test_delete_from_the_top_k_promotes_the_next_best_without_an_embedding():

@@ -1,4 +1,4 @@
-"""Opening a store file: a schema-2 file (before refresh_costs) is upgraded in place; an unknown schema is refused."""
+"""Opening a store file: a schema-2 or -3 file is upgraded in place; an unknown schema is refused. Calls in flight."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from deltamem.store.base import CallInFlight, LedgerEntry
 from deltamem.store.sqlite import SQLiteStore
 from deltamem.store.sqlite_schema import SCHEMA_VERSION
 
@@ -41,3 +42,46 @@ def test_a_file_of_an_unknown_schema_is_refused(tmp_path):
     _set_schema(path, SCHEMA_VERSION + 1, drop_refresh_costs=False)
     with pytest.raises(RuntimeError, match=f"has store schema {SCHEMA_VERSION + 1}; this deltamem reads"):
         SQLiteStore(path)
+
+
+def test_a_schema_3_file_gains_the_calls_in_flight_table(tmp_path):
+    path = str(tmp_path / "v3.db")
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE calls_in_flight")  # as schema 3 wrote it
+    conn.commit()
+    conn.close()
+    _set_schema(path, 3, drop_refresh_costs=False)
+
+    reopened = SQLiteStore(path)
+    flight = reopened.begin_call(CallInFlight(1.0, None, "v", "1:sem_map", "insert", "m", "h"))
+    assert reopened.take_interrupted_calls() == []  # this process's own call is not interrupted
+    reopened.record_call(LedgerEntry(2.0, None, "v", "1:sem_map", "insert", "m", "paid", 1, 0, 1, 0.1, "h"),
+                         in_flight=flight)
+    assert reopened.take_interrupted_calls() == []
+    reopened.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT COUNT(*) FROM calls_in_flight").fetchone() == (0,)
+    conn.close()
+
+
+def test_only_calls_of_processes_that_are_gone_are_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "shared.db")
+    store = SQLiteStore(path)
+    store.begin_call(CallInFlight(1.0, 3, "v", "1:sem_map", "insert", "m", "mine"))
+    other = SQLiteStore(path)  # another store of this live process: its calls are not interrupted
+    assert other.take_interrupted_calls() == []
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE calls_in_flight SET pid = ?, process = 'ended'", (int(gone.stdout),))  # as it wrote it
+    conn.commit()
+    conn.close()
+    [entry] = other.take_interrupted_calls()
+    assert (entry.outcome, entry.call_hash, entry.version, entry.ts) == ("interrupted", "mine", 3, 1.0)
+    assert other.take_interrupted_calls() == [] and store.take_interrupted_calls() == []  # taken once
+    store.close()
+    other.close()

@@ -294,6 +294,9 @@ def headline_figures(result: dict[str, Any]) -> dict[str, Any]:
             picked = [i for i, e in enumerate(edits) if e["relevant"] == relevant]
             for name, values in (("agreement", agrees), *scores.items()):
                 out[f"{name}_{label}"] = _mean([values[i] for i in picked])
+        # the answers an edit left as they were (skipped, or verified and kept) beside what full answered
+        kept = [i for i, a in enumerate(answers) if a["decided"] in (["skip"], ["verify"])]
+        out["kept_count"], out["kept_agreement"] = len(kept), _mean([agrees[i] for i in kept])
         for kind in ("skip", "verify"):
             # an edit counts when this was its only decision: after a shadow check the answer kept is full's
             alone = [a["decided"] == [kind] for a in answers]

@@ -30,6 +30,7 @@ import deltamem as dm
 from deltamem.bench.datasets import load_corpus
 from deltamem.errors import ConfigError
 from deltamem.llm import lazy_embedder, lazy_llm
+from deltamem.llm.runner import is_embedding_operator
 
 OPERATORS = ("sem_agg", "sem_topk", "sem_join", "sem_search")
 COLUMNS = {"id": "text", "title": "text", "text": "text"}
@@ -130,7 +131,8 @@ def measure(operator: str, size: int, *, llm: Any, corpus: Sequence[dict], num_c
 
 
 def _paid(db: dm.Database) -> int:
-    return sum(1 for e in db.store.get_ledger() if e.outcome == "paid")
+    """LLM calls paid; embeddings, on the ledger too, are counted by ``CountingEmbedder``."""
+    return sum(1 for e in db.store.get_ledger() if e.outcome == "paid" and not is_embedding_operator(e.operator))
 
 
 def run_operators_bench(*, data_file: Path, sizes: Sequence[int], operators: Sequence[str], llm: str,

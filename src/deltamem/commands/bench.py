@@ -184,15 +184,17 @@ def _edit_stream_answers(by_strategy: dict, noise_floor: float | None) -> RichTa
     table = RichTable(title="answers after each edit", caption=(
         f"agree: same answer as full{floor}. contains / F1: against the gold answer (the substituted one from its "
         "substitution on); Δ: paired bootstrap 95% interval of strategy − full. skip P / verify P: share of the "
-        "edits skipped / verified that were irrelevant (n: how many)."))
+        "edits skipped / verified that were irrelevant (n: how many); kept = full: share of the answers an edit "
+        "left unchanged (skipped, or verified and kept) that equal full's."))
     for column in ("strategy", "agree", "contains", "Δ contains", "F1", "Δ F1", "take-up", "skip P (n)", "skip R",
-                   "verify P (n)"):
+                   "verify P (n)", "kept = full (n)"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for name, r in by_strategy.items():
         table.add_row(name, _pct(r["agreement"]), _pct(r["contains"]), _interval(r["contains_vs_full_ci"], "{:+.0%}"),
                       f"{r['f1']:.2f}", _interval(r["f1_vs_full_ci"], "{:+.2f}"), _pct(r["takeup"]),
                       _counted(r["skip_precision"], r["skip_count"]), _pct(r["skip_recall"]),
-                      _counted(r["verify_precision"], r["verify_count"]))
+                      _counted(r["verify_precision"], r["verify_count"]),
+                      _counted(r["kept_agreement"], r["kept_count"]))
     return table
 
 

@@ -10,6 +10,7 @@ import typer
 
 import deltamem as dm
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, stop_on_sigterm, task_reporter
+from deltamem.display import literal
 
 
 def load(
@@ -51,10 +52,10 @@ def load(
     except dm.DeltamemError as exc:
         fail(exc)
     if result.version is None:
-        console.print(f"{file}: no records; nothing committed")
+        console.print(literal(f"{file}: no records; nothing committed"))
         return
     created = f" (created table {table!r})" if result.created else ""
-    console.print(f"{table}{created}: {result.summary()}; committed version {result.version}")
+    console.print(literal(f"{table}{created}: {result.summary()}; committed version {result.version}"))
 
 
 def watch(
@@ -84,9 +85,9 @@ def watch(
 
     def show(result) -> None:
         if result.changed or result.skipped:
-            console.print(result.summary())
+            console.print(literal(result.summary()))
         for path, reason in result.skipped:
-            console.print(f"  skipped {path}: {reason}")
+            console.print(literal(f"  skipped {path}: {reason}"))
 
     database = None
     try:
@@ -94,13 +95,13 @@ def watch(
         mirror = FolderTable(database, table, folder, glob=glob, hidden=hidden)
         if once:
             result = mirror.sync()
-            console.print(result.summary())
+            console.print(literal(result.summary()))
             for path, reason in result.skipped:
-                console.print(f"  skipped {path}: {reason}")
+                console.print(literal(f"  skipped {path}: {reason}"))
             if maintain:
                 database.maintain()
             return
-        console.print(f"watching {folder} ({glob}) into {table!r} every {interval:g} s; Ctrl-C stops")
+        console.print(literal(f"watching {folder} ({glob}) into {table!r} every {interval:g} s; Ctrl-C stops"))
         mirror.watch(interval, on_sync=show)
     except KeyboardInterrupt:
         console.print("stopped")

@@ -58,6 +58,12 @@ class MiniLMEmbedder:
         if get_dim() != self.dim:
             raise BackendUnavailable(f"The model at {folder} gives {get_dim()}-d vectors, not {self.dim}: {_FIX}")
 
+    def count_tokens(self, text: str) -> int:
+        """The tokens ``embed`` reads of ``text``: special tokens included, cut at the model's sequence length."""
+        with self._lock:  # a fast tokenizer refuses to be used by two threads at once
+            ids = self._model.tokenizer(text, truncation=True, max_length=self._model.max_seq_length)["input_ids"]
+        return len(ids)
+
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             # encode([]) returns shape (0,), not (0, dim).

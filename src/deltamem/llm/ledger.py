@@ -2,8 +2,11 @@
 
     usage = db.usage(); usage.calls, usage.prompt_tokens, usage.by_view["digest"].calls
 
-Every call is on the store's ledger (``deltamem.llm.runner`` writes it). ``paid`` calls are counted in the totals;
-memo hits are counted apart, with the tokens they saved; failed calls are counted as ``failures``.
+Every call is on the store's ledger (``deltamem.llm.runner`` writes it), completions and embeddings alike. ``paid``
+completions are counted in the totals; memo hits are counted apart, with the tokens they saved; failed calls of
+either kind are counted as ``failures``, and calls in flight when their process died as ``interrupted``. Embeddings
+(one call per text) are counted apart, in ``embeddings`` and the fields after it: ``calls`` and the full-recompute
+baseline count LLM calls, and "calls saved" compares those.
 
 The full-recompute baseline of a view is what a system without incremental maintenance would pay: at every version
 that changed the view's inputs, recompute every operator over every row that reaches it. deltamem knows that cost
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from deltamem.llm.runner import is_embedding_operator
 from deltamem.store.base import CallCost, LedgerTotals
 
 
@@ -30,9 +34,16 @@ class CostTotals:
     memo_hits: int = 0
     saved_tokens: int = 0  # prompt + output tokens of the calls the memo answered
     failures: int = 0
+    interrupted: int = 0  # calls in flight when their process died: maybe paid, cost unknown, paid again
+    embeddings: int = 0  # texts embedded (paid), one embedding call each
+    embedding_tokens: int = 0  # their tokens, where the embedder counts them
+    embedding_seconds: float = 0.0
+    embedding_memo_hits: int = 0  # texts whose embedding the memo answered
 
     def add(self, row: LedgerTotals) -> None:
-        if row.outcome == "paid":
+        if row.outcome != "failed" and is_embedding_operator(row.operator):
+            self._add_embeddings(row)
+        elif row.outcome == "paid":
             self.calls += row.calls
             self.prompt_tokens += row.prompt_tokens
             self.reused_tokens += row.reused_tokens
@@ -41,8 +52,18 @@ class CostTotals:
         elif row.outcome == "memo":
             self.memo_hits += row.calls
             self.saved_tokens += row.prompt_tokens + row.reused_tokens + row.output_tokens
+        elif row.outcome == "interrupted":
+            self.interrupted += row.calls
         else:
             self.failures += row.calls
+
+    def _add_embeddings(self, row: LedgerTotals) -> None:
+        if row.outcome == "paid":
+            self.embeddings += row.calls
+            self.embedding_tokens += row.prompt_tokens
+            self.embedding_seconds += row.seconds
+        else:
+            self.embedding_memo_hits += row.calls
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ class Usage(CostTotals):
         """A table with one row per view and a total: paid against a full recompute at every refresh."""
         from rich.table import Table
 
+        from deltamem.display import literal
+
         table = Table(title="LLM cost: deltamem (incremental) vs full recompute at every refresh")
         for name in ("view", "refreshes", "calls", "full calls", "tokens", "full tokens", "seconds", "full s",
                      "memo hits", "calls saved"):
@@ -100,7 +123,7 @@ class Usage(CostTotals):
         for name, paid, full in [*rows, ("total", self, total)]:
             saved = 1 - paid.calls / full.cost.calls if full.cost.calls else 0.0
             table.add_row(
-                name, str(full.refreshes), str(paid.calls), str(full.cost.calls),
+                literal(name), str(full.refreshes), str(paid.calls), str(full.cost.calls),
                 str(paid.prompt_tokens + paid.output_tokens), str(full.cost.prompt_tokens + full.cost.output_tokens),
                 f"{paid.seconds:.1f}", f"{full.cost.seconds:.1f}", str(paid.memo_hits), f"{saved:.0%}",
                 style="bold" if name == "total" else None,

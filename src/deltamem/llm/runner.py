@@ -6,11 +6,19 @@ The engine decides *what* to call; the runner only runs it. Per call it
 
 1. looks the call up in the memo (``deltamem.llm.memo.call_hash``): a hit costs nothing and is written to the ledger
    as ``memo`` with the tokens it saved;
-2. otherwise runs it on a thread pool, retrying a ``BackendError`` with exponential backoff, and writes the result to
-   the memo and the ledger (``paid``) in one transaction, at once, so a killed process never pays for it again;
+2. otherwise notes it on the store as in flight (``Store.begin_call``), runs it on a thread pool, retrying a
+   ``BackendError`` with exponential backoff, and writes the result to the memo and the ledger (``paid``) in one
+   transaction, at once, so a killed process never pays for it again. A call in flight when the process is killed is
+   lost and paid again; the next process to open the store puts it on the ledger as ``interrupted``;
 3. after the last attempt, writes a ``failed`` ledger entry and returns the error: the caller stores it on the row.
 
 Identical calls in one batch run once; the others are memo hits.
+
+Embeddings take the same path (``embed``), one text being one call: memo first (``embed_hash``), then one batch for
+every text the memo lacks, retried with backoff; a batch that still fails is split in halves, each tried once, so a
+text the embedder always refuses fails alone and the others are paid. Each text gets its own ``paid``, ``memo`` or
+``failed`` entry, under the operator ``embedding_operator(op_id)`` (``"2:sem_index/embed"``), with the tokens the
+embedder counts (``count_tokens``, when it has one) and its share of the batch's seconds.
 """
 
 from __future__ import annotations
@@ -20,13 +28,25 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from deltamem.errors import BackendError
 from deltamem.llm import LazyBackend
-from deltamem.llm.base import Completion, CompletionRequest, LLMBackend
-from deltamem.llm.memo import call_hash
-from deltamem.store.base import CallCost, LedgerEntry, Store
+from deltamem.llm.base import Completion, CompletionRequest, EmbeddingBackend, LLMBackend
+from deltamem.llm.memo import call_hash, embed_hash, text_to_vector, vector_to_text
+from deltamem.store.base import CallCost, CallInFlight, LedgerEntry, Store
 
 ProgressHook = Callable[[str, int, int], None]  # (label, calls done, calls in this batch)
+EMBED_SUFFIX = "/embed"
+
+
+def embedding_operator(op_id: str) -> str:
+    """The ledger's operator name for the embeddings of operator ``op_id``: apart from its completions."""
+    return op_id + EMBED_SUFFIX
+
+
+def is_embedding_operator(operator: str) -> bool:
+    return operator.endswith(EMBED_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,16 @@ class CallResult:
             return CallCost(calls=1)
         c = self.completion
         return CallCost(1, c.prompt_tokens + c.reused_tokens, c.output_tokens, c.seconds)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The outcome of embedding one text: its vector, or the error it ended with (never both, never neither)."""
+
+    call_hash: str
+    vector: np.ndarray | None
+    error: str | None
+    memo_hit: bool
 
 
 class CallRunner:
@@ -146,6 +176,10 @@ class CallRunner:
         return [results[h] for h in hashes]
 
     def _pay(self, spec: CallSpec, h: str, view: str, operator: str, version: int | None) -> CallResult:
+        # Noted before the backend is asked and ended by the ledger entry. An exception other than BackendError
+        # leaves the note: the call may have been paid, and the next process reports it as interrupted.
+        flight = self.store.begin_call(
+            CallInFlight(self.clock(), version, view, operator, spec.reason, self.backend.model_id, h))
         error = ""
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -156,14 +190,118 @@ class CallRunner:
                 error = str(exc)
                 continue
             self._record(spec, h, completion, "paid", view, operator, version,
-                         memo=completion if completion.exact else None)
+                         memo=completion if completion.exact else None, in_flight=flight)
             return CallResult(h, completion, None, memo_hit=False)
         error = f"{error} (after {self.retry.attempts} attempts)"
         self.store.record_call(
             LedgerEntry(self.clock(), version, view, operator, spec.reason, self.backend.model_id, "failed",
-                        0, 0, 0, 0.0, h, error)
+                        0, 0, 0, 0.0, h, error),
+            in_flight=flight,
         )
         return CallResult(h, None, error, memo_hit=False)
+
+    def embed(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,
+              operator: str, version: int | None) -> list[EmbedResult]:
+        """Embed ``texts`` (``reasons[i]`` says why text i is asked for) as the calls of ``operator``, which the
+        ledger files under ``embedding_operator(operator)``; results come back in the same order."""
+        if not texts:
+            return []
+        model = embedder.model_id
+        label = embedding_operator(operator)
+        hashes = [embed_hash(model, text) for text in texts]
+        values: dict[str, Completion | str] = {}  # per distinct text: its memo value (the vector), or its error
+        to_pay: dict[str, tuple[str, str]] = {}  # hash -> (text, reason)
+        hits: list[tuple[str, str]] = []  # (hash, reason) answered by the memo, recorded after the paid ones
+        for text, reason, h in zip(texts, reasons, hashes, strict=True):
+            if h in to_pay or h in values:
+                hits.append((h, reason))  # identical texts in one batch: paid once, the others are memo hits
+                continue
+            memo = self.store.get_memo(h)
+            if memo is None:
+                to_pay[h] = (text, reason)
+            else:
+                values[h] = memo
+                hits.append((h, reason))
+        paid: dict[str, Completion | str] = {}
+        if to_pay:
+            if self.progress:
+                self.progress(f"{view}/{label}", 0, len(to_pay))
+            paid = self._pay_embeddings(embedder, list(to_pay), [text for text, _reason in to_pay.values()])
+            values.update(paid)
+            if self.progress:
+                self.progress(f"{view}/{label}", len(to_pay), len(to_pay))
+        # One transaction for the batch's entries: a commit (and its fsync) per text made bulk indexing crawl.
+        with self.store.transaction():
+            for h, value in paid.items():
+                reason = to_pay[h][1]
+                if isinstance(value, str):
+                    self.store.record_call(LedgerEntry(self.clock(), version, view, label, reason, model, "failed",
+                                                       0, 0, 0, 0.0, h, value))
+                else:
+                    self._record_embedding(h, reason, value, "paid", view, label, version, memo=value)
+            for h, reason in hits:
+                value = values[h]
+                if not isinstance(value, str):  # a duplicate of a failed text is no hit: its one failure is recorded
+                    self._record_embedding(h, reason, value, "memo", view, label, version)
+        return [_embed_result(h, values[h], memo_hit=h not in to_pay) for h in hashes]
+
+    def embed_or_raise(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,
+                       operator: str, version: int | None) -> np.ndarray:
+        """``embed``, for a caller that has no row to store an error on: the vectors as one (len(texts), dim)
+        array, or ``BackendError`` naming the first text that failed."""
+        results = self.embed(embedder, texts, reasons=reasons, view=view, operator=operator, version=version)
+        for text, result in zip(texts, results, strict=True):
+            if result.vector is None:
+                raise BackendError(f"Embedding {_excerpt(text)} failed: {result.error}")
+        return np.stack([r.vector for r in results]) if results else np.zeros((0, embedder.dim), dtype=np.float32)
+
+    def _pay_embeddings(self, embedder: EmbeddingBackend, hashes: list[str],
+                        texts: list[str]) -> dict[str, Completion | str]:
+        """One batch for ``texts``, retried with backoff; if it still fails, halves tried once each, down to single
+        texts. Returns per hash the memo value (a completion holding the vector) or the error."""
+        error = ""
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                self.sleep(self.retry.delay(attempt - 1))
+            try:
+                return self._embed_batch(embedder, hashes, texts)
+            except BackendError as exc:
+                error = str(exc)
+        error = f"{error} (after {self.retry.attempts} attempts)"
+        if len(texts) == 1:
+            return {hashes[0]: error}
+        out: dict[str, Completion | str] = {}
+        pending = [(hashes, texts)]
+        while pending:  # NOTE: f texts that always fail cost about 2 f log2(n / f) more requests to single out
+            batch_hashes, batch_texts = pending.pop()
+            middle = len(batch_texts) // 2
+            for part in ((batch_hashes[:middle], batch_texts[:middle]), (batch_hashes[middle:], batch_texts[middle:])):
+                try:
+                    out.update(self._embed_batch(embedder, *part))
+                except BackendError as exc:
+                    if len(part[1]) == 1:
+                        out[part[0][0]] = f"{exc} (after {self.retry.attempts} attempts in a batch and one alone)"
+                    else:
+                        pending.append(part)
+        return out
+
+    def _embed_batch(self, embedder: EmbeddingBackend, hashes: list[str], texts: list[str]) -> dict[str, Completion]:
+        started = time.perf_counter()
+        vectors = np.asarray(embedder.embed(list(texts)), dtype=np.float32)
+        seconds = (time.perf_counter() - started) / len(texts)
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise BackendError(f"{embedder.model_id}: asked for {len(texts)} embeddings, got shape {vectors.shape}")
+        count = getattr(embedder, "count_tokens", None)  # optional: an embedder that cannot count records 0
+        return {
+            h: Completion(vector_to_text(vector), count(text) if count else 0, 0, seconds, embedder.model_id)
+            for h, text, vector in zip(hashes, texts, vectors, strict=True)
+        }
+
+    def _record_embedding(self, h: str, reason: str, c: Completion, outcome: str, view: str, operator: str,
+                          version: int | None, memo: Completion | None = None) -> None:
+        entry = LedgerEntry(self.clock(), version, view, operator, reason, c.model, outcome, c.prompt_tokens, 0, 0,
+                            c.seconds, h)
+        self.store.record_call(entry, memo)
 
     def _hints(self, spec: CallSpec) -> dict:
         """The keyword hints of ``spec`` that this backend can take (a plain backend takes none)."""
@@ -179,10 +317,20 @@ class CallRunner:
 
     def _record(
         self, spec: CallSpec, h: str, c: Completion, outcome: str, view: str, operator: str, version: int | None,
-        memo: Completion | None = None,
+        memo: Completion | None = None, in_flight: int | None = None,
     ) -> None:
         entry = LedgerEntry(
             self.clock(), version, view, operator, spec.reason, c.model, outcome,
             c.prompt_tokens, c.reused_tokens, c.output_tokens, c.seconds, h,
         )
-        self.store.record_call(entry, memo)
+        self.store.record_call(entry, memo, in_flight)
+
+
+def _embed_result(h: str, value: Completion | str, *, memo_hit: bool) -> EmbedResult:
+    if isinstance(value, str):
+        return EmbedResult(h, None, value, memo_hit=False)
+    return EmbedResult(h, text_to_vector(value.text), None, memo_hit=memo_hit)
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")

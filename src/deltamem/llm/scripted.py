@@ -130,15 +130,30 @@ def _phrase(digest: bytes, num_words: int) -> str:
 class HashingEmbedder:
     """A deterministic bag-of-words embedding: each lower-cased word adds a signed unit to one of ``dim`` buckets.
 
-    Texts that share words get close vectors, which is all a unit test of blocking or search needs.
+    Texts that share words get close vectors, which is all a unit test of blocking or search needs. Faults are
+    injected as in ``ScriptedLLM``: ``HashingEmbedder(failures={"poison": 2})`` fails the first two calls with a text
+    containing ``poison`` (the whole call, as a real endpoint would) with a ``BackendError``. ``num_texts`` counts
+    the texts embedded, ``num_failures`` the calls that failed.
     """
 
-    def __init__(self, dim: int = 64):
+    def __init__(self, dim: int = 64, *, failures: dict[str, int] | None = None):
         self.dim = dim
         self.model_id = f"hashing-{dim}"
         self.num_texts = 0
+        self.num_failures = 0
+        self._failures_left = dict(failures or {})
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return count_scripted_tokens(text)
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            for needle, left in self._failures_left.items():
+                if left > 0 and any(needle in text for text in texts):
+                    self._failures_left[needle] = left - 1
+                    self.num_failures += 1
+                    raise BackendError(f"scripted embedding failure for a text containing {needle!r}")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             for word in re.findall(r"\w+", text.lower()):

@@ -7,7 +7,7 @@ Invariant: the index holds exactly one vector per key it reports in ``keys()``, 
 
 The index is a cache, never the source of truth: deltamem keeps every embedding in the store (``sem_index`` state)
 and rebuilds or patches this index from there (``SearchIndexes``, below, one per database), so losing it costs
-time, not data. It makes no embedding calls: it receives vectors (``View.search`` embeds its query: one call).
+time, not data. It embeds nothing but the query of a ``search`` (one call, through the runner).
 
 Why usearch: it is an HNSW graph (logarithmic search, recall tunable by ``expansion_search``), it runs in this process
 with no server, it adds vectors one at a time or in multi-threaded bulk, and it supports removal, which deletes and
@@ -32,6 +32,7 @@ from usearch.index import Index
 from deltamem.changes import Row, RowKey, key_order
 from deltamem.errors import ConfigError, SchemaError
 from deltamem.llm.base import EmbeddingBackend
+from deltamem.llm.runner import CallRunner
 from deltamem.operators.base import Operator
 from deltamem.operators.search import SemIndex
 from deltamem.operators.vectors import SCORE, check_k, decode_vector
@@ -196,14 +197,16 @@ class SearchIndexes:
         self._lock = threading.Lock()
 
     def search(self, view: str, inputs: Mapping[str, Mapping[str, Any]], operators: Sequence[Operator],
-               embedder: EmbeddingBackend, query: str, k: int) -> list[Row]:
+               embedder: EmbeddingBackend, query: str, k: int, *, runner: CallRunner) -> list[Row]:
         """The ``k`` rows of ``view`` whose indexed column is most similar to ``query``, each with ``score``, best
-        first (ties by key order); one embedding call (the query). Approximate past ``exact_below`` vectors."""
+        first (ties by key order); one embedding call (the query, through ``runner``: memo, retries, the ledger as
+        operator ``search/embed``, reason ``search``). Approximate past ``exact_below`` vectors."""
         if not isinstance(query, str) or not query.strip():
             raise SchemaError(f'View "{view}": search needs a non-empty query')
         check_k(k, "search")
         self._index_op(view, operators)  # raises before the query is embedded
-        query_vec = embedder.embed([query])[0]
+        query_vec = runner.embed_or_raise(embedder, [query], reasons=["search"], view=view, operator="search",
+                                          version=None)[0]
         with self._lock:
             cached = self.get(view, inputs, operators, embedder)
             if cached is None:
@@ -275,7 +278,7 @@ class SearchIndexes:
         add_keys, add_vectors, remove = [], [], []
         for key in sorted(keys, key=key_order):
             entry = state.get(key)
-            if key not in cached.rows or entry is None:
+            if key not in cached.rows or entry is None or entry.value is None:  # None: its embedding failed
                 remove.append(key)
                 continue
             if cached.fingerprints.get(key) == entry.fingerprint:

@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from deltamem.changes import Delta, Row, RowKey
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import EmbeddingBackend
-from deltamem.llm.runner import CallResult, CallRunner, CallSpec
+from deltamem.llm.runner import CallResult, CallRunner, CallSpec, EmbedResult
 from deltamem.store.base import StateEntry, Store, ViewCommit
 
 
@@ -48,6 +50,19 @@ class OperatorContext:
 
     def run_calls(self, op_id: str, calls: Sequence[CallSpec]) -> list[CallResult]:
         return self.runner.run(calls, view=self.view, operator=op_id, version=self.version)
+
+    def embed(self, op_id: str, texts: Sequence[str], reasons: Sequence[str]) -> list[EmbedResult]:
+        """Embed ``texts`` through the runner (memo, retries, ledger): a vector or an error per text."""
+        assert self.embedder is not None, f"{op_id}: the engine passed no embedder to an operator that embeds"
+        return self.runner.embed(self.embedder.get(), texts, reasons=reasons, view=self.view, operator=op_id,
+                                 version=self.version)
+
+    def embed_or_raise(self, op_id: str, texts: Sequence[str], reasons: Sequence[str]) -> np.ndarray:
+        """``embed`` for an operator with no row to show an error on: ``BackendError`` fails the view's version,
+        which maintenance retries later."""
+        assert self.embedder is not None, f"{op_id}: the engine passed no embedder to an operator that embeds"
+        return self.runner.embed_or_raise(self.embedder.get(), texts, reasons=reasons, view=self.view,
+                                          operator=op_id, version=self.version)
 
 
 def retract(op_id: str, delta: Delta, old: StateEntry | None, before_out: Row | None,

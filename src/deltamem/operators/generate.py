@@ -5,7 +5,8 @@
 Documents are split into sentences (chunks that keep their document key, position and a hash of their text). With
 ``retrieve="all"`` every document is in every prompt; with ``retrieve=k`` the k chunks most similar to the question
 (cosine over the database's embedder) are, in document order. Each output records its provenance: the chunks that were
-in its prompt and, with retrieval, the score of the k-th.
+in its prompt and, with retrieval, the score of the k-th. An embedding that still fails after its retries fails the
+version (no answer can retrieve without it); maintenance retries the view later.
 
 On a backend with attention (the local model) every answer except the baselines' also records its attention
 attribution, captured while it is generated: per output sentence, the share of attention it paid to each prompt
@@ -441,7 +442,8 @@ class GenerateOperator(MultiInputOperator):
         """Vectors for chunk or question texts, or None when the operator does not retrieve."""
         if self.retrieve == "all" or not texts or ctx.embedder is None:
             return None
-        return ctx.embedder.get().embed(texts)
+        # A failure fails the view's version (an answer cannot retrieve without its vectors); maintenance retries it.
+        return ctx.embed_or_raise(self.op_id, texts, ["refresh" if ctx.building else "update"] * len(texts))
 
     def _embed_questions(self, work, ctx: OperatorContext) -> dict[RowKey, np.ndarray]:
         if self.retrieve == "all":

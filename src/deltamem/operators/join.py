@@ -30,7 +30,9 @@ failed call                        retried with backoff, then stored as the pair
 Blocking rule (``candidates=m``): when a row's text arrives (an insert, or an update that changes what the template
 reads of it) it is compared with the m rows of the other side most similar to it, among the rows present then:
 cosine of the embeddings of each row's side of the template, ties broken by key order. Rows arriving in the same
-version each pick their m nearest; a pair picked from both ends is asked once. A pair is never re-picked later.
+version each pick their m nearest; a pair picked from both ends is asked once. A pair is never re-picked later. An
+embedding that still fails after its retries fails the version (the row could not pick its candidates); maintenance
+retries the view later.
 
 Guarantees:
 
@@ -291,7 +293,7 @@ class SemJoin(MultiInputOperator):
                 ctx.delete_state(self.op_id, pk)
                 for side in ROLES:
                     pairs_of[side][entry.input_row[side]].discard(pk)
-        self._embed_new_rows(new_rows, rows, ctx)
+        self._embed_new_rows(new_rows, rows, {(side, key): reason for side, key, reason in probes}, ctx)
         for side, entry in new_rows:
             ctx.put_state(self.side_ops[side], rows[side][entry.key])
 
@@ -361,15 +363,17 @@ class SemJoin(MultiInputOperator):
         return [keys[i] for i in np.argsort(-scores, kind="stable")[: self.candidates]]
 
     def _embed_new_rows(self, new_rows: list[tuple[str, StateEntry]], rows: dict[str, dict[RowKey, StateEntry]],
-                        ctx: OperatorContext) -> None:
+                        reasons: dict[tuple[str, RowKey], str], ctx: OperatorContext) -> None:
         """Give each new joinable row the embedding of its side text, in one batch (only with ``candidates``)."""
         if self.candidates is None:
             return
         todo = [(side, entry) for side, entry in new_rows if entry.value["text"] is not None]
         if not todo:
             return
-        assert ctx.embedder is not None, "sem_join: the engine passed no embedder to an operator that blocks"
-        vectors = ctx.embedder.get().embed(["\n".join(entry.value["text"]) for _side, entry in todo])
+        # A failure fails the view's version (a row that is not embedded cannot pick its candidates); maintenance
+        # retries it.
+        vectors = ctx.embed_or_raise(self.op_id, ["\n".join(entry.value["text"]) for _side, entry in todo],
+                                     [reasons[(side, entry.key)] for side, entry in todo])
         # Embedders return L2-normalised rows, so a dot product is the cosine. Their float32 values survive the JSON
         # round trip exactly, so a stored vector scores as it did when fresh.
         for (side, entry), vector in zip(todo, np.asarray(vectors, dtype=np.float32), strict=True):

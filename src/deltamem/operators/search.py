@@ -11,8 +11,11 @@ row is embedded again only when that text changes; a standing view is always the
 whose column is NULL are not indexed or ranked. In-memory structures (the HNSW index behind ``View.search``) are
 caches rebuilt from the store.
 
-Costs. Embedding calls are counted by the embedder (``db.embedder.num_texts`` on the built-in ones); similarities are
-dot products, no model call; ``sem_search_many`` counts its similarities (``SemSearchMany.get_stats``).
+Costs. Embedding calls go through the runner, like completions: memo first, retried with backoff, and on the ledger
+(``db.usage().embeddings``; operator ``<op_id>/embed``); similarities are dot products, no model call;
+``sem_search_many`` counts its similarities (``SemSearchMany.get_stats``). An embedding that still fails is stored as
+the row's error in ``sem_index`` (its row shows ``_error``; the next refresh embeds it again); ``sem_search`` and
+``sem_search_many`` have no row to show it on, so it fails the view's version, which maintenance retries later.
 
 =====================  ===========================  ===========================  ===================================
 operator               insert                       update                       delete / TTL expiry
@@ -41,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from deltamem.changes import Delta, Row, RowKey, key_order
+from deltamem.changes import ERROR_COLUMN, Delta, Row, RowKey, key_order
 from deltamem.errors import SchemaError
 from deltamem.operators.base import Operator, OperatorContext, retract
 from deltamem.operators.vectors import (
@@ -69,7 +72,9 @@ class SemIndex(Operator):
 
     State, under ``op_id``: per key whose current row reached this operator with a non-NULL ``column``,
     ``StateEntry(key, vector_fingerprint(model, text), {}, {"model": model_id, "vector": base64 float32})``; no entry
-    for other keys. The input row itself is not stored: the view holds it.
+    for other keys. The input row itself is not stored (the view holds it), except while the row's embedding fails:
+    then the entry is ``StateEntry(key, fingerprint, row, None, error)``, the view's row shows ``_error``, and the
+    next refresh embeds it again.
     """
 
     kind: ClassVar[str] = "sem_index"
@@ -88,31 +93,65 @@ class SemIndex(Operator):
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         stored = ctx.get_state(self.op_id, [d.key for d in deltas])
         out: list[Delta] = []
-        indexed: list[tuple[RowKey, str, StateEntry | None]] = []
+        indexed: list[tuple[Delta, str, StateEntry | None]] = []
         for delta in deltas:
             old = stored.get(delta.key)
+            before_out = self._output(delta.before, old)
             if delta.forget or delta.after is None:
-                retracted = retract(self.op_id, delta, old, delta.before, ctx)
+                retracted = retract(self.op_id, delta, old, before_out, ctx)
                 out += [retracted] if retracted else []
                 continue
-            out.append(Delta(delta.key, delta.before, delta.after))
             text = text_of(delta.after, self.column)
             if text is not None:
-                indexed.append((delta.key, text, old))
-            elif old is not None:
+                indexed.append((delta, text, old))
+                continue
+            if old is not None:
                 ctx.delete_state(self.op_id, delta.key)
+            out.append(Delta(delta.key, before_out, delta.after))
+        touched = {d.key for d in deltas}
+        for failed in ctx.get_failed_state(self.op_id):  # embeddings that failed before: asked again
+            if failed.key not in touched:
+                row, text = failed.input_row, text_of(failed.input_row, self.column)
+                assert text is not None, "sem_index: an entry exists only for a row with text"
+                indexed.append((Delta(failed.key, row, row), text, failed))
         if indexed:
-            embedder = embedder_of(ctx, self.kind)
-            todo = []
-            for key, text, old in indexed:
-                fingerprint = vector_fingerprint(embedder.model_id, text)
-                if old is None or old.fingerprint != fingerprint:  # an unchanged text costs no embedding
-                    todo.append((key, text, fingerprint))
-            vectors = embedder.embed([text for _k, text, _f in todo]) if todo else []
-            for (key, _text, fingerprint), vector in zip(todo, vectors, strict=True):
-                value = {"model": embedder.model_id, "vector": encode_vector(vector)}
-                ctx.put_state(self.op_id, StateEntry(key, fingerprint, {}, value))
+            out += self._index(indexed, ctx)
         return [d for d in out if d.forget or d.before != d.after]
+
+    def _index(self, indexed: list[tuple[Delta, str, StateEntry | None]], ctx: OperatorContext) -> list[Delta]:
+        """Store the vector of each row's text (embedding only texts that changed or failed before) and return the
+        rows' output deltas: the row as it is, or with ``_error`` while its embedding fails."""
+        embedder = embedder_of(ctx, self.kind)
+        out: list[Delta] = []
+        todo: list[tuple[Delta, str, str, Row | None]] = []  # (delta, text, fingerprint, output before)
+        reasons: list[str] = []
+        for delta, text, old in indexed:
+            before_out = self._output(delta.before, old)
+            fingerprint = vector_fingerprint(embedder.model_id, text)
+            if old is not None and old.fingerprint == fingerprint and old.error is None:
+                out.append(Delta(delta.key, before_out, delta.after))  # an unchanged text costs no embedding
+                continue
+            todo.append((delta, text, fingerprint, before_out))
+            reasons.append("refresh" if ctx.building else "insert" if old is None else
+                           "retry" if old.error is not None else "update")
+        results = ctx.embed(self.op_id, [text for _d, text, _f, _b in todo], reasons)
+        for (delta, _text, fingerprint, before_out), result in zip(todo, results, strict=True):
+            assert delta.after is not None, "sem_index: only rows with an after-image are embedded"
+            if result.vector is None:  # the row is kept, to be embedded again at the next refresh
+                entry = StateEntry(delta.key, fingerprint, delta.after, None, result.error)
+            else:
+                entry = StateEntry(delta.key, fingerprint, {}, {"model": embedder.model_id,
+                                                                "vector": encode_vector(result.vector)})
+            ctx.put_state(self.op_id, entry)
+            out.append(Delta(delta.key, before_out, self._output(delta.after, entry)))
+        return out
+
+    @staticmethod
+    def _output(row: Row | None, entry: StateEntry | None) -> Row | None:
+        """The view's row for an input row: unchanged, or with ``_error`` while its embedding fails."""
+        if row is None or entry is None or entry.error is None:
+            return row
+        return {**row, ERROR_COLUMN: entry.error}
 
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "instruction": self.column}
@@ -215,7 +254,7 @@ class SemSearch(Operator):
         if not unscored and top is not None:
             return None
         embedder = embedder_of(ctx, self.kind)
-        todo: list[tuple[Delta, str, str]] = []
+        todo: list[tuple[Delta, str, str, StateEntry | None]] = []
         for delta, old, text in unscored:
             fingerprint = vector_fingerprint(embedder.model_id, text)
             if old is not None and old.fingerprint == fingerprint:
@@ -223,18 +262,22 @@ class SemSearch(Operator):
                 if old.input_row != delta.after:
                     ctx.put_state(self.op_id, StateEntry(delta.key, fingerprint, delta.after, old.value))
             else:
-                todo.append((delta, text, fingerprint))
+                todo.append((delta, text, fingerprint, old))
         query_fp = vector_fingerprint(embedder.model_id, self.query)
         fresh_query = top is None or top.fingerprint != query_fp
         if not todo and not fresh_query:
             return None
-        # One embedding call for the rows and, the first time only, the query.
-        vectors = embedder.embed(([self.query] if fresh_query else []) + [text for _d, text, _f in todo])
+        # One embedding call for the rows and, the first time only, the query. A failure fails the view's version
+        # (a top k has no place to show a row's error); maintenance retries it.
+        reasons = (["refresh" if top is None else "update"] if fresh_query else []) + [
+            "refresh" if ctx.building else "insert" if old is None else "update" for _d, _t, _f, old in todo]
+        vectors = ctx.embed_or_raise(self.op_id, ([self.query] if fresh_query else []) +
+                                     [text for _d, text, _f, _o in todo], reasons)
         query_vec = vectors[0] if fresh_query else decode_vector(top.value["query_vec"])
         row_vecs = vectors[1:] if fresh_query else vectors
         if todo:
             sims = similarities(row_vecs, query_vec[None, :])[:, 0]
-            for (delta, _text, fingerprint), sim in zip(todo, sims, strict=True):
+            for (delta, _text, fingerprint, _old), sim in zip(todo, sims, strict=True):
                 scores[delta.key] = float(sim)
                 ctx.put_state(self.op_id, StateEntry(delta.key, fingerprint, delta.after, {"score": float(sim)}))
         return query_vec if fresh_query else None

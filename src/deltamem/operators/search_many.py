@@ -193,7 +193,10 @@ class SemSearchMany(MultiInputOperator):
         self._take_queries(query_deltas, v, embedder, texts, ctx)
         self._take_data(data_deltas, v, embedder, texts, ctx)
         if texts:
-            vectors = embedder.embed(list(texts.values()))  # one embedding call for the whole version
+            # One embedding call for the whole version; a failure fails the version, which maintenance retries.
+            reasons = ["refresh" if ctx.building else "update" if key in (v.dropped if role == "data" else v.old_tops)
+                       else "insert" for role, key in texts]
+            vectors = ctx.embed_or_raise(self.op_id, list(texts.values()), reasons)
             for ((role, key), text), vector in zip(texts.items(), vectors, strict=True):
                 fingerprint = vector_fingerprint(embedder.model_id, text)
                 if role == "data":

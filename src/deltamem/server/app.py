@@ -3,6 +3,8 @@
     app = create_app(db, token="s3cret"); uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Every route but the page and its static files needs ``Authorization: Bearer <token>`` when the app has a token.
+Every request, the page's included, needs a ``Host`` the app answers to and no other site's ``Origin`` (see
+``hosts``), so that a web page the user visits cannot drive a local server.
 Request bodies are bounded (``max_body_bytes``) and validated before anything runs; a caller error is a 4xx whose
 ``detail`` says what is wrong, and the database is unchanged by a request that failed. Routes that touch the store
 are plain ``def``s (FastAPI runs them on its thread pool); only the subscription stream is async, so a waiting
@@ -14,7 +16,7 @@ subscriber holds no thread and a slow one never blocks a writer.
 import hmac
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -38,8 +40,10 @@ from deltamem.errors import (
 )
 from deltamem.server import reads
 from deltamem.server.feed import ChangeFeed, CommitSignal, Cursor
+from deltamem.server.hosts import HostGuard
 from deltamem.server.metrics import metrics_registry
 from deltamem.server.writes import Applied, ChangeItem, apply_changes
+from deltamem.sql.errors import InternalTable
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
@@ -47,9 +51,13 @@ if TYPE_CHECKING:
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_CHANGES = 10_000
+# Seconds a read over HTTP waits for a view to catch up before it answers 503: each waiting request holds one of the
+# server's threads, so an unbounded wait lets a maintenance backlog take them all.
+DEFAULT_READ_TIMEOUT = 5.0
 
-_STATUS = {NoTable: 404, NoView: 404, NoRow: 404, AlreadyExists: 409, DependentViews: 409, FreshnessTimeout: 503,
-           MaintenanceError: 503}
+# The first kind an error is an instance of wins: InternalTable is a NoTable, and a 403.
+_STATUS = {InternalTable: 403, NoTable: 404, NoView: 404, NoRow: 404, AlreadyExists: 409, DependentViews: 409,
+           FreshnessTimeout: 503, MaintenanceError: 503}
 
 
 class _ErrorCounter:
@@ -68,8 +76,15 @@ class _ErrorCounter:
         await self.app(scope, receive, counting_send if scope["type"] == "http" else send)
 
 
-def create_app(db: "Database", *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app for ``db``. ``token``, when set, is required as a bearer token on every API route."""
+def create_app(db: "Database", *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               allowed_hosts: Iterable[str] = (), read_timeout: float = DEFAULT_READ_TIMEOUT) -> FastAPI:
+    """The app for ``db``. ``token``, when set, is required as a bearer token on every API route. The app answers
+    to ``localhost``, ``127.0.0.1`` and ``[::1]`` and to the names in ``allowed_hosts`` (any port; ``"*"`` for any
+    name), and refuses other ``Host`` headers and other sites' ``Origin`` (``deltamem.server.hosts``). A read in
+    ``POST /sql`` waits at most ``read_timeout`` seconds for its view to reflect the latest commit, then answers 503
+    saying how far behind the view is; ``GET /views/{view}`` never waits."""
+    if not read_timeout > 0:
+        raise ValueError(f"read_timeout must be a positive number of seconds, got {read_timeout}")
     signal = CommitSignal(db)
     feed = ChangeFeed(db, signal)
     http_errors: Counter[int] = Counter()
@@ -96,7 +111,8 @@ def create_app(db: "Database", *, token: str | None = None, max_body_bytes: int 
         description="Continuous views of LLM operators, kept fresh incrementally. Every route but `/` needs "
                     "`Authorization: Bearer <token>` when the server has a token.",
     )
-    app.add_middleware(_ErrorCounter, counts=http_errors)
+    app.add_middleware(HostGuard, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(_ErrorCounter, counts=http_errors)  # added last, so outermost: it counts the refusals too
     guarded = [Depends(authorize)]
 
     @app.exception_handler(DeltamemError)
@@ -123,7 +139,7 @@ def create_app(db: "Database", *, token: str | None = None, max_body_bytes: int 
     @app.post("/sql", dependencies=guarded, tags=["writes"])
     def post_sql(statement: reads.SQLRequest) -> reads.SQLResult:
         """Run one statement of deltamem's SQL; ``params`` bind its ``?``, ``$1`` or ``:name`` placeholders."""
-        return reads.run_sql(db, statement)
+        return reads.run_sql(db, statement, read_timeout)
 
     # --- reads ------------------------------------------------------------------------------------------------------
     @app.get("/tables", dependencies=guarded, tags=["reads"])

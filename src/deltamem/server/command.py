@@ -1,10 +1,11 @@
 """``deltamem serve DB``: the HTTP API and the web page over one database file.
 
     deltamem serve app.db --llm test            # http://127.0.0.1:8000/
-    DELTAMEM_TOKEN=s3cret deltamem serve app.db --host 0.0.0.0
+    DELTAMEM_TOKEN=s3cret deltamem serve app.db --host 0.0.0.0 --allow-host box.lan
 
 The server binds to 127.0.0.1 unless told otherwise; binding to any other address needs a token (``--token`` or
-``DELTAMEM_TOKEN``), and with a token every API request needs ``Authorization: Bearer <token>``.
+``DELTAMEM_TOKEN``), and with a token every API request needs ``Authorization: Bearer <token>``. It answers to the
+address it binds, localhost names and each ``--allow-host``, and to no other ``Host`` (see ``deltamem.server.hosts``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Optional
 import typer
 
 from deltamem.errors import ConfigError
+from deltamem.server.app import DEFAULT_READ_TIMEOUT
 
 TOKEN_VARIABLE = "DELTAMEM_TOKEN"
 
@@ -37,13 +39,29 @@ def check_binding(host: str, token: str | None) -> None:
                           f"{TOKEN_VARIABLE} (clients then send 'Authorization: Bearer <token>'), or bind to 127.0.0.1")
 
 
+def allowed_hosts(host: str, allow_host: list[str]) -> list[str]:
+    """The names the server answers to besides localhost's: the bound address, unless it is a wildcard (0.0.0.0 or
+    ::, which no client addresses; those name the machine with --allow-host), and each ``--allow-host``."""
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False  # a host name
+    return [*([] if wildcard else [host]), *allow_host]
+
+
 def serve(
     db: str = typer.Argument(..., help="SQLite file (created if missing)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; other than loopback needs a token."),
     port: int = typer.Option(8000, help="Port to bind."),
     token: Optional[str] = typer.Option(None, envvar=TOKEN_VARIABLE, show_envvar=True,
                                         help="Bearer token every API request must send."),
+    allow_host: Optional[list[str]] = typer.Option(
+        None, "--allow-host", help="Also answer to this host name (repeatable), e.g. the machine's name when binding "
+                                   "0.0.0.0; '*' answers to any. Other Host headers are refused (DNS rebinding)."),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted, in MiB."),
+    read_timeout: float = typer.Option(
+        DEFAULT_READ_TIMEOUT, "--read-timeout",
+        help="Seconds a SQL read waits for its view to catch up before it answers 503 (saying how far behind)."),
     llm: str = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test."),
     embedder: str = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test."),
 ) -> None:
@@ -60,14 +78,21 @@ def serve(
         check_binding(host, token)
         if max_body_mb <= 0:
             raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
+        if not read_timeout > 0:
+            raise ConfigError(f"--read-timeout must be positive, got {read_timeout}")
         Path(db).parent.mkdir(parents=True, exist_ok=True)
         database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5)
     except dm.DeltamemError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
     try:
-        app = create_app(database, token=token, max_body_bytes=int(max_body_mb * 1024 * 1024))
+        names = allowed_hosts(host, allow_host or [])
+        app = create_app(database, token=token, max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_hosts=names,
+                         read_timeout=read_timeout)
         typer.echo(f"deltamem: serving {db} at http://{host}:{port}/" + (" (bearer token required)" if token else ""))
+        if not names:
+            typer.echo(f"deltamem: answering to localhost names only; add --allow-host NAME for the names clients "
+                       f"use to reach {host}")
         # Subscriptions never end on their own, so a graceful stop would wait for ever; after 3 s uvicorn cancels
         # them, and their clients resume with Last-Event-ID from another server.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

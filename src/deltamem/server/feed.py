@@ -7,6 +7,10 @@ Invariant: an event id is a position in the view's history. ``v:i`` names the i-
 once ``v`` is committed, so a client that reconnects with ``Last-Event-ID: v:i`` gets exactly the rows after that
 one: none lost, none repeated. The history is the queue: a slow client only falls behind in it, and no writer or
 other client ever waits for it.
+
+A feed follows one incarnation of the view (``ViewDef.id``), as ``deltamem.subscribe.Subscription`` does: once that
+view is dropped, here or by another process, the feed ends, even if a view of the same name exists again, and it
+delivers nothing of the new one (whose rows would land on the client's copy of the old one, never retracted).
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
 from fastapi.sse import format_sse_event
 
-from deltamem.errors import ConfigError
+from deltamem.errors import ConfigError, NoView
 from deltamem.store.base import ChangeRow
 
 if TYPE_CHECKING:
@@ -33,10 +37,15 @@ _VERSIONS_PER_READ = 256
 
 @dataclass(frozen=True)
 class Cursor:
-    """The last change row a client has: row ``index`` of ``version``, or all of ``version`` when ``index`` is None."""
+    """The last change row a client has: row ``index`` of ``version``, or all of ``version`` when ``index`` is None.
+
+    ``view_id`` is the incarnation whose history the position is in (``ViewDef.id``); None (as parsed from an event
+    id) means the view there when the feed starts.
+    """
 
     version: int
     index: int | None = None
+    view_id: int | None = None
 
     @classmethod
     def parse(cls, event_id: str) -> "Cursor":
@@ -127,19 +136,32 @@ class ChangeFeed:
 
     def start(self, view: str, last_event_id: str | None, after: int | None) -> Cursor:
         """Where a subscription starts: after ``Last-Event-ID`` if given, else after version ``after``, else after
-        the version the view reflects now (only new changes)."""
+        the version the view reflects now (only new changes). The cursor names the view there now."""
         self._db.view(view)  # NoView for an unknown name
+        view_id = self._incarnation(view)  # before the applied version: a drop after this ends the feed unread
         if last_event_id:
-            return Cursor.parse(last_event_id)
+            return replace(Cursor.parse(last_event_id), view_id=view_id)
         if after is not None:
-            return Cursor(after)
+            return Cursor(after, view_id=view_id)
         applied = self._db.store.get_applied_version(view)
-        return Cursor(-1 if applied is None else applied)
+        return Cursor(-1 if applied is None else applied, view_id=view_id)
+
+    def _incarnation(self, view: str) -> int:
+        view_id = self._db.store.get_view_id(view)
+        if view_id is None:  # in this process's catalog, but dropped by another process
+            raise NoView(f'View "{view}" was dropped')
+        return view_id
 
     async def batches(self, view: str, after: Cursor) -> AsyncIterator[list[ChangeEvent]]:
-        """Every change row of ``view`` after ``after``, a batch per store read, until the view is dropped; an
-        empty batch after ``keepalive`` seconds without changes, so the caller can keep the connection alive."""
+        """Every change row of ``view`` after ``after``, a batch per store read, until the view ``after`` names is
+        dropped; an empty batch after ``keepalive`` seconds without changes, so the caller can keep the connection
+        alive."""
         cursor = after
+        if cursor.view_id is None:
+            try:
+                cursor = replace(cursor, view_id=await anyio.to_thread.run_sync(self._incarnation, view))
+            except NoView:
+                return
         while True:
             woken = self._signal.arm()  # before the read: see CommitSignal.arm
             found, cursor, exists = await anyio.to_thread.run_sync(self._read, view, cursor)
@@ -151,22 +173,26 @@ class ChangeFeed:
                 yield []
 
     def _read(self, view: str, cursor: Cursor) -> tuple[list[ChangeEvent], Cursor, bool]:
-        if view not in self._db.views():
-            return [], cursor, False
-        applied = self._db.store.get_applied_version(view)
+        store = self._db.store
+        applied = store.get_applied_version(view)
         first = cursor.version if cursor.index is not None else cursor.version + 1
-        if applied is None or applied < first:
-            return [], cursor, True
-        last = min(applied, first + _VERSIONS_PER_READ - 1)
         events: list[ChangeEvent] = []
-        index, version = 0, first
-        for change in self._db.store.get_view_changes(view, first, last):
-            if change.version != version:
-                version, index = change.version, 0
-            if not (change.version == cursor.version and cursor.index is not None and index <= cursor.index):
-                events.append(ChangeEvent(f"{change.version}:{index}", change))
-            index += 1
-        return events, Cursor(last), True
+        after = cursor
+        if applied is not None and applied >= first:
+            last = min(applied, first + _VERSIONS_PER_READ - 1)
+            index, version = 0, first
+            for change in store.get_view_changes(view, first, last):
+                if change.version != version:
+                    version, index = change.version, 0
+                if not (change.version == cursor.version and cursor.index is not None and index <= cursor.index):
+                    events.append(ChangeEvent(f"{change.version}:{index}", change))
+                index += 1
+            after = Cursor(last, view_id=cursor.view_id)
+        # Checked after the reads, by id and not by name: ids are never reused, so if the view is still the cursor's
+        # one, everything read was its own; if not, what was read may be a new view's, and none of it goes out.
+        if store.get_view_id(view) != cursor.view_id:
+            return [], cursor, False
+        return events, after, True
 
 
 def parse_events(lines: Iterable[str]) -> Iterator[tuple[str, str | None, str]]:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from deltamem.changes import ERROR_COLUMN
-from deltamem.errors import NoRow
+from deltamem.errors import FreshnessTimeout, NoRow
+from deltamem.sql.catalog import Catalog
 from deltamem.sql.dialect import parse
-from deltamem.sql.executor import execute, view_columns
+from deltamem.sql.executor import bounded_reads, execute, view_columns
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
@@ -131,7 +132,7 @@ def parse_key(text: str) -> str | int:
 
 def tables(db: "Database") -> list[TableInfo]:
     found = []
-    for name in db.tables():
+    for name in Catalog(db).tables():  # internal tables left out
         definition = db._table_def(name)
         columns = None if definition.columns is None else {c: t.value for c, t in definition.columns.items()}
         found.append(TableInfo(name=name, key=definition.key, columns=columns, ttl_seconds=definition.ttl,
@@ -168,14 +169,21 @@ def read_view(db: "Database", name: str, as_of: int | None) -> ViewRead:
                     lag_versions=read.lag, lag_seconds=read.lag_seconds)
 
 
-def run_sql(db: "Database", request: SQLRequest) -> SQLResult:
+def run_sql(db: "Database", request: SQLRequest, read_timeout: float | None) -> SQLResult:
+    """Run ``request``'s one statement; a read of a view waits at most ``read_timeout`` seconds for the latest
+    commit, so that a backlog of maintenance cannot hold the server's threads (``FreshnessTimeout`` then)."""
     from deltamem.sql.errors import NotSupported
 
     statements = parse(request.sql)
     if len(statements) != 1:
         raise NotSupported(f"POST /sql runs exactly one statement; got {len(statements)}. Send them one at a time")
-    # read_files=False: COPY would read any file the server can; an HTTP client posts its rows to /tables instead.
-    result = execute(db, request.sql, request.params, read_files=False)
+    try:
+        with bounded_reads(read_timeout):
+            # read_files=False: COPY would read any file the server can; an HTTP client posts rows to /tables instead.
+            result = execute(db, request.sql, request.params, read_files=False)
+    except FreshnessTimeout as exc:
+        raise FreshnessTimeout(f"{exc}. GET /views/{exc.view} answers its rows at once, with their version and lag",
+                               exc.view) from exc
     rows = json.loads(json.dumps([list(row) for row in result.rows], default=str))
     return SQLResult(status=result.status, columns=result.columns, rows=rows, version=result.version)
 
@@ -249,7 +257,7 @@ def commit_log(db: "Database", limit: int) -> list[CommitInfo]:
     latest = db.version
     first = max(1, latest - limit + 1)
     by_version: dict[int, dict[str, TableChanges]] = {v: {} for v in range(first, latest + 1)}
-    for change in db.store.get_changes(first, latest, db.tables()):
+    for change in db.store.get_changes(first, latest, Catalog(db).tables()):  # internal tables left out
         counts = by_version[change.version].setdefault(change.table, TableChanges())
         field = {"insert": "inserted", "update": "updated", "delete": "deleted", "expire": "expired"}[change.kind]
         setattr(counts, field, getattr(counts, field) + 1)

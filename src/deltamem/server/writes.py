@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deltamem.errors import DeltamemError, LoadError, NoTable, did_you_mean
 from deltamem.ingest import Record, event_records
+from deltamem.sql.catalog import Catalog, refuse_internal
 
 if TYPE_CHECKING:
     from deltamem.engine import Database
@@ -72,8 +73,10 @@ class ChangeError(DeltamemError):
 
 def apply_changes(db: "Database", table: str, changes: Sequence[Upsert | Delete | DebeziumEvent]) -> Applied:
     """Apply ``changes`` to ``table`` as one version (see the module docstring); positions count from 0."""
-    if table not in db.tables():
-        raise NoTable(f'Table "{table}" does not exist.' + did_you_mean(table, db.tables()))
+    refuse_internal(table)
+    public = Catalog(db).tables()
+    if table not in public:
+        raise NoTable(f'Table "{table}" does not exist.' + did_you_mean(table, public))
     target = db.table(table)
     with db.batch() as batch:
         for position, change in enumerate(changes):

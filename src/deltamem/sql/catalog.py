@@ -5,7 +5,8 @@
 Invariant: the catalog only reads. SQL keeps what the engine does not in the hidden table ``_sql_catalog``, one row
 per table created by SQL: its kind (``table`` or ``stream``), its columns in declared order (a store written before
 ``TableDef`` kept the order has a table's columns sorted by name) and, for a stream, its next sequence number. Tables whose names start with ``_sql_``
-belong to the SQL layer and are never listed.
+belong to the SQL layer: ``is_internal`` is the one rule, and no SQL statement or HTTP route lists, reads, writes,
+creates or drops them (``refuse_internal`` raises ``InternalTable``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deltamem.errors import NoTable, NoView, did_you_mean
+from deltamem.sql.errors import InternalTable
 from deltamem.store.base import TableDef
 
 if TYPE_CHECKING:
@@ -23,6 +25,18 @@ HIDDEN_PREFIX = "_sql_"
 CATALOG_TABLE = "_sql_catalog"
 CATALOG_COLUMNS = {"name": "text", "kind": "text", "columns": "json", "next_seq": "int"}  # key: name
 SEQUENCE_COLUMN = "seq"  # a stream's implicit key column
+
+
+def is_internal(name: str) -> bool:
+    """True for a name of deltamem's own tables (``_sql_catalog``), whether or not such a table exists yet."""
+    return name.startswith(HIDDEN_PREFIX)
+
+
+def refuse_internal(name: str) -> None:
+    """Raise ``InternalTable`` when ``name`` is internal (see ``is_internal``)."""
+    if is_internal(name):
+        raise InternalTable(f'Table "{name}" is internal to deltamem: names starting with {HIDDEN_PREFIX!r} are kept '
+                            "by the SQL layer and cannot be read or written; SHOW TABLES lists the tables you can")
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ class Catalog:
         self.db = db
 
     def tables(self) -> list[str]:
-        return [t for t in self.db.tables() if not t.startswith(HIDDEN_PREFIX)]
+        return [t for t in self.db.tables() if not is_internal(t)]
 
     def views(self) -> list[str]:
         return list(self.db.views())
@@ -67,7 +81,9 @@ class Catalog:
         return name in self.tables() or name in self.views()
 
     def resolve(self, name: str, *, kinds: tuple[str, ...] = ("table", "view")) -> Source:
-        """The table or view called ``name``, or ``NoTable``/``NoView`` naming the closest names of those kinds."""
+        """The table or view called ``name``, or ``NoTable``/``NoView`` naming the closest names of those kinds
+        (``InternalTable`` for an internal name)."""
+        refuse_internal(name)
         if "table" in kinds and name in self.tables():
             return Source("table", name)
         if "view" in kinds and name in self.views():

@@ -8,7 +8,7 @@ Invariant: a ``SQLSyntaxError`` always points into the text it was raised for (`
 
 from __future__ import annotations
 
-from deltamem.errors import DeltamemError
+from deltamem.errors import DeltamemError, NoTable
 
 
 class SQLSyntaxError(DeltamemError):
@@ -37,3 +37,9 @@ class NotSupported(DeltamemError):
 
 class BindError(DeltamemError):
     """Raised when a statement's parameters (``?``, ``$1``, ``:name``) and the values given do not match."""
+
+
+class InternalTable(NoTable):
+    """Raised when a statement or an HTTP request names one of deltamem's own tables (``_sql_catalog``); they are
+    kept consistent by deltamem alone, so no caller may read or write them. A ``NoTable``, so a caller that handles a
+    missing table handles this too."""

@@ -4,6 +4,8 @@
 
 Invariant: a statement that fails changes nothing. Every multi-row write goes through one ``db.batch()``, which
 commits as one version or not at all, and planning checks names, columns and options before the first write.
+INSERT, UPDATE and DELETE read what they decide on (the key check, WHERE, SET) inside their own write transaction
+(``db.batch(atomic=True)``), so each is atomic with respect to every other writer, in this process or another.
 Statements of a script run in order; a syntax error anywhere stops the script before its first statement runs.
 Reads of views wait until the view reflects the latest commit (``rows(fresh=True)``), so a script reads what it wrote.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +38,13 @@ from deltamem.sql.relations import JoinHead, RelationPlan
 if TYPE_CHECKING:
     from deltamem.engine import Database
 
-READ_TIMEOUT: float | None = None  # seconds a read waits for freshness; None waits for as long as maintenance takes
+# Seconds a read of a view waits for freshness, for the statements run in this context (``bounded_reads``): None, the
+# default of the shell and of scripts, waits for as long as maintenance takes; the HTTP server sets a bound.
+_READ_TIMEOUT: ContextVar[float | None] = ContextVar("read_timeout", default=None)
 # Stream sequence numbers are read and written under this lock, so two threads of one process never hand out the
-# same number. NOTE(sql): two processes inserting into one stream at once can; the engine has no sequences yet.
+# same number. INSERT also reads and writes them inside its write transaction, which makes INSERTs safe across
+# processes. NOTE(sql): COPY reads the number before its transaction, so a COPY and an INSERT (or two COPYs) into one
+# stream from two processes at once can still hand out the same number; the engine has no sequences yet.
 _SEQUENCE_LOCK = threading.Lock()
 
 
@@ -57,11 +65,13 @@ class Result:
     def rich_table(self, title: str | None = None):  # -> rich.table.Table; rich is imported only by the CLI
         from rich.table import Table
 
+        from deltamem.display import literal
+
         table = Table(title=title, title_justify="left")
         for column in self.columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(literal(column), overflow="fold")
         for row in self.rows:
-            table.add_row(*(format_value(v) for v in row))
+            table.add_row(*(literal(format_value(v)) for v in row))
         return table
 
 
@@ -97,6 +107,17 @@ def execute_script(db: "Database", sql: str, params: Sequence[Any] | Mapping[str
     for statement in statements:
         plan = plan_statement(statement.expression, Catalog(db), bound, base_dir=base_dir, read_files=read_files)
         yield statement, run_plan(db, plan)
+
+
+@contextmanager
+def bounded_reads(seconds: float | None) -> Iterator[None]:
+    """Make the view reads of the statements run in this block (SELECT, SUBSCRIBE, EXPLAIN ... KEY, SHOW VIEWS and
+    SHOW USAGE) wait at most ``seconds`` for the latest commit, then raise ``FreshnessTimeout``; None waits on."""
+    token = _READ_TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        _READ_TIMEOUT.reset(token)
 
 
 def run_plan(db: "Database", plan: Plan) -> Result:
@@ -176,7 +197,7 @@ def _insert(db: "Database", plan: Insert) -> Result:
     table = db.table(plan.table)
     key = table.key
     rows = [dict(row) for row in plan.rows]
-    with _SEQUENCE_LOCK:
+    with _SEQUENCE_LOCK, db.batch(atomic=True) as batch:  # the key check and the write: one transaction
         counter = None
         if plan.stream and key == SEQUENCE_COLUMN:
             counter = _next_sequence(db, plan.table)
@@ -195,12 +216,11 @@ def _insert(db: "Database", plan: Insert) -> Result:
             kept.append(row)
         if not kept:
             return Result("INSERT 0")
-        with db.batch() as batch:
-            table.upsert(kept)
-            if counter is not None:
-                entry = Catalog(db).entry(plan.table)
-                assert entry is not None, "sql: a stream with an implicit key has a catalog row"
-                db.table(CATALOG_TABLE).upsert({**entry, "next_seq": counter})
+        table.upsert(kept)
+        if counter is not None:
+            entry = Catalog(db).entry(plan.table)
+            assert entry is not None, "sql: a stream with an implicit key has a catalog row"
+            db.table(CATALOG_TABLE).upsert({**entry, "next_seq": counter})
     return Result(f"INSERT {len(kept)}", version=batch.version)
 
 
@@ -243,17 +263,17 @@ def _copy(db: "Database", plan: CopyPlan) -> Result:
 
 def _update(db: "Database", plan: Update) -> Result:
     table = db.table(plan.table)
-    current = table.rows()
-    matched = [row for row in current if plan.where is None or is_true(plan.where(row))]
-    if not matched:
-        return Result("UPDATE 0")
-    new_rows = [{**row, **{column: value(row) for column, value in plan.assignments.items()}} for row in matched]
-    moved = [old[plan.key] for old, new in zip(matched, new_rows, strict=True) if new[plan.key] != old[plan.key]]
-    untouched = {row[plan.key] for row in current} - {row[plan.key] for row in matched}
-    for new in new_rows:
-        if new[plan.key] in untouched:
-            raise PrimaryKeyError(f'UPDATE would give two rows of table "{plan.table}" the key {new[plan.key]!r}')
-    with db.batch() as batch:
+    with db.batch(atomic=True) as batch:  # WHERE and SET read the rows this commit replaces: no write lands between
+        current = table.rows()
+        matched = [row for row in current if plan.where is None or is_true(plan.where(row))]
+        if not matched:
+            return Result("UPDATE 0")
+        new_rows = [{**row, **{column: value(row) for column, value in plan.assignments.items()}} for row in matched]
+        moved = [old[plan.key] for old, new in zip(matched, new_rows, strict=True) if new[plan.key] != old[plan.key]]
+        untouched = {row[plan.key] for row in current} - {row[plan.key] for row in matched}
+        for new in new_rows:
+            if new[plan.key] in untouched:
+                raise PrimaryKeyError(f'UPDATE would give two rows of table "{plan.table}" the key {new[plan.key]!r}')
         if moved:
             table.delete(moved)  # first: in a batch the last write of a key wins, and the new rows come next
         table.upsert(new_rows)
@@ -262,10 +282,10 @@ def _update(db: "Database", plan: Update) -> Result:
 
 def _delete(db: "Database", plan: Delete) -> Result:
     table = db.table(plan.table)
-    keys = [row[plan.key] for row in table.rows() if plan.where is None or is_true(plan.where(row))]
-    if not keys:
-        return Result("DELETE 0")
-    with db.batch() as batch:
+    with db.batch(atomic=True) as batch:  # WHERE reads the rows this commit deletes: the count is what it deleted
+        keys = [row[plan.key] for row in table.rows() if plan.where is None or is_true(plan.where(row))]
+        if not keys:
+            return Result("DELETE 0")
         table.delete(keys)
     return Result(f"DELETE {len(keys)}", version=batch.version)
 
@@ -276,7 +296,7 @@ def _delete(db: "Database", plan: Delete) -> Result:
 def _read(db: "Database", kind: str, name: str, as_of: int | None) -> tuple[list[Row], int]:
     if kind == "table":
         return db.table(name).rows(), db.version
-    read = db.view(name).rows(fresh=True, as_of=as_of, timeout=READ_TIMEOUT)
+    read = db.view(name).rows(fresh=True, as_of=as_of, timeout=_READ_TIMEOUT.get())
     return read.rows, read.version
 
 
@@ -310,7 +330,7 @@ def _sort_key(value: Any, descending: bool) -> tuple[Any, ...]:
 
 def _subscribe(db: "Database", plan: SubscribePlan) -> Result:
     view = db.view(plan.view)
-    now = view.rows(fresh=True, timeout=READ_TIMEOUT)
+    now = view.rows(fresh=True, timeout=_READ_TIMEOUT.get())
     if plan.as_of is None:
         start, changes = now.version, [(now.version, 1, row) for row in now.rows]
     else:
@@ -346,7 +366,7 @@ def _explain(db: "Database", plan: ExplainPlan) -> Result:
     view = db.view(plan.view)
     if plan.key is None:
         return Result(f"EXPLAIN VIEW {plan.view}", ["operator", "input", "parameters"], _graph(view.definition.plan))
-    view.rows(fresh=True, timeout=READ_TIMEOUT)
+    view.rows(fresh=True, timeout=_READ_TIMEOUT.get())
     report = view.explain(plan.key)
     rows: list[tuple[Any, ...]] = [("row", json.dumps(report["row"], sort_keys=True))]
     for op, state in report["operators"].items():
@@ -408,7 +428,7 @@ def _show(db: "Database", plan: Show) -> Result:
             rows.append((name, "stream" if name in streams else "table", t.key, columns,
                          None if t.ttl is None else _duration(t.ttl), t.ttl_column, t.expire.value if t.ttl else None))
         return Result(f"SHOW {len(rows)}", ["name", "kind", "key", "columns", "ttl", "ttl_column", "expire"], rows)
-    db.maintain(READ_TIMEOUT)  # views and costs as of the latest commit
+    db.maintain(_READ_TIMEOUT.get())  # views and costs as of the latest commit
     if plan.what == "VIEWS":
         rows = [(name, db.view(name).definition.describe(), db.view(name).version) for name in catalog.views()]
         return Result(f"SHOW {len(rows)}", ["name", "definition", "version"], rows)

@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from deltamem.changes import ColumnType
 from deltamem.errors import AlreadyExists, ConfigError, SchemaError, did_you_mean
-from deltamem.sql.catalog import SEQUENCE_COLUMN, Catalog, Source
+from deltamem.sql.catalog import SEQUENCE_COLUMN, Catalog, Source, refuse_internal
 from deltamem.sql.copy_from import CopyPlan, plan_copy
 from deltamem.sql.dialect import ContinuousView, ExplainView, LLMGenerate, ShowObjects, Subscribe
 from deltamem.sql.drop import DropPlan, plan_drop
@@ -129,6 +129,10 @@ def plan_statement(expression: exp.Expr, catalog: Catalog, params: Params, *, ba
     """The plan for one statement, parameters bound; raises a ``DeltamemError`` naming what is wrong. ``base_dir``
     is where COPY's relative paths start (default: the working directory); ``read_files=False`` refuses COPY."""
     tree = params.bind(expression)
+    # Every table the statement names, before any lookup: CREATE and DROP ... IF EXISTS would otherwise reach an
+    # internal name without resolving it (the catalog's resolve refuses the names that are not Table nodes).
+    for table in tree.find_all(exp.Table):
+        refuse_internal(table.name)
     if isinstance(tree, exp.Create):
         return _create_table(tree, catalog)
     if isinstance(tree, ContinuousView):

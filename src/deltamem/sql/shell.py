@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deltamem.display import literal
 from deltamem.errors import DeltamemError
 from deltamem.sql.dialect import is_complete
 from deltamem.sql.executor import Result, execute_script, follow, format_value
@@ -37,14 +38,14 @@ def print_result(console: "Console", result: Result) -> None:
     if result.columns:
         console.print(result.rich_table())
     status = result.status + (f" (version {result.version})" if result.version is not None else "")
-    console.print(status, markup=False, highlight=False)
+    console.print(literal(status))
 
 
 def echo_statement(console: "Console", text: str) -> None:
     """A statement as the shell shows it typed, for script transcripts."""
     lines = text.splitlines() or [""]
     transcript = "\n".join((PROMPT if i == 0 else CONTINUATION) + line for i, line in enumerate(lines)) + ";"
-    console.print(transcript, markup=False, highlight=False, soft_wrap=True)
+    console.print(literal(transcript), soft_wrap=True)  # the statement's strings are data
 
 
 def run_script(db: "Database", text: str, console: "Console", *, echo: bool = True,
@@ -103,7 +104,7 @@ def _run(db: "Database", text: str, console: "Console") -> None:
             if result.view is not None and result.version is not None and sys.stdin.isatty():
                 _follow(db, result.view, result.version, console)
     except DeltamemError as exc:
-        console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        console.print(literal(f"Error: {exc}"), soft_wrap=True)  # the message quotes the offending values
     except KeyboardInterrupt:
         console.print("cancelled (statements already committed stay)", markup=False, highlight=False)
 

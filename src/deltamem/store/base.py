@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,9 +223,11 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One model call as the ledger records it. ``outcome`` is ``paid``, ``memo`` (a hit: nothing paid) or ``failed``.
+    """One model call as the ledger records it. ``outcome`` is ``paid``, ``memo`` (a hit: nothing paid), ``failed``,
+    or ``interrupted``: the call was in flight when its process died, so it may have been paid and its result is lost.
 
-    For a memo hit the token counts are what the original call cost, i.e. what the hit saved.
+    For a memo hit the token counts are what the original call cost, i.e. what the hit saved; an interrupted call's
+    are 0 (unknown), its ``ts`` is when it started, and its ``error`` names the process.
     """
 
     ts: float
@@ -240,6 +243,19 @@ class LedgerEntry:
     seconds: float
     call_hash: str
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class CallInFlight:
+    """A call this process is about to pay (``Store.begin_call``): on the store until its ledger entry is written."""
+
+    started_at: float
+    version: int | None
+    view: str
+    operator: str
+    reason: str
+    model: str
+    call_hash: str
 
 
 @dataclass(frozen=True)
@@ -305,6 +321,14 @@ class Store(abc.ABC):
 
         A write of a row equal to the stored one, or a delete of an absent key, makes no change, but the version
         is still allocated so that a caller can always wait for the version it was given.
+        """
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction around the calls this thread makes in the block: taken at once, so every other
+        writer, in this process or another, waits until the block ends; reads in it see the latest commit, and its
+        writes (``commit``, ``drop``) are kept together, or rolled back together if the block raises. That makes a
+        read-modify-write atomic. Other threads' calls wait for the block: keep it short.
         """
 
     @abc.abstractmethod
@@ -394,8 +418,21 @@ class Store(abc.ABC):
     def get_memo(self, call_hash: str) -> Completion | None: ...
 
     @abc.abstractmethod
-    def record_call(self, entry: LedgerEntry, memo: Completion | None = None) -> None:
-        """Append ``entry`` to the ledger and, for a paid call, store its result in the memo: one transaction."""
+    def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
+        """Append ``entry`` to the ledger and, for a paid call, store its result in the memo, and end the call in
+        flight ``in_flight`` (``begin_call``'s id): one transaction."""
+
+    @abc.abstractmethod
+    def begin_call(self, call: CallInFlight) -> int:
+        """Note, before the backend is asked, that this process is paying ``call``; return the id that
+        ``record_call`` takes to end it. A call whose process dies before then is left for ``take_interrupted_calls``.
+        """
+
+    @abc.abstractmethod
+    def take_interrupted_calls(self) -> list[LedgerEntry]:
+        """Move the calls in flight of processes that are gone to the ledger, as ``interrupted`` entries, and return
+        them, oldest first. One transaction, so each is taken once, by one process; a call of a live process (this
+        one or another), or of one this process cannot check, stays where it is."""
 
     @abc.abstractmethod
     def get_ledger_totals(self) -> list[LedgerTotals]: ...

@@ -5,7 +5,8 @@
     1
 
 One connection is shared by the threads of a process behind a re-entrant lock; every write is one ``BEGIN
-IMMEDIATE`` transaction, so several processes on one file serialise on SQLite's own lock. ``synchronous=FULL``
+IMMEDIATE`` transaction, so several processes on one file serialise on SQLite's own lock. ``transaction()`` holds
+one such transaction across several calls, and the writes inside it nest as savepoints. ``synchronous=FULL``
 makes a commit survive a killed process and a power cut alike.
 """
 
@@ -23,6 +24,7 @@ from deltamem.errors import NoTable
 from deltamem.llm.base import Completion
 from deltamem.store.base import (
     CallCost,
+    CallInFlight,
     ChangeRow,
     Decision,
     Dropped,
@@ -36,11 +38,13 @@ from deltamem.store.base import (
     ViewDef,
     resolve_drop,
 )
+from deltamem.store.processes import is_gone, this_process
 from deltamem.store.sqlite_schema import create_or_upgrade
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    # allow_nan=False: json.dumps would write NaN/Infinity, which SQLite's json_extract rejects on every later read.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _loads(text: str | None) -> Any:
@@ -53,6 +57,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str):
         self.path = path
         self._lock = threading.RLock()
+        self._writing = False  # a write transaction is open (on the thread holding _lock)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
@@ -63,13 +68,26 @@ class SQLiteStore(Store):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            # Nested only inside transaction() on this thread, as the lock is held for a whole transaction: then a
+            # savepoint, so that a write that fails still changes nothing while the enclosing block goes on.
+            nested = self._writing
+            self._conn.execute("SAVEPOINT nested_write" if nested else "BEGIN IMMEDIATE")
+            self._writing = True
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK TO nested_write" if nested else "ROLLBACK")
+                if nested:
+                    self._conn.execute("RELEASE nested_write")
                 raise
-            self._conn.execute("COMMIT")
+            finally:
+                self._writing = nested
+            self._conn.execute("RELEASE nested_write" if nested else "COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._write():
+            yield
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
@@ -236,11 +254,14 @@ class SQLiteStore(Store):
 
     def get_snapshot(self, tables: Sequence[str]) -> tuple[int, dict[str, dict[RowKey, Row]]]:
         with self._lock:
-            self._conn.execute("BEGIN")  # one read transaction: no commit can land between the reads
+            own = not self._writing  # inside transaction() the reads are one transaction already
+            if own:
+                self._conn.execute("BEGIN")  # one read transaction: no commit can land between the reads
             try:
                 return self.get_latest_version(), {table: self.get_rows(table) for table in tables}
             finally:
-                self._conn.execute("COMMIT")
+                if own:
+                    self._conn.execute("COMMIT")
 
     def get_row(self, table: str, key: RowKey) -> Row | None:
         found = self._query("SELECT row FROM rows WHERE tbl = ? AND key = ?", (table, key))
@@ -432,21 +453,43 @@ class SQLiteStore(Store):
         )
         return Completion(*found[0]) if found else None
 
-    def record_call(self, entry: LedgerEntry, memo: Completion | None = None) -> None:
+    def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO ledger (ts, version, view, operator, reason, model, outcome, prompt_tokens, "
-                "reused_tokens, output_tokens, seconds, call_hash, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
-                 entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash,
-                 entry.error),
-            )
+            _append_ledger(conn, entry, in_flight)
             if memo is not None:
                 conn.execute(
                     "INSERT OR IGNORE INTO memo VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
                      memo.output_tokens, memo.seconds, memo.finish_reason),
                 )
+
+    def begin_call(self, call: CallInFlight) -> int:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO calls_in_flight (started_at, version, view, operator, reason, model, call_hash, host, "
+                "pid, process) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (call.started_at, call.version, call.view, call.operator, call.reason, call.model, call.call_hash,
+                 *this_process()),
+            )
+            assert cursor.lastrowid is not None, "store: an INSERT has a rowid"
+            return cursor.lastrowid
+
+    def take_interrupted_calls(self) -> list[LedgerEntry]:
+        taken = []
+        with self._write() as conn:
+            for record in conn.execute(
+                "SELECT id, started_at, version, view, operator, reason, model, call_hash, host, pid, process "
+                "FROM calls_in_flight ORDER BY id"
+            ).fetchall():
+                flight, started_at, version, view, operator, reason, model, h, host, pid, process = record
+                if not is_gone(host, pid, process):
+                    continue
+                entry = LedgerEntry(started_at, version, view, operator, reason, model, "interrupted", 0, 0, 0, 0.0,
+                                    h, f"in flight when process {pid} on {host} died: its result, if it was paid, "
+                                       "was lost, and the call is paid again when the view still needs it")
+                _append_ledger(conn, entry, flight)  # in this transaction: each row is taken once
+                taken.append(entry)
+        return taken
 
     def get_ledger(self, view: str | None = None) -> list[LedgerEntry]:
         columns = "ts, version, view, operator, reason, model, outcome, prompt_tokens, reused_tokens, " \
@@ -463,6 +506,18 @@ class SQLiteStore(Store):
             "SUM(seconds) FROM ledger GROUP BY view, operator, outcome ORDER BY view, operator, outcome"
         )
         return [LedgerTotals(*record) for record in found]
+
+
+def _append_ledger(conn: sqlite3.Connection, entry: LedgerEntry, in_flight: int | None) -> None:
+    """Write ``entry`` to the ledger and delete the call in flight ``in_flight`` (the caller's transaction)."""
+    if in_flight is not None:
+        conn.execute("DELETE FROM calls_in_flight WHERE id = ?", (in_flight,))
+    conn.execute(
+        "INSERT INTO ledger (ts, version, view, operator, reason, model, outcome, prompt_tokens, "
+        "reused_tokens, output_tokens, seconds, call_hash, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
+         entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash, entry.error),
+    )
 
 
 def _state_entry(record: tuple) -> StateEntry:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
-# Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there).
-_UPGRADABLE = {2}
+SCHEMA_VERSION = 4
+# Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there.
+# 4 added calls_in_flight, empty at the upgrade: a call of an older process is not there to be reported).
+_UPGRADABLE = {2, 3}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,7 +64,15 @@ CREATE TABLE IF NOT EXISTS view_incarnations (
     base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
     base_seconds REAL NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS view_incarnations_live ON view_incarnations (name) WHERE dropped_version IS NULL;
+CREATE TABLE IF NOT EXISTS calls_in_flight (
+    id INTEGER PRIMARY KEY, started_at REAL NOT NULL, version INTEGER, view TEXT NOT NULL, operator TEXT NOT NULL,
+    reason TEXT NOT NULL, model TEXT NOT NULL, call_hash TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, process TEXT NOT NULL);
 """
+# ``calls_in_flight`` holds a row per call a process is paying, from before the backend is asked until its ledger
+# entry is written (in the same transaction that deletes the row): a row whose process is gone is a call that may
+# have been paid and whose result is lost. ``host``, ``pid`` and ``process`` (a random id per process) say whose
+# it is; see ``SQLiteStore.take_interrupted_calls``.
 # NOTE(store): ``view_incarnations`` was added without a schema version bump: it is a new table, created where missing,
 # and the views of an older file get their incarnation when it is opened (below). One row per view ever created: the
 # live one has ``dropped_version`` NULL; a dropped one keeps its full-recompute baseline for ``get_baselines``.
