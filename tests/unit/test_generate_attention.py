@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deltamem.llm.base import Attribution, BackendCapabilities
+from deltamem.llm.base import Attribution
 from deltamem.operators.generate import ATTENTION_THRESHOLD
 from tests.helpers import AttendingLLM, scripted_db
 
@@ -149,39 +149,3 @@ def test_after_three_approximate_answers_in_a_row_the_next_refresh_is_exact():
     assert [d.strategy for d in decided] == ["skip", "skip", "skip", "full", "skip"]
     assert "exact after 3 approximate answers" in decided[3].reason and decided[3].calls == 1
     assert view.rows()[0]["answer"] == "Alan studied at Cambridge."
-
-
-class BlendingLLM(AttendingLLM):
-    """``AttendingLLM`` on a backend that scores drafts and can blend KV; it answers exactly either way and records
-    whether each call was asked to blend."""
-
-    capabilities = BackendCapabilities(attention=True, kv_cache=True, logits=True, kv_blend=True)
-
-    def __init__(self):
-        super().__init__()
-        self.blends = []
-
-    def complete(self, request, cache_key=None, draft=None, attribute_to=None, blend=False):
-        self.blends.append(blend)
-        return super().complete(request, attribute_to=attribute_to)
-
-
-def test_auto_blends_only_where_the_answer_paid_little_attention_to_what_changed():
-    llm = BlendingLLM()
-    db = scripted_db(llm=llm)
-    db.table("questions", key="qid", columns=QUESTIONS).upsert({"qid": "q1", "question": "Where did Alan study?"})
-    db.table("docs", key="doc_id", columns=DOCS).upsert([ALAN, TEA])
-    view = db.generate("answers", prompt="Answer from the documents.", context=db.table("questions"),
-                       data_source=db.table("docs"), strategy="auto", shadow=0.0)
-    view.rows(fresh=True)
-    db.table("docs").upsert({**TEA, "text": "Tea is a drink. Tea grows on shrubs."})  # 0% of its attention
-    view.rows(fresh=True)
-    (decision,) = latest(db)
-    assert llm.blends[-1] is True and decision.strategy == "verify" and decision.evidence == 0.0
-    assert "on KV blended beyond the prefix" in decision.reason and "(exact)" in decision.reason
-    db.table("docs").upsert({**ALAN, "text": "Alan was born in 1912. Alan read maths at Cambridge."})
-    view.rows(fresh=True)
-    (decision,) = latest(db)  # all its attention was on the edited sentence: tested exactly, no blend
-    assert llm.blends[-1] is False and decision.strategy == "regenerate" and decision.evidence == 1.0
-    assert "exactly, as its answer paid 100.0% of its attention to what changed" in decision.reason
-    assert view.rows()[0]["answer"] == "Alan read maths at Cambridge."

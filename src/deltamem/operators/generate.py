@@ -26,9 +26,7 @@ patch       an edit substituted a value (a number, date or name) that the answer
 verify      on a backend with KV caches: re-score the old answer as a draft against the new prompt, on KV blended
             beyond the prefix where the backend can (``deltamem.llm.kv_blend``); a draft it reproduces with a clear
             margin is kept (approximate on blended KV, exact otherwise), and any other outcome falls through to the
-            exact regenerate in the same call. Logged as ``verify`` when the answer was kept, else ``regenerate``.
-            ``auto`` skips the blend, testing the draft exactly at once, when the answer paid at least the attention
-            threshold to the changed sentences
+            exact regenerate in the same call. Logged as ``verify`` when the answer was kept, else ``regenerate``
 regenerate  on a backend with KV caches: reuse the prompt KV up to the first changed token and re-score the old answer
             as a draft in one pass; token for token what ``full`` gives, for greedy decoding
 append      ``LLM(C + LLM(C) + ΔC)``: the old answer stays in the conversation and the delta is a new turn; past
@@ -321,18 +319,12 @@ class GenerateOperator(MultiInputOperator):
         why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
         draft = tuple(old.value.get("output_ids") or ()) or None
         if self.strategy in ("auto", "verify") and kv and draft and not exact_now:
-            blend, how = can.kv_blend, "on KV blended beyond the prefix, then exactly if that is not conclusive"
-            share = attention_share(old.value.get("attribution"), in_prompt & set(changes.removed))
-            if blend and self.strategy == "auto" and share is not None and share >= calibration.attention_threshold:
-                # A blend keeps the old KV of what follows the edit: where the answer read the changed sentences,
-                # it is likely inconclusive (then paid for nothing) or wrong, so test the draft exactly at once.
-                blend, how = False, f"exactly, as its answer paid {share:.1%} of its attention to what changed"
-            elif not blend:
-                how = "exactly"
+            blend = can.kv_blend
             spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft, attribute_to=attribute_to,
                             blend=blend)
+            how = "on KV blended beyond the prefix, then exactly if that is not conclusive" if blend else "exactly"
             return _Planned(key, item, spec, "verify", f"{why}; re-scoring its answer {how}", value, h, old,
-                            changes=changes, evidence=share)
+                            changes=changes)
         forced = f" (exact after {chain} approximate answers)" if exact_now else ""
         if self.strategy in ("auto", "verify", "regenerate") and kv:
             spec = CallSpec(request, spec_reason, cache_key=cache_key, draft=draft, attribute_to=attribute_to)
