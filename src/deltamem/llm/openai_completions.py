@@ -7,7 +7,7 @@ renders it, token for token (``text``, ``output_ids``, ``finish_reason``); a dra
 That holds on a *batch-invariant* server, one whose logits for a token do not depend on how many tokens it evaluates
 in the same batch: the draft is scored, and a kept prefix prefilled, as one batch, where a plain completion decodes
 the same tokens one at a time. llama.cpp is batch-invariant with ``--n_batch 1 --n_ubatch 1``; at its default batch
-size its kernels round differently and flipped near-ties in 2 of 20 real edits (``benchmarks/RESULTS.md``), so there
+size its kernels round differently and flipped near-ties in at least 2 of 20 real edits (``benchmarks/RESULTS.md``), so there
 the result is greedy decoding up to such flips.
 
 The chat is rendered here (``chat_template``: a name in ``CHAT_TEMPLATES``, ChatML by default, or a Jinja2 template
