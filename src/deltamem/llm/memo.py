@@ -1,4 +1,5 @@
-"""Memo keys: an identical call is never paid twice, across restarts too.
+"""Memo keys: a call that returned is never paid again, across restarts too (a call in flight when its process died
+is lost, and paid again; see ``deltamem.llm.runner``). A blended completion (``Completion.exact`` False) is not kept.
 
 A call is identified by the SHA-256 of a sorted-key JSON of the model id and the exact request (messages and
 decoding parameters); an embedding by the embedder's model id and the text. Results are stored in the store's memo
