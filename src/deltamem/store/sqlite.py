@@ -476,6 +476,9 @@ class SQLiteStore(Store):
 
     def take_interrupted_calls(self) -> list[LedgerEntry]:
         taken = []
+        # Every open calls this: take the write lock only when some call is in flight, not on each start-up.
+        if not self._query("SELECT 1 FROM calls_in_flight LIMIT 1"):
+            return taken
         with self._write() as conn:
             for record in conn.execute(
                 "SELECT id, started_at, version, view, operator, reason, model, call_hash, host, pid, process "
