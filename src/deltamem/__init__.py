@@ -4,7 +4,7 @@
     >>> db = dm.connect(":memory:", llm="test", background=False)
     >>> papers = db.table("papers", key="id")
     >>> papers.upsert({"id": 1, "abstract": "A new index for streaming joins."})
-    1
+    Written(version=1, inserted=1, updated=0, deleted=0, unchanged=0)
     >>> view = db.view("insights", papers.sem_map("State the key insight of {abstract}", out="insight"))
     >>> [sorted(row) for row in view.rows(fresh=True)]
     [['abstract', 'id', 'insight']]
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deltamem.changes import Change, ExpireMode, ManualClock, SystemClock
+from deltamem.changes import Change, ExpireMode, ManualClock, SystemClock, Written
 from deltamem.engine import Database
 from deltamem.errors import ConfigError, DeltamemError
 from deltamem.llm import lazy_embedder, lazy_llm
@@ -40,7 +40,8 @@ def connect(
     ``path`` is a SQLite file (``":memory:"`` for a throwaway one). ``llm`` is ``"local"`` (SmolLM2-135M-Instruct
     on this machine; the default), ``"openai"`` (any OpenAI-compatible endpoint; settings from ``llm_options`` or
     ``DELTAMEM_OPENAI_*``) or ``"test"`` (deterministic); ``embedder`` is ``"minilm"``, ``"openai"`` or ``"test"``.
-    Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_workers``, ``progress``.
+    Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_workers``, ``progress``,
+    ``poll_interval``, and for several processes on one file ``lease_timeout`` and ``claim_timeout``.
     """
     if path.startswith(("postgres://", "postgresql://")):
         raise ConfigError("The PostgreSQL store is not built yet; use a SQLite file path such as 'app.db'")
@@ -53,5 +54,5 @@ def connect(
 
 __all__ = [
     "Change", "ChangeRow", "ConfigError", "Database", "DeltamemError", "ExpireMode", "HistoryEntry", "ManualClock",
-    "Relation", "RetryPolicy", "SystemClock", "Table", "View", "ViewRows", "connect",
+    "Relation", "RetryPolicy", "SystemClock", "Table", "View", "ViewRows", "Written", "connect",
 ]

@@ -129,6 +129,36 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Written:
+    """What one write (``upsert``, ``delete``, a ``db.batch()``) committed: the version and counts of real changes.
+
+    A version is a change: rewriting a row with the values it has (which only renews its TTL) or deleting an absent
+    key is counted as ``unchanged``, and a write that changes nothing commits no version (``version`` is None).
+
+        >>> Written(version=None, unchanged=1).changed
+        0
+    """
+
+    version: int | None
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        """Rows inserted, updated or deleted."""
+        return self.inserted + self.updated + self.deleted
+
+    @classmethod
+    def of(cls, version: int | None, changes: list["Change"], num_writes: int) -> "Written":
+        """From the changes a commit of ``num_writes`` writes (one per key) made."""
+        kinds = [change.kind for change in changes]
+        return cls(version, kinds.count("insert"), kinds.count("update"), kinds.count("delete"),
+                   num_writes - len(changes))
+
+
+@dataclass(frozen=True)
 class Delta:
     """What operators pass to each other: one key's row before and after a version.
 

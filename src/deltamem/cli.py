@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,8 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.commands import bench, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
-from deltamem.display import literal
+from deltamem.display import literal, print_table
+from deltamem.llm.ledger import Usage
 from deltamem.server.command import bench_serve, serve
 
 app = typer.Typer(help="deltamem: keep LLM-generated results fresh as their data changes.", no_args_is_help=True)
@@ -48,8 +50,13 @@ def demo(
 
 
 @app.command()
-def usage(db: str = typer.Argument(..., help="SQLite file."), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show what each view paid, beside what a full recompute at every refresh would have paid.
+def usage(
+    db: str = typer.Argument(..., help="SQLite file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document: the totals (as with no --json), then "
+                                 "by_view, by_operator and full_recompute per view."),
+) -> None:
+    """Show what each view paid, beside what a full recompute at every refresh would have paid (in this engine,
+    the memo answering identical calls; and, labelled, without a memo).
 
     Example: deltamem usage demo-out/demo.db
     """
@@ -60,11 +67,28 @@ def usage(db: str = typer.Argument(..., help="SQLite file."), as_json: bool = ty
                 totals = {k: getattr(report, k) for k in ("calls", "prompt_tokens", "reused_tokens", "output_tokens",
                                                           "seconds", "memo_hits", "failures")}
                 totals["full_recompute_calls"] = report.full_recompute_calls
-                console.print_json(json.dumps(totals))
+                totals["full_recompute_no_memo_calls"] = report.full_recompute_no_memo_calls
+                _print_json({**totals, **_usage_details(report)})
             else:
-                console.print(report.rich_table())
+                print_table(console, report.rich_table())
     except dm.DeltamemError as exc:
         fail(exc)
+
+
+def _usage_details(report: Usage) -> dict:
+    """What ``db.usage()`` holds beyond the totals, as JSON values: by view, by operator, and the full-recompute
+    counterfactual per view."""
+    return {
+        "by_view": {view: asdict(totals) for view, totals in report.by_view.items()},
+        "by_operator": [{"view": view, "operator": operator, **asdict(totals)}
+                        for (view, operator), totals in report.by_operator.items()],
+        "full_recompute": {view: asdict(full) for view, full in report.full_recompute.items()},
+    }
+
+
+def _print_json(document: object) -> None:
+    """One JSON document on stdout, indented; never wrapped or cut, on a terminal or in a pipe."""
+    console.print_json(json.dumps(document, default=str))
 
 
 @app.command()
@@ -72,23 +96,34 @@ def rows(
     db: str = typer.Argument(..., help="SQLite file."),
     view: str = typer.Argument(..., help="View name."),
     as_of: Optional[int] = typer.Option(None, "--as-of", help="Read the view as of this version."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Print at most this many rows (in key order)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON Lines: one object per row, its columns in the "
+                                 "view's declared order (and _error when the row failed), nothing else."),
 ) -> None:
-    """Print a view's rows (as of a version, if given) without maintaining it.
+    """Print a view's rows (as of a version, if given) without maintaining it: a table whose cells print whole when
+    stdout is not a terminal, or JSON Lines with --json.
 
-    Example: deltamem rows demo-out/demo.db people --as-of 3
+    Example: deltamem rows demo-out/demo.db people --as-of 3 --limit 10
     """
     try:
         with open_db(db) as database:
-            read = database.view(view).rows(as_of=as_of)
-            table = RichTable(title=literal(f"{view} at version {read.version} (lag {read.lag})"))
-            columns = list(dict.fromkeys(c for row in read for c in row))
-            for column in columns:
-                table.add_column(literal(column), overflow="fold")
-            for row in read:
-                table.add_row(*[literal(row.get(c, "")) for c in columns])
-            console.print(table)
+            handle = database.view(view)
+            read = handle.rows(as_of=as_of)
+            columns = list(dict.fromkeys([*handle.columns, *(c for row in read for c in row)]))
     except dm.DeltamemError as exc:
         fail(exc)
+    shown = read.rows if limit is None else read.rows[:limit]
+    if as_json:
+        for row in shown:
+            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+        return
+    more = f", first {len(shown)} of {len(read)} rows" if len(shown) < len(read) else ""
+    table = RichTable(title=literal(f"{view} at version {read.version} (lag {read.lag}{more})"))
+    for column in columns:
+        table.add_column(literal(column), overflow="fold")
+    for row in shown:
+        table.add_row(*[literal(row.get(c, "")) for c in columns])
+    print_table(console, table)
 
 
 def _draw_heatmap(report: dict, view: str, path: Path) -> None:
@@ -111,7 +146,8 @@ def explain(
     db: str = typer.Argument(..., help="SQLite file."),
     view: str = typer.Argument(..., help="View name."),
     key: str = typer.Argument(..., help="The output's key (read as JSON when it parses, e.g. 7 or \"q1\", else text)."),
-    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document: key, row, operators, dependencies "
+                                 "and decisions, as view.explain(key) returns them."),
     heatmap: Optional[Path] = typer.Option(None, help="Draw the output-sentence x context-sentence attribution here (PNG)."),
 ) -> None:
     """Show one output: its row, what each operator stored for it (provenance, value, cost) and its decision log.
@@ -132,7 +168,7 @@ def explain(
     if heatmap is not None:
         _draw_heatmap(report, view, heatmap)
     if as_json:
-        console.print_json(json.dumps(report, default=str))
+        _print_json(report)
         return
     console.print(literal(view, style="bold") + literal(f" key {parsed_key!r}: {report['row']}"))
     for op, state in report["operators"].items():
@@ -146,7 +182,7 @@ def explain(
     for d in report["decisions"]:
         table.add_row(*(literal(v) for v in (d["version"], d["strategy"], d["reason"], d["calls"], d["prompt_tokens"],
                                               d["reused_tokens"], d["output_tokens"], f"{d['seconds']:.2f}")))
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command("serve-llm")

@@ -4,6 +4,8 @@
 
 A ``Database`` owns its store, its backends and its maintenance thread; two databases in one process share nothing.
 Every write is validated whole before anything is stored: a bad row fails the batch and changes nothing.
+Several processes may open one file: the store's catalog is the truth (``deltamem.catalog_cache``), each view is
+maintained by one of them at a time (``deltamem.leases``), and each call is paid by one (``deltamem.llm.claims``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from deltamem.catalog_cache import CatalogCache
 from deltamem.changes import (
     ERROR_COLUMN,
     Clock,
@@ -25,15 +28,29 @@ from deltamem.changes import (
     RowKey,
     RowWrite,
     SystemClock,
+    Written,
+    decode_key,
     encode_key,
     json_problem,
     key_order,
     parse_duration,
     parse_timestamp,
 )
-from deltamem.errors import AlreadyExists, ConfigError, NoTable, NoView, PrimaryKeyError, SchemaError, did_you_mean
+from deltamem.errors import (
+    AlreadyExists,
+    CatalogChanged,
+    ConfigError,
+    NoTable,
+    NoView,
+    PrimaryKeyError,
+    SchemaError,
+    did_you_mean,
+)
+from deltamem.frames import plain
+from deltamem.leases import DEFAULT_LEASE_TIMEOUT
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import EmbeddingBackend, LLMBackend
+from deltamem.llm.claims import DEFAULT_CLAIM_TIMEOUT
 from deltamem.llm.ledger import Usage
 from deltamem.llm.runner import CallRunner, ProgressHook, RetryPolicy
 from deltamem.maintenance import Maintainer
@@ -67,7 +84,8 @@ def _report_interrupted(calls: Sequence[LedgerEntry]) -> None:
 
 @dataclass
 class Batch:
-    """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` is set when it commits.
+    """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` and ``written`` (the counts of
+    changes) are set when it commits; ``version`` stays None when the block changed nothing.
 
     ``drops`` are the tables and views dropped in the block, as ``(kind, name)``, with one ``cascade`` for all; they
     are applied after the writes, in the same store transaction, and ``dropped`` says what they removed.
@@ -75,14 +93,21 @@ class Batch:
 
     writes: dict[tuple[str, RowKey], RowWrite] = field(default_factory=dict)
     defs: dict[str, TableDef] = field(default_factory=dict)
+    checked: dict[str, TableDef] = field(default_factory=dict)  # the definitions the writes were checked against
     version: int | None = None
+    written: Written | None = None
     drops: list[tuple[str, str]] = field(default_factory=list)
     cascade: bool | None = None
     dropped: Dropped | None = None
 
 
 class Database:
-    """One deltamem database. Use ``deltamem.connect`` to open one."""
+    """One deltamem database. Use ``deltamem.connect`` to open one.
+
+    ``lease_timeout``: seconds after which another process on the file takes over a view this one stopped
+    maintaining (``deltamem.leases``); ``claim_timeout``: seconds after which a call another live process claimed is
+    presumed lost and paid here (``deltamem.llm.claims``).
+    """
 
     def __init__(
         self,
@@ -96,23 +121,25 @@ class Database:
         max_workers: int = 4,
         progress: ProgressHook | None = None,
         poll_interval: float = 1.0,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
     ):
         self.store = store
         self.clock = clock or SystemClock()
         self._embedder = embedder
         self.runner = CallRunner(store, llm, retry=retry, max_workers=max_workers, clock=self.clock.now,
-                                 progress=progress)
+                                 progress=progress, claim_timeout=claim_timeout)
         self._lock = threading.RLock()  # guards the catalog caches and batches
         self._batches = threading.local()
-        self._tables = {t.name: t for t in store.get_table_defs()}
-        self._views = {v.name: v for v in store.get_view_defs()}
+        self._catalog = CatalogCache(store)
         self._search_indexes = SearchIndexes(store)  # the HNSW caches behind View.search, rebuilt from the store
         # Calls an earlier process on this store was paying when it died: on the ledger as ``interrupted`` from now
         # on, and reported here, by the one process that took them off the store.
         self.interrupted_calls = store.take_interrupted_calls()
         if self.interrupted_calls:
             _report_interrupted(self.interrupted_calls)
-        self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval)
+        self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval,
+                                     lease_timeout=lease_timeout)
 
     # --- backends -----------------------------------------------------------------------------------------------
     @property
@@ -126,6 +153,26 @@ class Database:
         return self._embedder.get()
 
     # --- catalog ------------------------------------------------------------------------------------------------
+    @property
+    def _tables(self) -> dict[str, TableDef]:
+        return self._catalog.tables
+
+    @property
+    def _views(self) -> dict[str, ViewDef]:
+        return self._catalog.views
+
+    def _refresh_catalog(self) -> bool:
+        """Reload the catalog when another process has changed the store's since it was read; return whether it had."""
+        if self._catalog.is_current():
+            return False
+        self._reload_catalog()
+        return True
+
+    def _reload_catalog(self) -> None:
+        with self._lock:
+            for name in self._catalog.reload():
+                self._search_indexes.discard(name)
+
     def table(
         self,
         name: str,
@@ -143,9 +190,17 @@ class Database:
         time in ``ttl_column``; ``expire='retract'`` retracts what was derived from them, ``'keep'`` keeps it.
         """
         with self._lock:
+            if name not in self._tables and name not in self._views:
+                self._refresh_catalog()
             if name in self._tables:
-                if key is not None and key != self._tables[name].key:
-                    raise AlreadyExists(f'Table "{name}" exists with key {self._tables[name].key!r}, not {key!r}')
+                found = self._tables[name]
+                if key is not None and key != found.key:
+                    raise AlreadyExists(f'Table "{name}" exists with key {found.key!r}, not {key!r}')
+                wanted = None if key is None or columns is None else \
+                    self._make_table_def(name, key, columns, ttl, ttl_column, expire)
+                if wanted is not None and found.columns is not None and wanted.columns != found.columns:
+                    raise AlreadyExists(f'Table "{name}" exists with columns {found.describe_columns()}, not '
+                                        f"{wanted.describe_columns()}; drop it first, or pick another name")
                 return Table(self, name)
             if key is None:
                 raise NoTable(
@@ -157,11 +212,16 @@ class Database:
             if not name.isidentifier():
                 raise SchemaError(f"Table name {name!r} is not an identifier")
             definition = self._make_table_def(name, key, columns, ttl, ttl_column, expire)
-            self.store.put_table_def(definition)
+            try:
+                self.store.put_table_def(definition)
+            except AlreadyExists:  # another process created the name since this one last read the catalog
+                self._reload_catalog()
+                raise
             self._tables[name] = definition
             return Table(self, name)
 
     def tables(self) -> list[str]:
+        self._refresh_catalog()
         return sorted(self._tables)
 
     def view(self, name: str, relation: Relation | None = None) -> View:
@@ -172,6 +232,8 @@ class Database:
                 return View(self, name)
             if relation._db is not self:
                 raise ConfigError(f"View {name!r}: the relation belongs to another database")
+            if name not in self._views and name not in self._tables:
+                self._refresh_catalog()
             if name in self._views:
                 if self._views[name].plan != relation.plan:
                     raise AlreadyExists(f'View "{name}" exists with another definition; pick a new name')
@@ -182,12 +244,17 @@ class Database:
                 raise SchemaError(f"View name {name!r} is not an identifier")
             if "op" not in relation.plan:
                 raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
-            definition = self.store.put_view_def(ViewDef(name, relation.plan))
+            try:
+                definition = self.store.put_view_def(ViewDef(name, relation.plan))
+            except AlreadyExists:  # another process created the name since this one last read the catalog
+                self._reload_catalog()
+                raise
             self._views[name] = definition
         self.maintainer.notify()
         return View(self, name)
 
     def views(self) -> list[str]:
+        self._refresh_catalog()
         return list(self._views)
 
     def drop_table(self, name: str, *, cascade: bool = False) -> Dropped | None:
@@ -197,6 +264,8 @@ class Database:
         inside ``db.batch()``, None: the drop commits with the batch, after its writes (see ``batch.dropped``).
         """
         with self._lock:
+            if name not in self._tables:
+                self._refresh_catalog()
             if name not in self._tables:
                 if name in self._views:
                     raise NoTable(f'"{name}" is a view, not a table; drop it with drop_view({name!r})')
@@ -210,6 +279,8 @@ class Database:
         the memo stays, so a view created again under the name answers identical calls from it.
         """
         with self._lock:
+            if name not in self._views:
+                self._refresh_catalog()
             if name not in self._views:
                 if name in self._tables:
                     raise NoView(f'"{name}" is a table, not a view; drop it with drop_table({name!r})')
@@ -291,12 +362,16 @@ class Database:
         return self.view(name, Relation(self, plan))
 
     def _table_def(self, name: str) -> TableDef:
+        if name not in self._tables:
+            self._refresh_catalog()  # another process may have created it
         try:
             return self._tables[name]
         except KeyError:
             raise NoTable(f'Table "{name}" does not exist.' + did_you_mean(name, self._tables)) from None
 
     def _view_def(self, name: str) -> ViewDef:
+        if name not in self._views:
+            self._refresh_catalog()  # another process may have created it
         try:
             return self._views[name]
         except KeyError:
@@ -344,13 +419,15 @@ class Database:
     def batch(self, *, atomic: bool = False) -> Iterator["Batch"]:
         """Commit every write made in the block, on this thread, as one version, or none if the block raises.
 
-        Within a batch the last write of a key wins; ``batch.version`` is set when the block commits.
+        Within a batch the last write of a key wins; ``batch.version`` and ``batch.written`` are set when the block
+        commits. A block that writes nothing, or whose writes change nothing, commits no version (``version`` stays
+        None).
 
         ``atomic=True`` makes the block's reads part of it too: the block holds the store's write transaction, so its
         reads (``table.get``, ``table.rows``) see the latest commit and no other writer, in this process or another,
         commits until the block's writes have. A read-modify-write or a key check in the block is then atomic.
         Every other writer waits for the block: keep it short, and never wait in it for another thread (no fresh
-        view reads, no model calls). An atomic block that writes nothing commits nothing (``version`` stays None).
+        view reads, no model calls).
         """
         if getattr(self._batches, "current", None) is not None:
             raise ConfigError("Batches do not nest")
@@ -363,19 +440,22 @@ class Database:
                 yield batch
             finally:
                 self._batches.current = None
-            if not atomic or batch.writes or batch.defs or batch.drops:
-                batch.version, batch.dropped = self._commit(list(batch.writes.values()), list(batch.defs.values()),
-                                                            drops=batch.drops, cascade=bool(batch.cascade))
+            if batch.writes or batch.defs or batch.drops:
+                batch.written, batch.dropped = self._commit(list(batch.writes.values()), list(batch.defs.values()),
+                                                            drops=batch.drops, cascade=bool(batch.cascade),
+                                                            checked=list(batch.checked.values()))
+                batch.version = batch.written.version
 
-    def _write_rows(self, table: str, rows: Sequence[Row]) -> int | None:
-        definition = self._table_def(table)
+    def _write_rows(self, table: str, rows: Sequence[Row]) -> Written | None:
+        checked = self._table_def(table)  # the store refuses the commit if it no longer has this definition
         now = self.clock.now()
         batch = getattr(self._batches, "current", None)
-        definition = batch.defs.get(table, definition) if batch else definition
+        definition = batch.defs.get(table, checked) if batch else checked
         writes: dict[RowKey, RowWrite] = {}
         for position, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise SchemaError(f"Row {position} for table {table!r} is a {type(row).__name__}, not a dict")
+            row = plain(row)  # NumPy scalars (np.int64 ...) as the Python values they hold
             if definition.columns is None:
                 definition = TableDef(definition.name, definition.key, {c: ColumnType.of(v) for c, v in row.items()},
                                       definition.ttl, definition.ttl_column, definition.expire)
@@ -384,20 +464,20 @@ class Database:
             if key in writes:
                 raise PrimaryKeyError(f"Key {clean[definition.key]!r} appears twice in one write to table {table!r}")
             writes[key] = RowWrite(table, key, clean, self._expires_at(definition, clean, now))
-        new_defs = [definition] if definition is not self._tables[table] else []
-        return self._write(list(writes.values()), new_defs)
+        new_defs = [definition] if definition is not checked else []
+        return self._write(list(writes.values()), new_defs, checked)
 
-    def _delete_rows(self, table: str, keys: Sequence[Any]) -> int | None:
+    def _delete_rows(self, table: str, keys: Sequence[Any]) -> Written | None:
         definition = self._table_def(table)
         kind = (definition.columns or {}).get(definition.key)
         writes: dict[RowKey, RowWrite] = {}
-        for key in keys:
+        for key in map(plain, keys):
             encoded = encode_key(key)  # a str or an int, or PrimaryKeyError
             # A delete of an absent key does nothing, so a wrongly typed key would silently delete nothing.
             if kind is not None and not kind.accepts(key):
                 raise PrimaryKeyError(f"key {definition.key!r} is {kind.value}, got {key!r}")
             writes[encoded] = RowWrite(table, encoded, None)
-        return self._write(list(writes.values()), [])
+        return self._write(list(writes.values()), [], definition)
 
     def _check_row(self, table: TableDef, row: Row, position: int) -> Row:
         assert table.columns is not None
@@ -427,11 +507,13 @@ class Database:
         start = now if table.ttl_column is None else parse_timestamp(row[table.ttl_column], column=table.ttl_column)
         return start + table.ttl
 
-    def _write(self, writes: list[RowWrite], defs: list[TableDef]) -> int | None:
-        """Commit now, or add to the thread's open batch (and return None)."""
+    def _write(self, writes: list[RowWrite], defs: list[TableDef], checked: TableDef) -> Written | None:
+        """Commit now, or add to the thread's open batch (and return None); ``writes`` were checked against
+        ``checked``."""
         batch = getattr(self._batches, "current", None)
         if batch is None:
-            return self._commit(writes, defs)[0]
+            return self._commit(writes, defs, checked=[checked])[0]
+        batch.checked.setdefault(checked.name, checked)
         for write in writes:
             batch.writes[(write.table, write.key)] = write
         for definition in defs:
@@ -439,24 +521,34 @@ class Database:
         return None
 
     def _commit(self, writes: list[RowWrite], defs: list[TableDef], *, drops: Sequence[tuple[str, str]] = (),
-                cascade: bool = False) -> tuple[int, Dropped | None]:
-        """Commit writes, table definitions and drops (applied after the writes) as one version."""
+                cascade: bool = False, checked: Sequence[TableDef] = ()) -> tuple[Written, Dropped | None]:
+        """Commit writes, table definitions and drops (applied after the writes) as one version; without drops, a
+        commit whose writes change nothing makes no version (see ``Written``). ``checked``: the definitions the
+        writes were checked against (``Store.commit``)."""
         dropped = None
         with self._lock:
-            if drops:
-                note = "drop " + ", ".join(f"{kind} {name}" for kind, name in drops)
-                dropped = self.store.drop([n for k, n in drops if k == "table"], [n for k, n in drops if k == "view"],
-                                          cascade=cascade, committed_at=self.clock.now(), note=note, writes=writes,
-                                          table_defs=defs)
-                version = dropped.version
-            else:
-                version, _changes = self.store.commit(writes, self.clock.now(), table_defs=defs)
+            try:
+                if drops:
+                    note = "drop " + ", ".join(f"{kind} {name}" for kind, name in drops)
+                    dropped = self.store.drop([n for k, n in drops if k == "table"],
+                                              [n for k, n in drops if k == "view"], cascade=cascade,
+                                              committed_at=self.clock.now(), note=note, writes=writes,
+                                              table_defs=defs, checked=checked)
+                    version = dropped.version
+                    changes = self.store.get_changes(version, version,
+                                                     {w.table for w in writes} - set(dropped.tables))
+                else:
+                    version, changes = self.store.commit(writes, self.clock.now(), table_defs=defs, checked=checked)
+            except (CatalogChanged, NoTable, NoView):  # another process changed the catalog: this one's was stale
+                self._reload_catalog()
+                raise
             for definition in defs:
                 self._tables[definition.name] = definition
             for name in (*dropped.tables, *dropped.views) if dropped else ():
                 self._forget(name)
-        self.maintainer.notify()  # also wakes readers waiting on a dropped view, so that they fail at once
-        return version, dropped
+        if version is not None:
+            self.maintainer.notify()  # also wakes readers waiting on a dropped view, so that they fail at once
+        return Written.of(version, changes, len(writes)), dropped
 
     def expire(self) -> int:
         """Expire every row whose TTL has ended, as one commit; return how many rows expired."""
@@ -472,6 +564,7 @@ class Database:
     def refresh(self) -> int:
         """Commit an empty version: every view refreshes at it, retrying the calls that failed before."""
         version, _ = self.store.commit([], self.clock.now(), note="refresh")
+        assert version is not None, "engine: an empty commit always takes a version"
         self.maintainer.notify()
         return version
 
@@ -495,8 +588,10 @@ class Database:
         rows = self.store.get_view_rows(name, as_of if as_of is not None or applied is None else applied)
         lag, lag_seconds = self._lag(applied or 0, latest)
         keys = sorted(rows, key=key_order)
-        return ViewRows(rows=[rows[key] for key in keys], version=(applied or 0) if as_of is None else as_of, lag=lag,
-                        lag_seconds=lag_seconds, keys=keys, error=self.maintainer.view_failure(name))
+        order = self._row_order(name)
+        return ViewRows(rows=[order(rows[key]) for key in keys], version=(applied or 0) if as_of is None else as_of,
+                        lag=lag, lag_seconds=lag_seconds, keys=[decode_key(key) for key in keys],
+                        error=self.maintainer.view_failure(name))
 
     def lag(self, name: str) -> tuple[int, float]:
         """How far view ``name`` is behind: committed versions it does not reflect yet, and seconds since the first
@@ -509,13 +604,26 @@ class Database:
         behind = self.store.get_commit_time(applied + 1) if latest > applied else None
         return latest - applied, 0.0 if behind is None else max(0.0, self.clock.now() - behind)
 
+    def _row_order(self, name: str) -> Callable[[Row], Row]:
+        """A function that gives a row of view ``name`` its declared column order (``view.columns``): the store
+        keeps rows as JSON with sorted keys. A column the view does not declare (``_error``) follows them."""
+        columns = View(self, name).columns
+
+        def order(row: Row) -> Row:
+            return {**{c: row[c] for c in columns if c in row}, **row}
+
+        return order
+
     def _subscribe(self, name: str, callback: Callable[[ChangeRow], None], *, snapshot: bool) -> Subscription:
         self._view_def(name)
-        return self.maintainer.subscribe(name, callback, snapshot=snapshot)
+        order = self._row_order(name)
+        return self.maintainer.subscribe(name, lambda change: callback(replace(change, row=order(change.row))),
+                                         snapshot=snapshot)
 
     def maintain(self, timeout: float | None = None) -> None:
         """Bring every view up to the latest version now (what the background thread does on its own); ``timeout``
         bounds the whole call, not each view's wait."""
+        self._refresh_catalog()
         latest = self.version
         deadline = None if timeout is None else time.monotonic() + timeout
         for name in list(self._views):

@@ -31,15 +31,25 @@ class AlreadyExists(DeltamemError):
 
 
 class DependentViews(DeltamemError):
-    """Raised when a table or view that other views read is dropped without cascade; the message names those views."""
+    """Raised when a table or view that other views read is dropped without cascade; the message names those views.
 
-    def __init__(self, message: str, views: tuple[str, ...]):
-        super().__init__(message)
+    ``reason`` is the message without its last sentence, the advice, which is in the caller's language: Python's
+    ``cascade=True`` from the API, SQL's ``CASCADE`` from SQL (which re-raises with its own)."""
+
+    def __init__(self, reason: str, views: tuple[str, ...], advice: str = "Drop them first, or pass cascade=True to "
+                                                                          "drop them too"):
+        super().__init__(f"{reason}. {advice}")
+        self.reason = reason
         self.views = views
 
 
 class SchemaError(DeltamemError):
     """Raised when a row, template or definition does not fit a table's columns or types."""
+
+
+class CatalogChanged(SchemaError):
+    """Raised when a write was checked against a table definition that another process has changed since (dropped
+    and re-created the table, or inferred its columns first); nothing was committed, and writing again checks anew."""
 
 
 class PrimaryKeyError(DeltamemError):

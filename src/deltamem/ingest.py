@@ -79,7 +79,8 @@ class Record:
 @dataclass(frozen=True)
 class LoadResult:
     """What a load committed: counts of real changes (rewriting an identical row, or deleting an absent key, is
-    ``unchanged``), and the version (``None`` when the file had no records and nothing was committed)."""
+    ``unchanged``), and the version (``None`` when no record changed a row, or the file had none: nothing was
+    committed)."""
 
     records: int
     inserted: int
@@ -134,8 +135,10 @@ def load_file(
     The table must exist, unless ``key`` names its key column: then a missing table is created with columns
     inferred from every record. Raises ``LoadError`` (with ``.line``) for a bad record, ``NoTable`` for a missing
     table without ``key``, ``ConfigError`` for an unknown format; in every case the database is unchanged.
-    ``number`` may fill in keys of the records once read (SQL numbers a stream's events with it), and ``also`` runs
-    inside the load's batch, so that what it writes commits with the file.
+    ``number`` may fill in keys of the records once read (SQL numbers a stream's events with it); it runs inside the
+    load's write transaction (an atomic batch), so that the numbers it reads and the rows it numbers commit together
+    and no other writer, in this process or another, hands out the same ones. ``also`` runs inside the load's batch,
+    so that what it writes commits with the file.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit takes a whole number of records, not {limit!r}")
@@ -157,30 +160,20 @@ def load_file(
     label = f"read {path.name}"
     records = list(_read_records(path, fmt, key_column, columns, progress, label, detect=format is None,
                                  limit=limit, keyed=number is None))
-    if number is not None:
-        records = number(records)
     if not records:
         return LoadResult(0, 0, 0, 0, 0, None, False)
-    for record in records:  # checked before a table is created, so that a bad key never leaves an empty table
-        value = record.row.get(key_column)
-        if value is None:
-            raise LoadError(str(path), record.line, f"the record has no value for its key column {key_column!r}")
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise LoadError(str(path), record.line,
-                            f"key {key_column!r} must be a string or an integer, got {value!r}")
-        if not exists:  # an existing table's rows are checked by the engine, with everything else about them
-            for column, item in record.row.items():
-                problem = json_problem(item)
-                if problem is not None:
-                    raise LoadError(str(path), record.line,
-                                    f"the record for table {table!r}: column {column!r} holds {problem}")
+    if number is None:  # numbered records are checked once numbered, below
+        _check_records(records, str(path), table, key_column, exists)
     created = False
     if not exists:
         # Declared from every record, not inferred from the first row: a later record may add a column.
         db.table(table, key=key_column, columns=_infer_columns(records, key_column))
         created = True
     target = db.table(table)
-    with db.batch() as batch:
+    with db.batch(atomic=number is not None) as batch:
+        if number is not None:
+            records = number(records)
+            _check_records(records, str(path), table, key_column, exists)
         for done, record in enumerate(records, 1):
             try:
                 if record.delete:
@@ -196,12 +189,28 @@ def load_file(
         num_keys = len({k for t, k in batch.writes if t == table})
         if also is not None:
             also()
-    version = batch.version
-    assert version is not None, "ingest: a batch that did not raise has a version"
-    kinds = [change.kind for change in db.store.get_changes(version, version, [table])]
+    version = batch.version  # None when no record changed a row
+    kinds = [change.kind for change in db.store.get_changes(version, version, [table])] if version else []
     return LoadResult(records=len(records), inserted=kinds.count("insert"), updated=kinds.count("update"),
                       deleted=kinds.count("delete"), unchanged=num_keys - len(kinds), version=version,
                       created=created, superseded=len(records) - num_keys)
+
+
+def _check_records(records: list[Record], path: str, table: str, key_column: str, exists: bool) -> None:
+    """Raise ``LoadError`` for the first record without a usable key (or, for a table to be created, with a value
+    that is not JSON): checked before a table is created, so that a bad key never leaves an empty table."""
+    for record in records:
+        value = record.row.get(key_column)
+        if value is None:
+            raise LoadError(path, record.line, f"the record has no value for its key column {key_column!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise LoadError(path, record.line, f"key {key_column!r} must be a string or an integer, got {value!r}")
+        if not exists:  # an existing table's rows are checked by the engine, with everything else about them
+            for column, item in record.row.items():
+                problem = json_problem(item)
+                if problem is not None:
+                    raise LoadError(path, record.line,
+                                    f"the record for table {table!r}: column {column!r} holds {problem}")
 
 
 def _as_record_problem(message: str) -> str:
@@ -238,17 +247,23 @@ def _json_lines(raw: IO[bytes], path: str, report: Callable[[], None]) -> Iterat
         if number % _PROGRESS_EVERY == 0:
             report()
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark may start the file
         except UnicodeDecodeError as exc:
             raise LoadError(path, number, f"is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        text = text.rstrip("\r\n")
         if not text.strip():
             continue
         try:
             yield number, json.loads(text)
         except json.JSONDecodeError as exc:
-            hint = "; JSON Lines wants one object per line: for an array, use format json" \
-                if text.lstrip().startswith("[") else ""
-            raise LoadError(path, number, f"is not valid JSON: {exc.msg} (column {exc.colno}){hint}") from None
+            if text.lstrip().startswith("["):
+                hint = "; JSON Lines wants one object per line: for an array, use format json"
+            elif exc.pos >= len(text.rstrip()):
+                hint = "; the line ends inside the object: JSON Lines wants each object whole on one line"
+            else:
+                hint = ""
+            raise LoadError(path, number, f"is not valid JSON at {_position(text, exc.pos)}: {exc.msg}{hint}") \
+                from None
 
 
 def _json_array(raw: IO[bytes], path: str, limit: int | None) -> Iterator[tuple[int, Any]]:
@@ -279,7 +294,11 @@ def _json_array(raw: IO[bytes], path: str, limit: int | None) -> Iterator[tuple[
         try:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
-            raise LoadError(path, exc.lineno, f"is not valid JSON: {exc.msg} (column {exc.colno})") from None
+            start = text.rfind("\n", 0, exc.pos) + 1
+            end = text.find("\n", exc.pos)
+            line_text = text[start: len(text) if end < 0 else end]
+            raise LoadError(path, exc.lineno, f"is not valid JSON at {_position(line_text, exc.pos - start)}: "
+                                              f"{exc.msg}") from None
         yield line_at(position), value
         num_values += 1
         position = space.match(text, end).end()
@@ -289,6 +308,14 @@ def _json_array(raw: IO[bytes], path: str, limit: int | None) -> Iterator[tuple[
             raise LoadError(path, line_at(position), "expected ',' or ']' after an element of the JSON array")
     if space.match(text, position + 1).end() < len(text):
         raise LoadError(path, line_at(position), "has more after the JSON array's closing ']'")
+
+
+def _position(line: str, offset: int) -> str:
+    """Where in ``line`` a parse error is: its column (characters from 1, as editors count them) and the text up to
+    it, so the place shows even where columns are counted otherwise: ``column 23 (after '"text": "b",')``."""
+    before = line[max(0, offset - 24): offset].lstrip()
+    shown = f"after {before!r}" if before else "at the start of the line"
+    return f"column {offset + 1} ({shown})"
 
 
 def _json_records(values: Iterator[tuple[int, Any]], path: str, key: str, fmt: FileFormat, *, detect: bool,
@@ -350,7 +377,7 @@ def event_records(event: dict[str, Any], path: str, line: int, key: str) -> Iter
 
 def _read_csv(raw: IO[bytes], path: str, key: str, columns: dict[str, ColumnType] | None,
               report: Callable[[], None], limit: int | None, *, keyed: bool) -> Iterator[Record]:
-    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # a byte-order mark is not in the first name
     reader = csv.reader(text)
     try:
         header = next(reader, None)

@@ -13,6 +13,10 @@ from the next one, and the calls it had already paid come back from the memo.
     view            done ^  pending ---->     a = applied_version; each pending version with changes for the
                                               view is one transaction; the rest are skipped in one step
 
+Several processes on one file share the views out: this maintainer works only on the views whose lease it holds
+(``deltamem.leases``), and a reader of a view another process maintains waits for that process's commits (the
+background thread looks every ``poll_interval``; inline, ``wait_for`` polls).
+
 A view whose maintenance raises (any exception: a model call that failed where no row can hold the error, a bug)
 stays at the last version it committed and is tried again later, after a backoff that doubles with each failure in
 a row; the other views go on, except those that read it, which wait for it. Readers see the failure: a fresh read
@@ -27,8 +31,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from deltamem.changes import Delta, ExpireMode, RowKey, key_order
+from deltamem.changes import Delta, ExpireMode, RowKey, encode_key, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
+from deltamem.leases import DEFAULT_LEASE_TIMEOUT, ViewLeases
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
 from deltamem.relation import Plan, build_operators, plan_inputs
 from deltamem.store.base import ViewCommit, ViewDef, get_plan_sources
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 
 
 MAX_RETRY_DELAY = 60.0  # seconds: the longest a failing view waits for its next try
+LEASED_ELSEWHERE_POLL = 0.05  # seconds between looks, inline, at a view another process maintains
 
 
 class _ViewGone(Exception):
@@ -69,14 +75,18 @@ class Maintainer:
     background pass (``db.expire()``, say), retried the same way, or what stopped the thread (a ``BaseException``).
     """
 
-    def __init__(self, db: "Database", *, background: bool, poll_interval: float):
+    def __init__(self, db: "Database", *, background: bool, poll_interval: float,
+                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT):
         self.db = db
         self.background = background
         self.poll_interval = poll_interval
+        # Held by the background thread for as long as it runs (renewed at each pass); inline, for one catch-up.
+        self.leases = ViewLeases(db.store, timeout=lease_timeout)
         self.error: BaseException | None = None
         self._work = threading.Lock()
         self._changed = threading.Condition()
-        self._view_commits = 0  # view commits made by this process: what change feeds wait on
+        self._view_commits = 0  # view commits made by this process, or seen made by others: what change feeds wait on
+        self._applied_elsewhere: dict[str, int] = {}  # per view another process maintains: the applied version seen
         self._dirty = True
         self._stopping = False
         self._subscriptions: list[Subscription] = []
@@ -100,16 +110,27 @@ class Maintainer:
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join()
+        self.leases.release()  # another process takes the views over at once
 
     def wait_for(self, view: str, version: int, timeout: float | None) -> None:
         """Return once ``view`` reflects ``version``; raise ``FreshnessTimeout``, ``MaintenanceError``, or ``NoView``
         when the view is dropped while this waits."""
         if not self.background:
-            self.catch_up_all()
-            blocking = self._blocking_failure(view)
-            if blocking is not None and self._applied(view) < version:
-                raise blocking[1].error  # inline, the caller gets the error itself
-            return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                self.catch_up_all()
+                blocking = self._blocking_failure(view)
+                if blocking is not None and self._applied(view) < version:
+                    raise blocking[1].error  # inline, the caller gets the error itself
+                if self._applied(view) >= version or view not in self.db._views or not self._leased_elsewhere(view):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    behind, seconds = self.db._lag(max(self._applied(view), 0), self.db.version)
+                    raise FreshnessTimeout(
+                        f'View "{view}" reflects version {self._applied(view)}, not yet {version}, after waiting '
+                        f"{timeout:.3g} s for the process that maintains it: it is {behind} "
+                        f'version{"s" if behind != 1 else ""} behind ({seconds:.1f} s)', view)
+                time.sleep(LEASED_ELSEWHERE_POLL)  # another process maintains it (or a view it reads): wait for it
         with self._changed:
             ok = self._changed.wait_for(
                 lambda: self.error is not None or view not in self.db._views or self._applied(view) >= version
@@ -161,31 +182,45 @@ class Maintainer:
         by the store (its commit names the incarnation, ``ViewDef.id``), and an error it raised is moot.
         """
         with self._work:
-            for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
-                definition = self.db._views.get(name)
-                if definition is None:
-                    continue  # dropped since the list was taken
-                failure = self._failures.get(name)
-                if failure is not None and failure.view_id != definition.id:
-                    failure = None  # an older incarnation's
-                if failure is not None and self.background and time.monotonic() < failure.retry_at:
-                    continue
-                try:
-                    self._catch_up(definition)
-                except _ViewGone:
+            self.db._refresh_catalog()  # views another process created are this one's to maintain too
+            try:
+                self._catch_up_held()
+            finally:
+                if not self.background:
+                    self.leases.release()  # inline maintenance holds its views for one catch-up only
+
+    def _catch_up_held(self) -> None:
+        """``catch_up_all``'s work, on the views whose lease this maintainer takes or renews now."""
+        wanted = list(self.db._views)
+        if not self.background:  # only the views behind: a fresh read of fresh views writes nothing
+            latest = self.db.store.get_latest_version()
+            wanted = [name for name in wanted if self._applied(name) < latest]
+        held = self.leases.hold(wanted)
+        for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
+            definition = self.db._views.get(name)
+            if definition is None or name not in held:
+                continue  # dropped since the list was taken, or maintained by another process
+            failure = self._failures.get(name)
+            if failure is not None and failure.view_id != definition.id:
+                failure = None  # an older incarnation's
+            if failure is not None and self.background and time.monotonic() < failure.retry_at:
+                continue
+            try:
+                self._catch_up(definition)
+            except _ViewGone:
+                self._set_failure(name, None)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one view's failure, whatever it is, must not stop the rest
+                if self.db.store.get_view_id(name) != definition.id:
+                    self.db._reload_view(name)  # NOTE(maintenance): it failed because it was dropped under it
                     self._set_failure(name, None)
                     continue
-                except Exception as exc:  # noqa: BLE001 - one view's failure, whatever it is, must not stop the rest
-                    if self.db.store.get_view_id(name) != definition.id:
-                        self.db._reload_view(name)  # NOTE(maintenance): it failed because it was dropped under it
-                        self._set_failure(name, None)
-                        continue
-                    attempts = 1 if failure is None else failure.attempts + 1
-                    retry_at = time.monotonic() + self._retry_delay(attempts)
-                    self._set_failure(name, ViewFailure(definition.id, exc, attempts, retry_at))
-                    continue
-                if name in self._failures:
-                    self._set_failure(name, None)
+                attempts = 1 if failure is None else failure.attempts + 1
+                retry_at = time.monotonic() + self._retry_delay(attempts)
+                self._set_failure(name, ViewFailure(definition.id, exc, attempts, retry_at))
+                continue
+            if name in self._failures:
+                self._set_failure(name, None)
 
     # --- the background loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -193,7 +228,8 @@ class Maintainer:
         while True:
             with self._changed:
                 if not self._dirty and not self._stopping:
-                    self._changed.wait(self.poll_interval)
+                    # Never longer than a third of the lease timeout: each pass is the heartbeat of the leases.
+                    self._changed.wait(min(self.poll_interval, self.leases.timeout / 3))
                 if self._stopping:
                     return
                 self._dirty = False
@@ -212,11 +248,39 @@ class Maintainer:
                     self.error = exc
                     self._changed.notify_all()
                 return
-            if failures:
-                failures = 0
-                with self._changed:
+            self._notice_commits_elsewhere()
+            with self._changed:
+                if failures:
+                    failures = 0
                     self.error = None
-                    self._changed.notify_all()
+                self._changed.notify_all()  # also: readers of a view another process maintains look again
+
+    def _notice_commits_elsewhere(self) -> None:
+        """Count the commits other processes made to the views they maintain since the last pass, so that this
+        process's change feeds (``wait_for_view_commit``) wake for them as for its own."""
+        seen = {name: self._applied(name) for name in list(self.db._views) if name not in self.leases.held}
+        moved = any(self._applied_elsewhere.get(name, applied) != applied for name, applied in seen.items())
+        self._applied_elsewhere = seen
+        if moved:
+            with self._changed:
+                self._view_commits += 1
+                self._changed.notify_all()
+
+    def _leased_elsewhere(self, view: str) -> bool:
+        """Whether another owner holds the lease of ``view`` or of a view it reads, directly or through others."""
+        others = {lease.view for lease in self.db.store.get_leases() if lease.owner != self.leases.owner}
+        seen: set[str] = set()
+        pending = [view]
+        while pending:
+            name = pending.pop()
+            definition = self.db._views.get(name)
+            if name in seen or definition is None:
+                continue
+            if name in others:
+                return True
+            seen.add(name)
+            pending.extend(source for kind, source in get_plan_sources(definition.plan) if kind == "view")
+        return False
 
     def _retry_delay(self, attempts: int) -> float:
         """Seconds before the next try after ``attempts`` failures in a row: the poll interval, doubled each time."""
@@ -280,6 +344,8 @@ class Maintainer:
         if has_failures and latest not in by_version:
             by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
         for version in sorted(by_version):
+            if not self.leases.still_held(name):
+                return  # taken over by another process (this one stalled past the lease): it goes on from here
             self._apply(definition, operators, version, by_version[version], building=False)
         if (store.get_applied_version(name) or -1) < latest:
             self._commit(ViewCommit(name, latest, view_id=definition.id))
@@ -350,7 +416,7 @@ class Maintainer:
                 continue
             pairs: dict[tuple[int, RowKey], list] = defaultdict(lambda: [None, None])
             for change in store.get_view_changes(source["name"], first, last):
-                pairs[(change.version, change.key)][0 if change.diff < 0 else 1] = change.row
+                pairs[(change.version, encode_key(change.key))][0 if change.diff < 0 else 1] = change.row
             for (version, key), (before, after) in sorted(pairs.items()):
                 by_version[version][role].append(Delta(key, before, after))
         return by_version

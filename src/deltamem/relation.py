@@ -10,17 +10,20 @@ the source's columns when it is built, before any model call. ``db.view(name, re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from deltamem.changes import Row, RowKey, encode_key, key_order
+from deltamem.changes import Row, Written, decode_key, encode_key, key_order
 from deltamem.errors import ConfigError, NoRow, SchemaError
+from deltamem.frames import frame_rows, is_frame, plain, to_frame
 from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.store.base import ChangeRow, HistoryEntry
 
 if TYPE_CHECKING:
+    import pandas
+
     from deltamem.engine import Database
     from deltamem.subscribe import Subscription
 
@@ -186,22 +189,34 @@ class Table(Relation):
     def key(self) -> str:
         return self._db._table_def(self.name).key
 
-    def upsert(self, rows: Row | Iterable[Row]) -> int | None:
-        """Insert or replace rows (each a full row); return the version that holds them (None inside a batch)."""
+    def upsert(self, rows: "Row | Iterable[Row] | pandas.DataFrame") -> Written | None:
+        """Insert or replace rows (each a full row; or a pandas DataFrame, one row per row, its missing values NULL:
+        see ``deltamem.frames``); return what changed and the version that holds it (``Written``; None inside a
+        batch). A row equal to the stored one changes nothing (it renews its TTL), and a write that changes nothing
+        commits no version."""
+        if is_frame(rows):
+            return self._db._write_rows(self.name, frame_rows(rows, self._db._table_def(self.name).columns))
         return self._db._write_rows(self.name, [rows] if isinstance(rows, Mapping) else list(rows))
 
-    def delete(self, keys: Any) -> int | None:
-        """Delete rows by primary key (a missing key is a no-op); return the commit's version (None inside a batch)."""
+    def delete(self, keys: Any) -> Written | None:
+        """Delete rows by primary key; return what changed and the version (``Written``; None inside a batch). A
+        missing key changes nothing, and a delete that changes nothing commits no version."""
         keys = list(keys) if isinstance(keys, (list, tuple, set)) else [keys]
         return self._db._delete_rows(self.name, keys)
 
     def get(self, key: Any) -> Row | None:
-        return self._db.store.get_row(self.name, encode_key(key))
+        """The row with primary key ``key`` (its columns in declared order), or None."""
+        row = self._db.store.get_row(self.name, encode_key(plain(key)))
+        return None if row is None else self._in_order(row)
 
     def rows(self) -> list[Row]:
-        """The table's current rows, ordered by key."""
+        """The table's current rows, ordered by key, each with its columns in declared order."""
         rows = self._db.store.get_rows(self.name)
-        return [rows[key] for key in sorted(rows, key=key_order)]
+        return [self._in_order(rows[key]) for key in sorted(rows, key=key_order)]
+
+    def _in_order(self, row: Row) -> Row:
+        columns = self._db._table_def(self.name).columns or {}
+        return {**{c: row[c] for c in columns if c in row}, **row}
 
     def __repr__(self) -> str:
         return f"<Table {self.name!r} key={self.key!r}>"
@@ -209,13 +224,14 @@ class Table(Relation):
 
 @dataclass(frozen=True)
 class ViewRows:
-    """A read of a view: its rows (ordered by key), the version they reflect, and how far that is behind."""
+    """A read of a view: its rows (ordered by key, each with its columns in the view's declared order, as
+    ``view.columns`` lists them), the version they reflect, and how far that is behind."""
 
     rows: list[Row]
     version: int
     lag: int  # committed versions not yet reflected
     lag_seconds: float  # age of the oldest commit not yet reflected; 0.0 when fresh
-    keys: list[RowKey] = field(default_factory=list)  # each row's key, in the order of ``rows``
+    keys: list[str | int] = field(default_factory=list)  # each row's key (as history/explain take it), as ``rows``
     error: str | None = None  # why maintenance cannot bring the view up to date now (it is retried); None if it can
 
     def __iter__(self):
@@ -243,14 +259,26 @@ class View(Relation):
         """The view's rows now, or ``as_of`` an older version; ``fresh=True`` first waits for the latest commit."""
         return self._db._read_view(self.name, fresh=fresh, as_of=as_of, timeout=timeout)
 
+    def to_pandas(self, version: int | None = None, *, fresh: bool = False,
+                  timeout: float | None = None) -> "pandas.DataFrame":
+        """The rows ``rows()`` gives (``as_of`` ``version`` when given) as a DataFrame: one column per view column in
+        order, and ``_error`` when a row carries one. Needs pandas: ``pip install 'deltamem[pandas]'``."""
+        read = self.rows(fresh=fresh, as_of=version, timeout=timeout)
+        return to_frame(self.columns, read.rows)
+
     def history(self, key: Any) -> list[HistoryEntry]:
-        """Every version of one output row, oldest first."""
+        """Every version of one output row, oldest first; ``key`` as ``rows().keys`` and ``ChangeRow.key`` give it
+        (``2``, ``"q2"``)."""
         self._db._view_def(self.name)
-        return self._db.store.get_view_history(self.name, encode_key(key))
+        order = self._db._row_order(self.name)
+        return [replace(entry, row=order(entry.row))
+                for entry in self._db.store.get_view_history(self.name, encode_key(plain(key)))]
 
     def changes(self, first: int, last: int) -> list[ChangeRow]:
         """Materialize-style change rows (version, diff, row) for versions ``first..last``."""
-        return self._db.store.get_view_changes(self.name, first, last)
+        order = self._db._row_order(self.name)
+        return [replace(change, row=order(change.row)) for change in self._db.store.get_view_changes(self.name, first,
+                                                                                                      last)]
 
     def search(self, query: str, k: int, *, fresh: bool = False) -> list[Row]:
         """The ``k`` rows of this view most similar to ``query`` by the embedding its ``sem_index`` keeps, each with
@@ -272,9 +300,10 @@ class View(Relation):
     def explain(self, key: Any) -> dict[str, Any]:
         """One output: what each operator stored for it (value, cost), its ``dependencies`` (for ``LLM_GENERATE``:
         the sentences in its prompt with their document versions, the attention attribution of its output sentences
-        to them, and the key spans it copies) and its decision log."""
+        to them, and the key spans it copies) and its decision log. ``key`` as ``history`` takes it; every key in
+        the report (the decisions', the documents') is such a value too, so it prints once-encoded as JSON."""
         self._db._view_def(self.name)
-        row_key = encode_key(key)
+        row_key = encode_key(plain(key))
         all_state = self._db.store.get_all_state(self.name)
         state = {op: entry for (op, k), entry in all_state.items() if k == row_key}
         decisions = self._db.store.get_decisions(self.name, row_key)
@@ -283,13 +312,17 @@ class View(Relation):
         _inputs, operators = self._db._view_plan(self.name)
         dependencies = {op.op_id: op.describe_output(row_key, all_state) for op in operators
                         if isinstance(op, GenerateOperator)}
+        row = self._db.store.get_view_rows(self.name).get(row_key)
+        for found in dependencies.values():
+            for source in (found or {}).get("provenance", ()):
+                source["doc"] = decode_key(source["doc"])
         return {
             "key": key,
-            "row": self._db.store.get_view_rows(self.name).get(row_key),
+            "row": None if row is None else self._db._row_order(self.name)(row),
             "operators": {op: {"value": e.value, "error": e.error, "cost": asdict(e.cost), "fingerprint": e.fingerprint}
                           for op, e in state.items()},
             "dependencies": {op: d for op, d in dependencies.items() if d is not None},
-            "decisions": [asdict(d) for d in decisions],
+            "decisions": [{**asdict(d), "key": decode_key(d.key)} for d in decisions],
         }
 
     @property

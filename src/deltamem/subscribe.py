@@ -1,6 +1,6 @@
 """Subscriptions: a view's change rows delivered to a callback, as Materialize's ``SUBSCRIBE`` prints them.
 
-    sub = view.subscribe(print)   # ChangeRow(version=7, diff=1, key='1', row={...}) ...; sub.close()
+    sub = view.subscribe(print)   # ChangeRow(version=7, diff=1, key=1, row={...}) ...; sub.close()
 
 Each subscription reads the view's history from the store on its own thread, in version order, each change row
 exactly once, retractions before insertions within a version. A slow callback delays only itself: maintenance and
@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from deltamem.changes import decode_key
 from deltamem.errors import NoView
 from deltamem.store.base import ChangeRow, Store
 
@@ -49,7 +50,8 @@ class Subscription:
         else:
             self.delivered = applied
             if snapshot:
-                self._snapshot = [ChangeRow(applied, 1, k, r) for k, r in store.get_view_rows(view, applied).items()]
+                self._snapshot = [ChangeRow(applied, 1, decode_key(k), r)
+                                  for k, r in store.get_view_rows(view, applied).items()]
         self._thread = threading.Thread(target=self._run, name=f"deltamem-subscribe-{view}", daemon=True)
         self._thread.start()
 

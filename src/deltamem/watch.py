@@ -94,7 +94,8 @@ class FolderTable:
         self.glob = glob
         self.hidden = hidden
         self.max_bytes = max_bytes
-        self.table = db.table(table, key=KEY, columns=COLUMNS)  # opens it when it exists (then checked below)
+        # Opens it when it exists (its columns checked below, with a message that says what a folder table is).
+        self.table = db.table(table, key=KEY, columns=None if table in db.tables() else COLUMNS)
         self._check_table()
         self._known: dict[str, _Known] | None = None  # None: not loaded from the table yet
         self._skipped: dict[str, Signature] = {}  # skipped files, so that they are not read again while unchanged

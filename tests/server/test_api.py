@@ -199,7 +199,7 @@ def test_subscription_resumes_after_disconnect_without_loss_or_repeat(client, se
 
     history = seeded_db.view("summaries").changes(start + 1, last)
     assert [(e.data["version"], e.data["diff"], e.data["key"], e.data["row"]) for e in received] == [
-        (c.version, c.diff, json.loads(c.key), c.row) for c in history]
+        (c.version, c.diff, c.key, c.row) for c in history]
     assert len({e.id for e in received}) == len(received) == 5
     assert [e.event for e in received] == ["change"] * 5
     bad = client.get("/views/summaries/subscribe", headers={"Last-Event-ID": "seven"})
@@ -219,7 +219,9 @@ def test_a_subscriber_that_does_not_read_blocks_no_writer(client, seeded_db):
     assert [e.data["key"] for e in caught_up] == [f"w{i}" for i in range(30)]
 
 
-PUBLIC_PATHS = {"/", "/openapi.json", "/static"}  # the page, its files and the spec need no token
+# The page, its files, the spec and its docs pages need no token.
+PUBLIC_PATHS = {"/", "/openapi.json", "/static", "/docs", "/redoc", "/docs/oauth2-redirect", "/docs/assets"}
+MOUNT_FILES = {"/static": "app.js", "/docs/assets": "swagger-ui.css"}  # a file each mount serves
 
 
 def route_requests(app) -> list[tuple[str, str]]:
@@ -227,7 +229,7 @@ def route_requests(app) -> list[tuple[str, str]]:
     found = []
     for route in app.routes:
         if isinstance(route, Mount):
-            found.append(("GET", f"{route.path}/app.js"))
+            found.append(("GET", f"{route.path}/{MOUNT_FILES[route.path]}"))
             continue
         path = re.sub(r"\{[^}]+\}", "x", route.path)
         found.extend((method, path) for method in sorted(route.methods))
@@ -239,7 +241,7 @@ def assert_every_api_route_needs_the_token(app, url: str) -> None:
     with httpx.Client(base_url=url) as http:
         for method, path in route_requests(app):
             walked.add(path)
-            public = path in PUBLIC_PATHS or path.startswith("/static/")
+            public = path in PUBLIC_PATHS or path.startswith(("/static/", "/docs/assets/"))
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 answer = http.request(method, path, headers=headers, json=[{"op": "delete", "key": "refunds"}])
                 if public:
@@ -364,3 +366,51 @@ def test_view_list_counts_rows_and_failed_rows_in_the_store(seeded_db):
     assert (summaries.rows, summaries.error_rows, summaries.lag_versions) == (4, 0, 0)
     assert seeded_db.store.count_view_rows("summaries") == (4, 0)
     assert seeded_db.lag("summaries") == (0, 0.0)
+
+
+def test_changes_that_change_nothing_commit_no_version(client, seeded_db):
+    version = seeded_db.version
+    same = seeded_db.table("docs").get("refunds")
+    answer = client.post("/tables/docs/changes", json=[{"op": "upsert", "row": same},
+                                                       {"op": "delete", "key": "no-such-doc"}])
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"version": None, "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 2}
+    sql = client.post("/sql", json={"sql": "UPDATE docs SET text = text"}).json()
+    assert sql["status"] == "UPDATE 3" and sql["version"] is None
+    assert seeded_db.version == version and client.get("/log", params={"limit": 1}).json()[0]["version"] == version
+
+
+def test_posting_changes_to_a_view_says_it_is_a_view(client, seeded_db):
+    version = seeded_db.version
+    answer = client.post("/tables/summaries/changes", json=[{"op": "delete", "key": "refunds"}])
+    assert answer.status_code == 404
+    detail = answer.json()["detail"]
+    assert detail.startswith('"summaries" is a view, not a table') and "table 'docs'" in detail
+    assert "does not exist" not in detail and seeded_db.version == version
+
+
+def test_explain_over_http_gives_each_key_once_encoded(client):
+    report = client.get("/views/answers/rows/q1/explain").json()
+    assert report["key"] == "q1" and {d["key"] for d in report["decisions"]} == {"q1"}
+    [dependencies] = report["dependencies"].values()
+    assert {p["doc"] for p in dependencies["provenance"]} <= {"refunds", "shipping", "support"}
+    read = client.get("/views/summaries").json()
+    assert read["keys"] == ["refunds", "shipping", "support"]
+
+
+def test_the_api_docs_are_served_from_here_to_an_allowed_host(seeded_db, serve):
+    server = serve(seeded_db, token="s3cret", allowed_hosts=["box.lan"])
+    with httpx.Client(base_url=server.url) as http:
+        page = http.get("/docs")  # no token: the docs are public, like the page; the routes they call are not
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/docs/assets/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+        assert "cdn.jsdelivr.net" not in page.text  # nothing loaded from another site: it works offline
+        script = http.get("/docs/assets/swagger-ui-bundle.js")
+        assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+        assert http.get("/docs/assets/swagger-ui.css").status_code == 200
+        assert http.get("/redoc").status_code == 200
+        spec = http.get("/openapi.json").json()
+        assert "/tables/{table}/changes" in spec["paths"] and "/docs" not in spec["paths"]
+        assert http.get("/docs", headers={"Host": "box.lan:8000"}).status_code == 200
+        assert http.get("/docs", headers={"Host": "rebind.attacker.example"}).status_code == 400
+        assert http.get("/views").status_code == 401

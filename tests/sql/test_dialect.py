@@ -25,6 +25,7 @@ def validate_identity(sql: str, canonical: str | None = None):
     "SUBSCRIBE TO v AS OF VERSION 2",
     "EXPLAIN VIEW v KEY 'q1'",
     "SHOW USAGE",
+    "REFRESH VIEW v",
     "SELECT * FROM a JOIN b ON SEM_MATCH('{x:left} is {y:right}', candidates => 5)",
     "DROP TABLE IF EXISTS a, b CASCADE",
     "DROP STREAM s RESTRICT",
@@ -48,6 +49,7 @@ def test_seed_statement_parses_with_double_quoted_prompt_and_comments():
 def test_postgres_spellings_read_into_the_same_nodes():
     validate_identity("SELECT * FROM v FOR VERSION AS OF 3", "SELECT * FROM v AS OF VERSION 3")
     validate_identity("SUBSCRIBE v", "SUBSCRIBE TO v")
+    validate_identity("REFRESH CONTINUOUS VIEW v", "REFRESH VIEW v")
     assert [type(s.expression) for s in parse("SUBSCRIBE v; EXPLAIN VIEW v; SHOW VIEWS")] == \
         [Subscribe, ExplainView, ShowObjects]
     drop = validate_identity("DROP CONTINUOUS VIEW IF EXISTS v, w", "DROP VIEW IF EXISTS v, w")
@@ -80,8 +82,9 @@ def test_syntax_error_shows_line_column_and_caret_under_the_fault():
 
 @pytest.mark.parametrize("sql, message, caret", [
     ("SELEC * FROM t", "unknown statement 'SELEC'; expected one of CREATE, DROP, INSERT, UPDATE, DELETE, COPY, SELECT, "
-                       "WITH, SUBSCRIBE, EXPLAIN, SHOW. Did you mean 'SELECT'?", "^^^^^"),
+                       "WITH, SUBSCRIBE, EXPLAIN, SHOW, REFRESH. Did you mean 'SELECT'?", "^^^^^"),
     ("DROP INDEX i", "expected TABLE, STREAM, VIEW or CONTINUOUS VIEW after DROP", "     ^^^^^"),
+    ("REFRESH TABLE t", "expected VIEW after REFRESH (REFRESH VIEW name)", "        ^^^^^"),
     ("DROP TABLE IF EXISTS", "expected table name but the statement ended", "              ^^^^^^"),
     ("SELECT * FROM t WHERE", "expected a condition after WHERE", "                ^^^^^"),
     ("SHOW TABLE", "expected TABLES, VIEWS, USAGE after SHOW. Did you mean 'TABLES'?", "     ^^^^^"),

@@ -40,7 +40,7 @@ def test_restrict_names_every_dependent_view_and_changes_nothing(db):
         execute(db, "DROP TABLE papers")
     assert str(caught.value) == (
         'Cannot drop table "papers" because other views depend on it: view "gists" reads table "papers", view '
-        '"short" reads view "gists". Drop them first, or drop with CASCADE (cascade=True) to drop them too')
+        '"short" reads view "gists". Drop them first, or write DROP TABLE papers CASCADE to drop them too')
     assert caught.value.views == ("gists", "short")
     with pytest.raises(DependentViews, match='view "short" reads view "gists"'):
         execute(db, "DROP VIEW gists RESTRICT")

@@ -194,3 +194,52 @@ def test_unsupported_constructs_are_named(db, sql, message):
     with pytest.raises(NotSupported, match=None) as caught:
         execute(db, sql)
     assert message in str(caught.value)
+
+
+def test_a_statement_that_changes_nothing_commits_no_version(db):
+    version = db.version
+    for sql in ("UPDATE papers SET title = title", "DELETE FROM papers WHERE id = 99",
+                "INSERT INTO papers VALUES (1, 'x', 'y', 1) ON CONFLICT DO NOTHING"):
+        result = execute(db, sql)
+        assert result.version is None and db.version == version, sql
+    assert execute(db, "UPDATE papers SET year = 2022 WHERE id = 2").version == version + 1
+
+
+def test_plain_select_views_call_no_model_and_follow_every_change(db):
+    execute(db, "CREATE CONTINUOUS VIEW recent AS SELECT title, year FROM papers WHERE year > 2020;"
+                "CREATE CONTINUOUS VIEW copy AS SELECT * FROM papers")
+    assert [op for op, _input, _params in execute(db, "EXPLAIN VIEW copy").rows] == ["1:sql_project"]
+    statements = ["INSERT INTO papers VALUES (3, 'Logs', 'LSM trees.', 2023), (4, 'Old', 'x', 1999)",
+                  "UPDATE papers SET year = 2019 WHERE id = 1", "UPDATE papers SET year = 2024 WHERE id = 4",
+                  "DELETE FROM papers WHERE id = 3"]
+    for statement in statements:
+        execute(db, statement)
+        assert rows(db, "SELECT * FROM recent") == rows(db, "SELECT title, year FROM papers WHERE year > 2020")
+        assert rows(db, "SELECT * FROM copy") == rows(db, "SELECT * FROM papers")
+    assert rows(db, "SELECT * FROM recent") == [("Old", 2024)]
+    assert db.usage().calls == 0 and db.store.get_ledger() == []
+
+
+def test_refresh_view_retries_the_failed_rows_now(tmp_path):
+    from deltamem.llm.runner import RetryPolicy
+    from deltamem.llm.scripted import ScriptedLLM
+
+    db = dm.connect(str(tmp_path / "r.db"), llm=ScriptedLLM(failures={"poison": 3}), embedder="test",
+                    background=False, retry=RetryPolicy(attempts=3, base_delay=0.0))
+    execute(db, "CREATE TABLE notes (id INT PRIMARY KEY, body TEXT); CREATE TABLE other (id INT PRIMARY KEY);"
+                "INSERT INTO notes VALUES (1, 'poison pill'), (2, 'fine');"
+                "CREATE CONTINUOUS VIEW gists AS SELECT id, SEM_MAP('Sum up {body}') AS gist FROM notes")
+    result = execute(db, "SELECT * FROM gists")
+    assert result.columns == ["id", "gist", "_error"] and result.rows[0][2].startswith("scripted failure")
+    version = db.version
+    refreshed = execute(db, "REFRESH VIEW gists")
+    assert refreshed.status == "REFRESH VIEW gists: 1 failed row retried, 0 still failing"
+    assert refreshed.version == version + 1
+    result = execute(db, "SELECT * FROM gists")
+    assert result.columns == ["id", "gist"] and all(gist for _id, gist in result.rows)
+    again = execute(db, "REFRESH CONTINUOUS VIEW gists")  # nothing failed: nothing to do, no version
+    assert again.status == "REFRESH VIEW gists: no failed rows, nothing to retry" and again.version is None
+    assert db.version == version + 1
+    with pytest.raises(NoView, match='"other" is a table; view expected here'):
+        execute(db, "REFRESH VIEW other")
+    db.close()

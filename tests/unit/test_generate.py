@@ -124,6 +124,22 @@ def test_auto_patches_a_substituted_value_the_answer_copies():
     assert row["answer"] == "Alan studied at Oxford."
 
 
+def test_auto_on_a_backend_that_verifies_tests_the_answer_exactly_instead_of_patching_it():
+    db = scripted_db(llm=ExtractiveLLM(verifies=True))
+    questions = db.table("questions", key="qid", columns=QUESTIONS)
+    docs = db.table("docs", key="doc_id", columns=DOCS)
+    questions.upsert({"qid": "q1", "question": "Where did Alan study?"})
+    docs.upsert({"doc_id": "alan", "title": "Alan Turing", "text": "Alan was born in 1912. Alan studied at Cambridge."})
+    view = generate(db, strategy="auto", shadow=1.0)
+    view.rows(fresh=True)
+    docs.upsert({"doc_id": "alan", "title": "Alan Turing", "text": "Alan was born in 1912. Alan studied at Oxford."})
+    (row,) = view.rows(fresh=True)
+    (decision,) = [d for d in view.explain("q1")["decisions"] if d["version"] == db.version]
+    assert (decision["strategy"], decision["calls"]) == ("regenerate", 1)
+    assert decision["reason"].endswith("it changed: decoded from the first divergence (exact)")
+    assert row["answer"] == "Alan studied at Oxford."
+
+
 def test_auto_skips_an_edit_that_neither_question_nor_answer_mentions_and_shadow_checks_it(db):
     view = generate(db, strategy="auto", shadow=1.0)
     view.rows(fresh=True)

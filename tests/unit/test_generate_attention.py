@@ -83,7 +83,7 @@ def test_explain_reports_provenance_attribution_and_key_spans():
     view.rows(fresh=True)
     (deps,) = view.explain("q1")["dependencies"].values()
     assert [(p["doc"], p["position"], p["doc_version"]) for p in deps["provenance"]] == [
-        ('"alan"', 0, 2), ('"alan"', 1, 2), ('"tea"', 0, 3), ('"tea"', 1, 3)]
+        ("alan", 0, 2), ("alan", 1, 2), ("tea", 0, 3), ("tea", 1, 3)]  # keys as the table holds them
     assert all(p["current"] for p in deps["provenance"])
     attribution = deps["attribution"]
     assert attribution["output_sentences"] == ["Alan studied at Cambridge."]

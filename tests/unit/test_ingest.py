@@ -116,6 +116,35 @@ def test_invalid_json_and_non_objects_name_the_line(db, tmp_path):
         load_file(db, "docs", path, key="id")
 
 
+@pytest.mark.parametrize("text, line, message", [
+    ('{"id": 1, "text": "a"}\n{"id": 2, "text": "b",}\n', 2,
+     "is not valid JSON at column 23 (after '{\"id\": 2, \"text\": \"b\",'): Expecting property name"),
+    ('{"id": 1, "text": "ééé", "x": tru}\n', 1,  # columns count characters, as an editor does, not bytes
+     "is not valid JSON at column 31 (after '1, \"text\": \"ééé\", \"x\": '): Expecting value"),
+    ('{"id": 1,\n "text": "a"}\n', 1,  # a pretty-printed object: the error is at the end of its first line
+     "at column 10 (after '{\"id\": 1,'): Expecting property name enclosed in double quotes; the line ends inside "
+     "the object: JSON Lines wants each object whole on one line"),
+    ('[\n {"id": 1},\n {"id": 2 "text": "b"}\n]\n', 3,  # a JSON array: the line and column in the file
+     "at column 11 (after '{\"id\": 2 '): Expecting ',' delimiter"),
+])
+def test_invalid_json_names_the_column_and_the_text_before_it(db, tmp_path, text, line, message):
+    path = tmp_path / ("bad.json" if text.startswith("[") else "bad.jsonl")
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(LoadError) as caught:
+        load_file(db, "docs", path, key="id")
+    assert caught.value.line == line and message in caught.value.problem
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record(db, tmp_path):
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n')
+    assert load_file(db, "docs", jsonl, key="id").inserted == 2
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes(b'\xef\xbb\xbfid,text\n3,c\n')
+    assert load_file(db, "docs", csv_path).inserted == 1
+    assert [r["id"] for r in db.table("docs").rows()] == [1, 2, 3]
+
+
 def test_csv_converts_to_the_column_types_and_infers_them_for_a_new_table(db, tmp_path):
     path = tmp_path / "people.csv"
     path.write_text('id,name,age,score,member\n1,Ada,36,1.5,true\n2,"Grace, H.",,2,false\n3,"multi\nline",7,3,\n')

@@ -20,19 +20,42 @@ def docs_view(db: dm.Database, **table_options) -> dm.View:
 def test_every_commit_gets_the_next_version():
     db = scripted_db()
     docs = db.table("docs", key="id")
-    assert [docs.upsert({"id": 1, "text": "a"}), docs.upsert({"id": 2, "text": "b"}), docs.delete(1)] == [1, 2, 3]
+    written = [docs.upsert({"id": 1, "text": "a"}), docs.upsert({"id": 2, "text": "b"}), docs.delete(1)]
+    assert [w.version for w in written] == [1, 2, 3]
+    assert [(w.inserted, w.updated, w.deleted, w.unchanged) for w in written] == [(1, 0, 0, 0), (1, 0, 0, 0),
+                                                                                   (0, 0, 1, 0)]
     assert db.version == 3
+
+
+def test_a_write_that_changes_nothing_makes_no_version_and_counts_it_unchanged():
+    clock = dm.ManualClock()
+    db = scripted_db(clock=clock)
+    docs = db.table("docs", key="id", columns={"id": "int", "text": "text"}, ttl="1 day")
+    assert docs.upsert([{"id": 1, "text": "a"}, {"id": 2, "text": "b"}]) == dm.Written(1, inserted=2)
+    assert docs.upsert({"id": 1, "text": "a"}) == dm.Written(None, unchanged=1)  # the same row again
+    assert docs.delete(7) == dm.Written(None, unchanged=1)  # a key that is not there
+    with db.batch() as batch:
+        docs.upsert({"id": 2, "text": "b"})
+        docs.delete(8)
+    assert (batch.version, batch.written) == (None, dm.Written(None, unchanged=2))
+    assert db.version == 1 and db.store.get_latest_version() == 1
+    mixed = docs.upsert([{"id": 1, "text": "a"}, {"id": 2, "text": "B"}, {"id": 3, "text": "c"}])
+    assert mixed == dm.Written(2, inserted=1, updated=1, unchanged=1) and mixed.changed == 2
+    clock.advance("20 hours")
+    assert docs.upsert({"id": 1, "text": "a"}).version is None  # no version, but the TTL starts again
+    clock.advance("20 hours")
+    assert db.expire() == 2 and [r["id"] for r in docs.rows()] == [1]  # 2 and 3 expired; 1 was renewed
 
 
 def test_as_of_reads_an_older_version_and_history_keeps_every_version():
     db = scripted_db()
     view = docs_view(db)
     docs = db.table("docs")
-    v1 = docs.upsert({"id": 1, "text": "first"})
+    v1 = docs.upsert({"id": 1, "text": "first"}).version
     db.maintain()
-    v2 = docs.upsert({"id": 1, "text": "second"})
+    v2 = docs.upsert({"id": 1, "text": "second"}).version
     db.maintain()
-    v3 = docs.delete(1)
+    v3 = docs.delete(1).version
     db.maintain()
     assert [r["text"] for r in view.rows(as_of=v1)] == ["first"]
     assert [r["text"] for r in view.rows(as_of=v2)] == ["second"]
@@ -65,9 +88,9 @@ def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order():
             done.set()
 
     with view.subscribe(collect):
-        v_ins = docs.upsert({"id": 2, "text": "new", "ts": 0.0})
-        v_upd = docs.upsert({"id": 1, "text": "newer", "ts": 0.0})
-        v_del = docs.delete(2)
+        v_ins = docs.upsert({"id": 2, "text": "new", "ts": 0.0}).version
+        v_upd = docs.upsert({"id": 1, "text": "newer", "ts": 0.0}).version
+        v_del = docs.delete(2).version
         clock.advance("2 days")  # the background loop expires id 1
         assert done.wait(10), seen
     versions_and_diffs = [(c.version, c.diff, c.row["text"]) for c in seen]
@@ -85,7 +108,7 @@ def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order():
 def test_background_maintenance_reports_lag_and_fresh_waits_for_it():
     db = scripted_db(llm=ScriptedLLM(latency=0.2), background=True)
     view = docs_view(db)
-    version = db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)])
+    version = db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)]).version
     stale = view.rows()
     assert stale.lag >= 1 and stale.version < version
     fresh = view.rows(fresh=True, timeout=10)
@@ -177,6 +200,8 @@ def test_usage_reports_totals_by_view_and_operator_beside_full_recompute():
     assert usage.calls == 4 and usage.by_view["v"].calls == 4
     assert usage.prompt_tokens > 0 and usage.output_tokens > 0 and usage.reused_tokens == 0
     full = usage.full_recompute["v"]
-    # a full recompute reruns every row at every one of the 4 versions: 1 + 2 + 3 + 4 calls
-    assert (full.refreshes, full.cost.calls, full.once_now.calls) == (4, 10, 4)
-    assert usage.full_recompute_calls == 10
+    # a full recompute asks for every row at every one of the 4 versions, and its memo answers those it asked before
+    assert (full.refreshes, full.cost.calls, full.once_now.calls) == (4, 4, 4)
+    assert usage.full_recompute_calls == 4
+    # without a memo it would pay 1 + 2 + 3 + 4 calls
+    assert full.no_memo.calls == usage.full_recompute_no_memo_calls == 10

@@ -221,7 +221,7 @@ def run_edit_stream(
                 backend.kv_cache = warm.copy()  # every strategy starts from the build's caches, none from another's
             store = SQLiteStore(path)  # the copied build, switched to this strategy: state and answers carry over
             (view,) = store.get_view_defs()
-            store.put_view_def(ViewDef(view.name, {**view.plan, "strategy": strategy}))
+            store.put_view_def(ViewDef(view.name, {**view.plan, "strategy": strategy}), replace=True)
             store.close()
             db = dm.connect(path, llm=backend, embedder="test", background=False)
             answers, decisions, edit_walls = [], [], []

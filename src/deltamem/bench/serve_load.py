@@ -201,7 +201,7 @@ def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, 
         stop.set()
         with dm.connect(str(db_path), llm="test", embedder="test", background=False) as reader:
             history = reader.view("digest").changes(start + 1, latest)
-            expected_rows = [(c.version, c.diff, json.loads(c.key), c.row) for c in history]
+            expected_rows = [(c.version, c.diff, c.key, c.row) for c in history]
             for follower in followers:
                 follower.join(10)
             for r in received:

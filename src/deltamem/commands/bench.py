@@ -21,7 +21,8 @@ def bench_rowwise(
     data: Optional[Path] = typer.Option(None, help="A file of {title, text} passages or 2Wiki records."),
     out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
 ) -> None:
-    """A filter-then-map view kept fresh by deltamem against a full recompute after every change, in one run.
+    """A filter-then-map view kept fresh by deltamem against a full recompute after every change (the same engine,
+    its memo answering identical calls), in one run; beside them, the ledger's count without a memo.
 
     Example: deltamem bench rowwise --llm test --passages 200 --changes 100
     """
@@ -41,14 +42,22 @@ def bench_rowwise(
     table = RichTable(title=f"bench rowwise · {result.llm} · {result.passages} passages · {result.changes} changes")
     for column in ("side", "calls", "tokens (prompt + output)", "wall s"):
         table.add_column(column, justify="left" if column == "side" else "right")
-    for side, numbers in (("deltamem", result.incremental), ("full recompute", result.full_recompute)):
-        table.add_row(side, str(numbers.calls), str(numbers.prompt_tokens + numbers.output_tokens),
-                      f"{numbers.seconds:.2f}")
     ratios = result.ratios()
+
+    def add_side(side: str, numbers) -> None:
+        table.add_row(side, str(numbers.calls), str(numbers.prompt_tokens + numbers.output_tokens),
+                      "" if numbers.seconds is None else f"{numbers.seconds:.2f}")
+
+    add_side("deltamem", result.incremental)
+    add_side("full recompute (same engine, memo)", result.full_recompute)
     table.add_row("full recompute / deltamem", f"{ratios['calls']:.1f}x", f"{ratios['tokens']:.1f}x",
                   f"{ratios['seconds']:.1f}x", style="bold")
+    add_side("full recompute without a memo (ledger count, not run)", result.full_recompute_no_memo)
+    table.add_row("without a memo / deltamem", f"{ratios['calls_no_memo']:.1f}x", f"{ratios['tokens_no_memo']:.1f}x",
+                  "")
     console.print(table)
-    console.print(f"final views agree row for row: {result.views_agree}")
+    console.print(f"final views agree row for row: {result.views_agree}; usage().full_recompute of deltamem's side "
+                  f"matches the calls the full recompute paid: {result.ledger_agrees}")
     if out:
         out.write_text(json.dumps(result.to_json(), indent=2))
 
@@ -57,14 +66,15 @@ def bench_operators(
     sizes: str = typer.Option("64,256,1024", help="Comma-separated numbers of rows."),
     operators: str = typer.Option("sem_agg,sem_topk,sem_join,sem_search", help="Comma-separated operators."),
     changes: int = typer.Option(30, help="Changes measured per operator and size (inserts, updates, deletes in turn)."),
-    index_sizes: str = typer.Option("10000,100000", help="Vector counts for the HNSW index timings ('' skips them)."),
+    index_sizes: str = typer.Option("", help="Also time the HNSW index at these vector counts, e.g. 10000,100000, "
+                                             "and the standing searches (a minute or more); by default, not."),
     seed: int = typer.Option(0, help="Seed of the changes."),
     data: Optional[Path] = typer.Option(None, help="Corpus (default: ../shared/data/2wikimultihopqa/hipporag_corpus_6119.json)."),
     llm: str = LLM,
     out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
 ) -> None:
     """LLM calls of one insert, update and delete per incremental operator, beside a build from scratch and LOTUS's
-    algorithms, at each size; then the vector index's insert rate, query latency and recall@10.
+    algorithms, at each size; with --index-sizes, then the vector index's insert rate, query latency and recall@10.
 
     Example: deltamem bench operators --sizes 64,256,1024 --llm test --index-sizes 10000
     """
@@ -85,8 +95,12 @@ def bench_operators(
             result["standing_search"] = run_standing_search_bench()
     except dm.DeltamemError as exc:
         fail(exc)
-    table = RichTable(title=f"bench operators · {result['config']['llm']} · mean LLM calls per change")
-    for column in ("operator", "N", "from scratch", "insert", "update", "delete", "max", "LOTUS per change"):
+    from deltamem.bench.operators import ANALYTIC, MEASURED
+
+    table = RichTable(title=f"bench operators · {result['config']['llm']} · mean LLM calls per change",
+                      caption=f"from scratch, insert, update, delete, max: {MEASURED}. LOTUS per change: {ANALYTIC}.")
+    for column in ("operator", "N", "from scratch (measured)", "insert", "update", "delete", "max",
+                   "LOTUS per change (analytic)"):
         table.add_column(column, justify="left" if column == "operator" else "right")
     for operator, by_size in result["operators"].items():
         for size, r in by_size.items():

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws a raw tqdm bar; ours are rich's
 
 console = Console()
+
+
+class _StderrLines(logging.Handler):
+    """Each record as one plain line on the stderr of the moment (a test runner swaps it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            typer.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging's own contract: a failed emit never raises into the caller
+            self.handleError(record)
+
+
+# A model that loads says so, with its duration ("Loaded SmolLM2-135M-Instruct (Q4_1) in 31.2 s"): the bars that
+# transformers would draw are off (TQDM_DISABLE above), and a silent half minute reads as a hang.
+_backends_log = logging.getLogger("deltamem.llm")
+if not any(isinstance(h, _StderrLines) for h in _backends_log.handlers):
+    _backends_log.addHandler(_StderrLines())
+    _backends_log.setLevel(logging.INFO)
 
 LLM = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test.")
 EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test.")

@@ -38,8 +38,8 @@ def run_sql(
     echo: bool = typer.Option(True, "--echo/--no-echo", help="Print each statement before its result."),
 ) -> None:
     """Run a SQL script against a database, printing each statement's result; the first error stops it (a syntax
-    error anywhere stops it before the first statement runs) and exits with status 1. COPY reads relative paths
-    from the script's folder.
+    error anywhere, or a misconfigured --llm or --embedder, stops it before the first statement runs) and exits with
+    status 1. COPY reads relative paths from the script's folder.
 
     Example: deltamem run app.db schema.sql --llm test --embedder test
     """

@@ -52,7 +52,8 @@ def load(
     except dm.DeltamemError as exc:
         fail(exc)
     if result.version is None:
-        console.print(literal(f"{file}: no records; nothing committed"))
+        what = result.summary() if result.records else "no records"
+        console.print(literal(f"{file}: {what}; nothing changed, nothing committed"))
         return
     created = f" (created table {table!r})" if result.created else ""
     console.print(literal(f"{table}{created}: {result.summary()}; committed version {result.version}"))
@@ -144,7 +145,7 @@ def subscribe(
     """
     import queue
 
-    from deltamem.changes import key_order
+    from deltamem.changes import decode_key, key_order
     from deltamem.errors import NoView
     from deltamem.store.base import ChangeRow
 
@@ -170,7 +171,7 @@ def subscribe(
             replayed_through = handle.version  # read after subscribing: the subscription starts at or before it
             if snapshot:
                 at = database.store.get_view_rows(view, as_of)
-                backlog = [ChangeRow(as_of, 1, k, at[k]) for k in sorted(at, key=key_order)]
+                backlog = [ChangeRow(as_of, 1, decode_key(k), at[k]) for k in sorted(at, key=key_order)]
             backlog += handle.changes(as_of + 1, replayed_through)
         if header and not as_json:
             typer.echo("\t".join(["version", "diff", *columns]))
@@ -181,7 +182,7 @@ def subscribe(
             nonlocal printed
             if as_json:
                 typer.echo(json.dumps({"version": change.version, "diff": change.diff,
-                                       "key": json.loads(change.key), "row": change.row}, default=str))
+                                       "key": change.key, "row": change.row}, default=str))
             else:
                 extra = [f"{c}={_copy_text(v)}" for c, v in change.row.items() if c not in columns]  # e.g. _error
                 fields = [str(change.version), f"{change.diff:+d}", *(_copy_text(change.row.get(c)) for c in columns)]

@@ -8,9 +8,16 @@ either kind are counted as ``failures``, and calls in flight when their process 
 (one call per text) are counted apart, in ``embeddings`` and the fields after it: ``calls`` and the full-recompute
 baseline count LLM calls, and "calls saved" compares those.
 
-The full-recompute baseline of a view is what a system without incremental maintenance would pay: at every version
-that changed the view's inputs, recompute every operator over every row that reaches it. deltamem knows that cost
-exactly, because every stored value carries what its call cost when it was paid.
+The full-recompute baseline of a view is what the same engine would pay without incremental maintenance: at every
+version that changed the view's inputs, ask for every output again, the memo answering any call identical to one
+paid before (``Store.commit_view`` says how it is counted). For a view run with ``strategy="full"`` it is what the
+view paid. Its calls are exact for the row-wise operators and ``LLM_GENERATE``; for ``sem_agg``, ``sem_topk`` and
+``sem_join`` the stored values' calls stand in for those a rebuild would make (a rebuilt tree, sort or blocking
+could ask for other calls). Tokens and seconds are what each stored value cost when it was paid (an answer kept
+without a call is costed at its last paid call): its tokens count the whole prompt, reused KV included, but the
+seconds of a value refreshed over reused KV are those of that cheaper call, so for such views the baseline's seconds
+understate a full recompute's (``deltamem bench edit-stream`` times both in one run). ``no_memo`` keeps the figure
+of a system without a memo either: every stored value paid again at every refresh.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from deltamem.llm.runner import is_embedding_operator
-from deltamem.store.base import CallCost, LedgerTotals
+from deltamem.store.base import Baseline, CallCost, LedgerTotals
 
 
 @dataclass
@@ -68,11 +75,13 @@ class CostTotals:
 
 @dataclass(frozen=True)
 class FullRecompute:
-    """The counterfactual for one view: ``refreshes`` full recomputes costing ``cost`` in all, and one now."""
+    """The counterfactual for one view: ``refreshes`` full recomputes costing ``cost`` in all (the memo answering
+    identical calls), ``no_memo`` without a memo, and ``once_now``: every stored value paid once more, now."""
 
     refreshes: int
     cost: CallCost
     once_now: CallCost
+    no_memo: CallCost = CallCost()
 
 
 @dataclass
@@ -85,7 +94,7 @@ class Usage(CostTotals):
 
     @classmethod
     def build(
-        cls, ledger: list[LedgerTotals], baselines: dict[str, tuple[int, CallCost]], once_now: dict[str, CallCost]
+        cls, ledger: list[LedgerTotals], baselines: dict[str, Baseline], once_now: dict[str, CallCost]
     ) -> "Usage":
         usage = cls()
         by_view: dict[str, CostTotals] = defaultdict(CostTotals)
@@ -97,14 +106,20 @@ class Usage(CostTotals):
         usage.by_view = dict(by_view)
         usage.by_operator = dict(by_operator)
         usage.full_recompute = {
-            view: FullRecompute(refreshes, cost, once_now.get(view, CallCost()))
-            for view, (refreshes, cost) in baselines.items()
+            view: FullRecompute(b.refreshes, b.cost, once_now.get(view, CallCost()), b.no_memo)
+            for view, b in baselines.items()
         }
         return usage
 
     @property
     def full_recompute_calls(self) -> int:
+        """LLM calls a full recompute at every refresh would have paid in this engine, memo included."""
         return sum(f.cost.calls for f in self.full_recompute.values())
+
+    @property
+    def full_recompute_no_memo_calls(self) -> int:
+        """The same without a memo: every stored value paid again at every refresh."""
+        return sum(f.no_memo.calls for f in self.full_recompute.values())
 
     def rich_table(self):  # -> rich.table.Table; imported lazily so the core does not need rich
         """A table with one row per view and a total: paid against a full recompute at every refresh."""
@@ -112,20 +127,22 @@ class Usage(CostTotals):
 
         from deltamem.display import literal
 
-        table = Table(title="LLM cost: deltamem (incremental) vs full recompute at every refresh")
+        table = Table(title="LLM cost: deltamem (incremental) vs full recompute at every refresh (same engine and "
+                            "memo; 'no memo': every stored value paid again)")
         for name in ("view", "refreshes", "calls", "full calls", "tokens", "full tokens", "seconds", "full s",
-                     "memo hits", "calls saved"):
+                     "memo hits", "calls saved", "full calls, no memo"):
             table.add_column(name, justify="left" if name == "view" else "right")
         views = sorted(set(self.by_view) | set(self.full_recompute))
         none = FullRecompute(0, CallCost(), CallCost())
         rows = [(v, self.by_view.get(v, CostTotals()), self.full_recompute.get(v, none)) for v in views]
-        total = FullRecompute(sum(f.refreshes for *_, f in rows), sum((f.cost for *_, f in rows), CallCost()), CallCost())
+        total = FullRecompute(sum(f.refreshes for *_, f in rows), sum((f.cost for *_, f in rows), CallCost()),
+                              CallCost(), sum((f.no_memo for *_, f in rows), CallCost()))
         for name, paid, full in [*rows, ("total", self, total)]:
             saved = 1 - paid.calls / full.cost.calls if full.cost.calls else 0.0
             table.add_row(
                 literal(name), str(full.refreshes), str(paid.calls), str(full.cost.calls),
                 str(paid.prompt_tokens + paid.output_tokens), str(full.cost.prompt_tokens + full.cost.output_tokens),
                 f"{paid.seconds:.1f}", f"{full.cost.seconds:.1f}", str(paid.memo_hits), f"{saved:.0%}",
-                style="bold" if name == "total" else None,
+                str(full.no_memo.calls), style="bold" if name == "total" else None,
             )
         return table

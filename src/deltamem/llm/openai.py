@@ -14,6 +14,7 @@ completes over ``/completions`` with the chat rendered here, and can re-score a 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -68,6 +69,13 @@ def _resolve(
             f"{who} needs a base URL such as http://127.0.0.1:8000/v1: pass base_url=... or set {' or '.join(url_vars)}"
         )
     return model, base_url.rstrip("/"), _setting(api_key, key_vars) or _PLACEHOLDER_KEY
+
+
+def _check(who: str, model: str | None, base_url: str | None, api_key: str | None, *, embed: bool) -> None:
+    """What the constructor would refuse, found without building a client: the settings, then the SDK package."""
+    _resolve(who, model, base_url, api_key, embed=embed)
+    if importlib.util.find_spec("openai") is None:
+        raise BackendUnavailable("the OpenAI backends need the `openai` package: pip install openai")
 
 
 def _client(base_url: str, api_key: str, max_retries: int, timeout: float) -> Any:
@@ -128,6 +136,13 @@ class OpenAILLM:
 
             render = chat_renderer(chat_template)
             self._completions = CompletionsPath(self._client, self.model, self.base_url, self.model_id, render)
+
+    @staticmethod
+    def check_config(model: str | None = None, base_url: str | None = None, api_key: str | None = None,
+                     **_options: Any) -> None:
+        """``BackendUnavailable`` when the model or the base URL is set nowhere (arguments, then the environment) or
+        the ``openai`` package is missing; no request is sent."""
+        _check("OpenAILLM", model, base_url, api_key, embed=False)
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -236,6 +251,13 @@ class OpenAIEmbedder:
         self._dim = dim
         self._dim_lock = threading.Lock()
         self._client = _client(self.base_url, api_key, max_retries, timeout)
+
+    @staticmethod
+    def check_config(model: str | None = None, base_url: str | None = None, api_key: str | None = None,
+                     **_options: Any) -> None:
+        """``BackendUnavailable`` when the model or the base URL is set nowhere (arguments, then the environment:
+        ``DELTAMEM_OPENAI_EMBED_MODEL``, ...) or the ``openai`` package is missing; no request is sent."""
+        _check("OpenAIEmbedder", model, base_url, api_key, embed=True)
 
     @property
     def dim(self) -> int:

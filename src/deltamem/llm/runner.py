@@ -6,17 +6,19 @@ The engine decides *what* to call; the runner only runs it. Per call it
 
 1. looks the call up in the memo (``deltamem.llm.memo.call_hash``): a hit costs nothing and is written to the ledger
    as ``memo`` with the tokens it saved;
-2. otherwise notes it on the store as in flight (``Store.begin_call``), runs it on a thread pool, retrying a
-   ``BackendError`` with exponential backoff, and writes the result to the memo and the ledger (``paid``) in one
-   transaction, at once, so a killed process never pays for it again. A call in flight when the process is killed is
-   lost and paid again; the next process to open the store puts it on the ledger as ``interrupted``;
+2. otherwise claims it on the store and notes it as in flight, in one transaction (``deltamem.llm.claims``: while
+   another process, or thread, holds the claim, it waits for that one's memo entry instead of paying), runs it on a
+   thread pool, retrying a ``BackendError`` with exponential backoff, and writes the result to the memo and the
+   ledger (``paid``) in one transaction that also ends the claim, at once, so a killed process never pays for it
+   again. A call in flight when the process is killed is lost and paid again; the next process to open the store
+   puts it on the ledger as ``interrupted``;
 3. after the last attempt, writes a ``failed`` ledger entry and returns the error: the caller stores it on the row.
 
 Identical calls in one batch run once; the others are memo hits.
 
-Embeddings take the same path (``embed``), one text being one call: memo first (``embed_hash``), then one batch for
-every text the memo lacks, retried with backoff; a batch that still fails is split in halves, each tried once, so a
-text the embedder always refuses fails alone and the others are paid. Each text gets its own ``paid``, ``memo`` or
+Embeddings take the same path (``embed``), one text being one call: memo first (``embed_hash``), then claims, then
+one batch for every text the memo lacks and this runner claimed, retried with backoff; a batch that still fails is
+split in halves, each tried once, so a text the embedder always refuses fails alone and the others are paid. Each text gets its own ``paid``, ``memo`` or
 ``failed`` entry, under the operator ``embedding_operator(op_id)`` (``"2:sem_index/embed"``), with the tokens the
 embedder counts (``count_tokens``, when it has one) and its share of the batch's seconds.
 """
@@ -33,6 +35,7 @@ import numpy as np
 from deltamem.errors import BackendError
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import Completion, CompletionRequest, EmbeddingBackend, LLMBackend
+from deltamem.llm.claims import DEFAULT_CLAIM_TIMEOUT, claim_or_wait
 from deltamem.llm.memo import call_hash, embed_hash, text_to_vector, vector_to_text
 from deltamem.store.base import CallCost, CallInFlight, LedgerEntry, Store
 
@@ -122,8 +125,10 @@ class CallRunner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         progress: ProgressHook | None = None,
+        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
     ):
         self.store = store
+        self.claim_timeout = claim_timeout  # see deltamem.llm.claims
         self._backend = backend if isinstance(backend, LazyBackend) else LazyBackend(lambda: backend)
         self.retry = retry
         self.clock = clock
@@ -176,10 +181,22 @@ class CallRunner:
         return [results[h] for h in hashes]
 
     def _pay(self, spec: CallSpec, h: str, view: str, operator: str, version: int | None) -> CallResult:
-        # Noted before the backend is asked and ended by the ledger entry. An exception other than BackendError
-        # leaves the note: the call may have been paid, and the next process reports it as interrupted.
-        flight = self.store.begin_call(
-            CallInFlight(self.clock(), version, view, operator, spec.reason, self.backend.model_id, h))
+        # Claimed and noted before the backend is asked, both ended by the ledger entry. An exception other than
+        # BackendError releases the claim but leaves the note: the call may have been paid, and the next process
+        # reports it as interrupted.
+        call = CallInFlight(self.clock(), version, view, operator, spec.reason, self.backend.model_id, h)
+        claims = claim_or_wait(self.store, {h: call}, stale_after=self.claim_timeout)
+        if h in claims.answered:  # another process (or thread) paid it while this one waited
+            self._record(spec, h, claims.answered[h], "memo", view, operator, version)
+            return CallResult(h, claims.answered[h], None, memo_hit=True)
+        try:
+            return self._pay_claimed(spec, h, claims.claimed[h], view, operator, version)
+        except BaseException:
+            self.store.release_claims([h])
+            raise
+
+    def _pay_claimed(self, spec: CallSpec, h: str, flight: int | None, view: str, operator: str,
+                     version: int | None) -> CallResult:
         error = ""
         for attempt in range(self.retry.attempts):
             if attempt:
@@ -222,15 +239,39 @@ class CallRunner:
             else:
                 values[h] = memo
                 hits.append((h, reason))
-        paid: dict[str, Completion | str] = {}
-        if to_pay:
-            if self.progress:
-                self.progress(f"{view}/{label}", 0, len(to_pay))
-            paid = self._pay_embeddings(embedder, list(to_pay), [text for text, _reason in to_pay.values()])
-            values.update(paid)
-            if self.progress:
-                self.progress(f"{view}/{label}", len(to_pay), len(to_pay))
-        # One transaction for the batch's entries: a commit (and its fsync) per text made bulk indexing crawl.
+        paid_here: set[str] = set()
+        if to_pay and self.progress:
+            self.progress(f"{view}/{label}", 0, len(to_pay))
+        pending = list(to_pay)
+        while pending:  # rounds: pay and record what this runner claimed, then wait for what others hold
+            claims = claim_or_wait(self.store, dict.fromkeys(pending), stale_after=self.claim_timeout)
+            for h, answer in claims.answered.items():  # another process (or thread) paid it meanwhile
+                values[h] = answer
+                hits.append((h, to_pay[h][1]))
+            claimed = list(claims.claimed)
+            if claimed:
+                try:
+                    paid = self._pay_embeddings(embedder, claimed, [to_pay[h][0] for h in claimed])
+                    self._record_paid_embeddings(paid, to_pay, model, view, label, version)
+                except BaseException:
+                    self.store.release_claims(claimed)
+                    raise
+                values.update(paid)
+                paid_here.update(paid)
+            pending = list(claims.busy)
+        if to_pay and self.progress:
+            self.progress(f"{view}/{label}", len(to_pay), len(to_pay))
+        with self.store.transaction():
+            for h, reason in hits:
+                value = values[h]
+                if not isinstance(value, str):  # a duplicate of a failed text is no hit: its one failure is recorded
+                    self._record_embedding(h, reason, value, "memo", view, label, version)
+        return [_embed_result(h, values[h], memo_hit=h not in paid_here) for h in hashes]
+
+    def _record_paid_embeddings(self, paid: dict[str, Completion | str], to_pay: dict[str, tuple[str, str]],
+                                model: str, view: str, label: str, version: int | None) -> None:
+        """The ledger entries (and memo entries) of a paid batch; this ends its claims. One transaction for the
+        batch: a commit (and its fsync) per text made bulk indexing crawl."""
         with self.store.transaction():
             for h, value in paid.items():
                 reason = to_pay[h][1]
@@ -239,11 +280,6 @@ class CallRunner:
                                                        0, 0, 0, 0.0, h, value))
                 else:
                     self._record_embedding(h, reason, value, "paid", view, label, version, memo=value)
-            for h, reason in hits:
-                value = values[h]
-                if not isinstance(value, str):  # a duplicate of a failed text is no hit: its one failure is recorded
-                    self._record_embedding(h, reason, value, "memo", view, label, version)
-        return [_embed_result(h, values[h], memo_hit=h not in to_pay) for h in hashes]
 
     def embed_or_raise(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,
                        operator: str, version: int | None) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from usearch.index import Index
 
-from deltamem.changes import Row, RowKey, key_order
+from deltamem.changes import Row, RowKey, encode_key, key_order
 from deltamem.errors import ConfigError, SchemaError
 from deltamem.llm.base import EmbeddingBackend
 from deltamem.llm.runner import CallRunner
@@ -258,16 +258,17 @@ class SearchIndexes:
         first = cached.version + 1
         changed: set[RowKey] = set()
         for change in self.store.get_view_changes(view, first, applied):  # per version, retractions first
-            changed.add(change.key)
+            key = encode_key(change.key)
+            changed.add(key)
             if change.diff < 0:
-                cached.rows.pop(change.key, None)
+                cached.rows.pop(key, None)
             else:
-                cached.rows[change.key] = change.row
+                cached.rows[key] = change.row
         for source in inputs.values():  # a forget frees a vector without changing the view's row
             if source.get("source") == "table":
                 changed |= {c.key for c in self.store.get_changes(first, applied, [source["name"]])}
             elif source.get("source") == "view":
-                changed |= {c.key for c in self.store.get_view_changes(source["name"], first, applied)}
+                changed |= {encode_key(c.key) for c in self.store.get_view_changes(source["name"], first, applied)}
         state = self.store.get_state(view, cached.op_id, changed)
         self._index_keys(view, cached, state, changed)
         cached.version = applied

@@ -49,7 +49,10 @@ class OperatorContext:
         self.commit.state_deletes.append((op_id, key))
 
     def run_calls(self, op_id: str, calls: Sequence[CallSpec]) -> list[CallResult]:
-        return self.runner.run(calls, view=self.view, operator=op_id, version=self.version)
+        results = self.runner.run(calls, view=self.view, operator=op_id, version=self.version)
+        # For the full-recompute baseline: these were not in the memo before this refresh.
+        self.commit.paid_calls.update(r.call_hash for r in results if r.completion is not None and not r.memo_hit)
+        return results
 
     def embed(self, op_id: str, texts: Sequence[str], reasons: Sequence[str]) -> list[EmbedResult]:
         """Embed ``texts`` through the runner (memo, retries, ledger): a vector or an error per text."""

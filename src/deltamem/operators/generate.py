@@ -22,7 +22,7 @@ skip        the change touches nothing the output depends on: none of its chunks
             question, the answer or the three sentences it attended to most; without attribution, an edit that
             substitutes a value neither the question nor the answer mentions
 patch       an edit substituted a value (a number, date or name) that the answer copies: rewrite it in place, no call
-            (approximate)
+            (approximate); ``auto`` patches only on a backend that cannot verify
 verify      on a backend with KV caches: re-score the old answer as a draft against the new prompt, on KV blended
             beyond the prefix where the backend can (``deltamem.llm.kv_blend``); a draft it reproduces with a clear
             margin is kept (approximate on blended KV, exact otherwise), and any other outcome falls through to the
@@ -34,8 +34,8 @@ append      ``LLM(C + LLM(C) + ΔC)``: the old answer stays in the conversation 
 full        recompute from scratch
 ==========  ==========================================================================================================
 
-``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: skip, patch, then verify where the
-backend can, else append, else full. After ``MAX_APPROXIMATE_CHAIN`` approximate answers in a row (skips on weak
+``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: on a backend that verifies, the
+exact skips, then verify; elsewhere skip, patch, append, else full. After ``MAX_APPROXIMATE_CHAIN`` approximate answers in a row (skips on weak
 evidence, patches, drafts accepted on blended KV), the next change of an output is refreshed exactly (regenerate, or
 full), so approximations never compound. A skip carries the answer's attention attribution over to the sentences
 that replaced the ones it named, so the next edit of such a sentence is judged by the attention it really had. A share ``shadow`` of its approximate decisions is also recomputed in full
@@ -301,7 +301,8 @@ class GenerateOperator(MultiInputOperator):
             else:
                 why = lexical_skip(answer, value["question"], replacements or {})
             approximate.append(("skip", why, answer, share))
-        if self.strategy in ("auto", "patch") and not exact_now:
+        # On a backend that verifies, auto tests the old answer exactly rather than guessing its rewrite.
+        if (self.strategy == "patch" or self.strategy == "auto" and not can_verify) and not exact_now:
             patch = plan_patch(answer, replacements or {})
             approximate.append(("patch", patch and patch[1], patch and patch[0], None))
         for strategy, why, text, share in approximate:

@@ -2,7 +2,8 @@
 
     app = create_app(db, token="s3cret"); uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Every route but the page and its static files needs ``Authorization: Bearer <token>`` when the app has a token.
+Every route but the page, its static files and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) needs
+``Authorization: Bearer <token>`` when the app has a token.
 Every request, the page's included, needs a ``Host`` the app answers to and no other site's ``Origin`` (see
 ``hosts``), so that a web page the user visits cannot drive a local server.
 Request bodies are bounded (``max_body_bytes``) and validated before anything runs; a caller error is a 4xx whose
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deltamem.errors import (
@@ -105,9 +107,11 @@ def create_app(db: "Database", *, token: str | None = None, max_body_bytes: int 
             raise HTTPException(401, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    app = FastAPI(
-        title="deltamem", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-        max_body_size=max_body_bytes,
+    # FastAPI's /docs (Swagger UI) and /redoc, with their scripts served from here (fastapi-offline ships them), not
+    # from a CDN: the pages work offline and load nothing from another site. Like the page, they need no token.
+    app = FastAPIOffline(
+        title="deltamem", version="1", lifespan=lifespan, docs_url="/docs", redoc_url="/redoc",
+        static_url="/docs/assets", max_body_size=max_body_bytes,
         description="Continuous views of LLM operators, kept fresh incrementally. Every route but `/` needs "
                     "`Authorization: Bearer <token>` when the server has a token.",
     )

@@ -47,7 +47,8 @@ class DeltamemCollector(Collector):
                 family.add_metric([view], read(totals))
             yield family
         full_calls = CounterMetricFamily("deltamem_full_recompute_calls",
-                                         "LLM calls a full recompute at every refresh would have paid", labels=["view"])
+                                         "LLM calls a full recompute at every refresh would have paid (same engine, "
+                                         "memo included)", labels=["view"])
         full_tokens = CounterMetricFamily("deltamem_full_recompute_tokens",
                                           "Tokens a full recompute at every refresh would have used", labels=["view"])
         saved = GaugeMetricFamily("deltamem_calls_saved_ratio",

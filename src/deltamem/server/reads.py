@@ -42,7 +42,8 @@ class ViewInfo(BaseModel):
     rows: int
     error_rows: int
     calls: int = Field(description="LLM calls deltamem paid for this view.")
-    full_recompute_calls: int = Field(description="LLM calls a full recompute at every refresh would have paid.")
+    full_recompute_calls: int = Field(description="LLM calls a full recompute at every refresh would have paid "
+                                                  "in this engine, its memo answering identical calls.")
     refreshes: int
 
 
@@ -165,7 +166,7 @@ def read_view(db: "Database", name: str, as_of: int | None) -> ViewRead:
     view = db.view(name)
     read = view.rows(as_of=as_of)  # rows and keys of one snapshot, at exactly `read.version`
     return ViewRead(view=name, columns=view_columns(view.columns, read.rows), rows=read.rows,
-                    keys=[json.loads(key) for key in read.keys], version=read.version, latest_version=db.version,
+                    keys=list(read.keys), version=read.version, latest_version=db.version,
                     lag_versions=read.lag, lag_seconds=read.lag_seconds)
 
 

@@ -2,9 +2,9 @@
 
     apply_changes(db, "docs", [Upsert(row={"id": "a", "text": "..."}), Delete(key="b")])   # -> Applied(version=9, ...)
 
-Invariant: a request is one version or nothing. Every change is checked and staged in one ``db.batch()``; the first
-bad one raises ``ChangeError`` naming its position, and the table is exactly as before. Within one request the
-last change of a key wins, as in a batch.
+Invariant: a request is one version or nothing (nothing, too, when none of its changes changes a row). Every change
+is checked and staged in one ``db.batch()``; the first bad one raises ``ChangeError`` naming its position, and the
+table is exactly as before. Within one request the last change of a key wins, as in a batch.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ ChangeItem = Annotated[Upsert | Delete | DebeziumEvent, Field(discriminator="op"
 
 class Applied(BaseModel):
     """What a request committed: counts of real changes (rewriting an identical row, or deleting an absent key, is
-    ``unchanged``) and the version that holds them."""
+    ``unchanged``) and the version that holds them; a request that changes nothing commits no version (null)."""
 
-    version: int
+    version: int | None
     inserted: int
     updated: int
     deleted: int
@@ -74,8 +74,12 @@ class ChangeError(DeltamemError):
 def apply_changes(db: "Database", table: str, changes: Sequence[Upsert | Delete | DebeziumEvent]) -> Applied:
     """Apply ``changes`` to ``table`` as one version (see the module docstring); positions count from 0."""
     refuse_internal(table)
-    public = Catalog(db).tables()
+    catalog = Catalog(db)
+    public = catalog.tables()
     if table not in public:
+        if table in catalog.views():
+            raise NoTable(f'"{table}" is a view, not a table: a view is maintained from what it reads '
+                          f"({db.view(table).definition.describe()}); post changes to a table it reads")
         raise NoTable(f'Table "{table}" does not exist.' + did_you_mean(table, public))
     target = db.table(table)
     with db.batch() as batch:
@@ -88,11 +92,10 @@ def apply_changes(db: "Database", table: str, changes: Sequence[Upsert | Delete 
                         target.upsert(record.row)
                 except DeltamemError as exc:
                     raise ChangeError(position, str(exc).replace("Row 0 for table", "the row for table")) from exc
-        num_keys = len(batch.writes)
-    assert batch.version is not None, "writes: a batch that did not raise has a version"
-    kinds = [change.kind for change in db.store.get_changes(batch.version, batch.version, [table])]
-    return Applied(version=batch.version, inserted=kinds.count("insert"), updated=kinds.count("update"),
-                   deleted=kinds.count("delete"), unchanged=num_keys - len(kinds))
+    written = batch.written
+    assert written is not None, "writes: a batch that did not raise and wrote rows has committed"
+    return Applied(version=written.version, inserted=written.inserted, updated=written.updated,
+                   deleted=written.deleted, unchanged=written.unchanged)
 
 
 def _records(change: Upsert | Delete | DebeziumEvent, position: int, key: str) -> list[Record]:

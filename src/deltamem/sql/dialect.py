@@ -9,6 +9,7 @@ What it adds to Postgres, and nothing else:
 - ``CREATE CONTINUOUS VIEW name [WITH (...)] AS {SELECT ... | LLM_GENERATE(NAME = value, ...)} [WITH (...)]``;
 - ``SELECT ... FROM v AS OF VERSION n`` (also Postgres-style ``FOR VERSION AS OF n``);
 - ``SUBSCRIBE [TO] v [AS OF VERSION n]``, ``EXPLAIN VIEW v [KEY k]``, ``SHOW TABLES | VIEWS | USAGE``;
+- ``REFRESH [CONTINUOUS] VIEW v``: retry the view's failed rows now (a view is otherwise always fresh);
 - ``DROP STREAM s`` and ``DROP CONTINUOUS VIEW v`` beside Postgres's ``DROP TABLE | VIEW``: ``exp.Drop`` with
   ``kind='STREAM'``, and ``kind='VIEW'`` (every deltamem view is continuous, so the word adds nothing);
 - ``WITH (ttl = '7 days')`` reads as a plain option (ClickHouse's ``TTL`` clause is switched off).
@@ -65,6 +66,12 @@ class ExplainView(exp.Expression):
     arg_types = {"this": True, "key": False}
 
 
+class RefreshView(exp.Expression):
+    """``REFRESH [CONTINUOUS] VIEW this``: retry the rows whose model calls failed, now."""
+
+    arg_types = {"this": True}
+
+
 class ShowObjects(exp.Expression):
     """``SHOW TABLES``, ``SHOW VIEWS`` or ``SHOW USAGE``; ``this`` is the upper-case word."""
 
@@ -72,7 +79,7 @@ class ShowObjects(exp.Expression):
 
 
 STATEMENT_WORDS = ("CREATE", "DROP", "INSERT", "UPDATE", "DELETE", "COPY", "SELECT", "WITH", "SUBSCRIBE", "EXPLAIN",
-                   "SHOW")
+                   "SHOW", "REFRESH")
 SHOW_WHAT = ("TABLES", "VIEWS", "USAGE")
 
 
@@ -80,8 +87,9 @@ SHOW_WHAT = ("TABLES", "VIEWS", "USAGE")
 
 
 class DeltamemTokenizer(Postgres.Tokenizer):
-    # NOTE(sql): sqlglot reads the rest of an EXPLAIN or SHOW statement as one opaque string; ours have a grammar.
-    KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if k != "EXPLAIN"}
+    # NOTE(sql): sqlglot reads the rest of an EXPLAIN, SHOW or REFRESH statement as one opaque string; ours have a
+    # grammar.
+    KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if k not in ("EXPLAIN", "REFRESH")}
     COMMANDS = Postgres.Tokenizer.COMMANDS - {TokenType.SHOW}
 
 
@@ -98,6 +106,7 @@ class DeltamemParser(PostgresParser):
         "SUBSCRIBE": lambda self: self._parse_subscribe(),
         "EXPLAIN": lambda self: self._parse_explain_view(),
         "SHOW": lambda self: self._parse_show_objects(),
+        "REFRESH": lambda self: self._parse_refresh_view(),
     }
 
     def raise_error(self, message: str, token: Token | None = None) -> None:  # type: ignore[override]
@@ -245,6 +254,15 @@ class DeltamemParser(PostgresParser):
                 self.raise_error("expected a key value after KEY, e.g. KEY 'q1' or KEY 7")
         return self.expression(ExplainView(this=view, key=key))
 
+    def _parse_refresh_view(self) -> RefreshView:
+        self._match_text_seq("CONTINUOUS")
+        if not self._match(TokenType.VIEW):
+            self.raise_error("expected VIEW after REFRESH (REFRESH VIEW name)")
+        view = self._parse_table_parts()
+        if view is None:
+            self.raise_error("expected a view name after REFRESH VIEW")
+        return self.expression(RefreshView(this=view))
+
     def _parse_show_objects(self) -> ShowObjects:
         word = self._curr.text.upper() if self._curr else ""
         if word not in SHOW_WHAT:
@@ -265,6 +283,7 @@ class DeltamemGenerator(PostgresGenerator):
         Subscribe: lambda self, e: self.subscribe_sql(e),
         ExplainView: lambda self, e: self.explainview_sql(e),
         ShowObjects: lambda self, e: self.showobjects_sql(e),
+        RefreshView: lambda self, e: f"REFRESH VIEW {self.sql(e, 'this')}",
     }
 
     def options_sql(self, expression: exp.Properties | None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import ERROR_COLUMN, Row
-from deltamem.errors import NoView, PrimaryKeyError
+from deltamem.errors import DependentViews, NoView, PrimaryKeyError
 from deltamem.ingest import Record, load_file
 from deltamem.relation import Relation, build_operators, split_plan
 from deltamem.sql.catalog import CATALOG_COLUMNS, CATALOG_TABLE, SEQUENCE_COLUMN, Catalog, Source
@@ -30,8 +30,8 @@ from deltamem.sql.dialect import Statement, parse
 from deltamem.sql.evaluate import Params, is_true
 from deltamem.sql.operators import chain
 from deltamem.sql.planner import (
-    CopyPlan, CreateGenerate, CreateTable, CreateView, Delete, DropPlan, ExplainPlan, Insert, Plan, Query, Show,
-    SubscribePlan, Update, plan_statement,
+    CopyPlan, CreateGenerate, CreateTable, CreateView, Delete, DropPlan, ExplainPlan, Insert, Plan, Query,
+    RefreshPlan, Show, SubscribePlan, Update, plan_statement,
 )
 from deltamem.sql.relations import JoinHead, RelationPlan
 
@@ -42,9 +42,8 @@ if TYPE_CHECKING:
 # default of the shell and of scripts, waits for as long as maintenance takes; the HTTP server sets a bound.
 _READ_TIMEOUT: ContextVar[float | None] = ContextVar("read_timeout", default=None)
 # Stream sequence numbers are read and written under this lock, so two threads of one process never hand out the
-# same number. INSERT also reads and writes them inside its write transaction, which makes INSERTs safe across
-# processes. NOTE(sql): COPY reads the number before its transaction, so a COPY and an INSERT (or two COPYs) into one
-# stream from two processes at once can still hand out the same number; the engine has no sequences yet.
+# same number. INSERT and COPY also read them from the store and write them back inside their own write transaction
+# (an atomic batch), which makes them safe across processes: no two processes hand out the same number.
 _SEQUENCE_LOCK = threading.Lock()
 
 
@@ -135,8 +134,9 @@ def _create_table(db: "Database", plan: CreateTable) -> Result:
     db.table(plan.name, key=plan.key, columns=plan.columns, **plan.options)
     # NOTE(sql): the catalog row is a write, so CREATE TABLE commits a version (with no change to any user table).
     catalog = db.table(CATALOG_TABLE, key="name", columns=CATALOG_COLUMNS)
-    version = catalog.upsert({"name": plan.name, "kind": kind.lower(), "columns": list(plan.columns), "next_seq": 1})
-    return Result(f"CREATE {kind}", version=version)
+    written = catalog.upsert({"name": plan.name, "kind": kind.lower(), "columns": list(plan.columns), "next_seq": 1})
+    assert written is not None, "sql: CREATE runs outside a batch"
+    return Result(f"CREATE {kind}", version=written.version)
 
 
 def _create_view(db: "Database", plan: CreateView) -> Result:
@@ -176,14 +176,18 @@ def _drop(db: "Database", plan: DropPlan) -> Result:
     if not plan.names:
         return Result(f"DROP {plan.kind}{skipped}")
     catalog = Catalog(db)
-    with db.batch() as batch:  # the _sql_catalog rows go in the drop's own transaction
-        for name in plan.names:
-            if plan.kind == "VIEW":
-                db.drop_view(name, cascade=plan.cascade)
-                continue
-            if catalog.entry(name) is not None:
-                db.table(CATALOG_TABLE).delete(name)
-            db.drop_table(name, cascade=plan.cascade)
+    try:
+        with db.batch() as batch:  # the _sql_catalog rows go in the drop's own transaction
+            for name in plan.names:
+                if plan.kind == "VIEW":
+                    db.drop_view(name, cascade=plan.cascade)
+                    continue
+                if catalog.entry(name) is not None:
+                    db.table(CATALOG_TABLE).delete(name)
+                db.drop_table(name, cascade=plan.cascade)
+    except DependentViews as exc:  # the engine's advice is Python's (cascade=True): give SQL's
+        raise DependentViews(exc.reason, exc.views, f"Drop them first, or write DROP {plan.kind} "
+                                                    f"{', '.join(plan.names)} CASCADE to drop them too") from None
     assert batch.dropped is not None, "sql: a batch with drops reports what it dropped"
     cascaded = [view for view in batch.dropped.views if view not in plan.names]
     also = f"; CASCADE dropped view{'s' if len(cascaded) > 1 else ''} {', '.join(cascaded)}" if cascaded else ""
@@ -235,10 +239,11 @@ def _copy(db: "Database", plan: CopyPlan) -> Result:
         result = load_file(db, plan.table, plan.path, format=plan.format, limit=plan.limit)
     else:
         with _SEQUENCE_LOCK:
-            counter = _next_sequence(db, plan.table)
+            counter = 0
 
-            def number(records: list[Record]) -> list[Record]:
+            def number(records: list[Record]) -> list[Record]:  # load_file runs it inside its write transaction
                 nonlocal counter
+                counter = _next_sequence(db, plan.table)
                 numbered = []
                 for record in records:
                     seq = record.row.get(SEQUENCE_COLUMN)
@@ -368,7 +373,7 @@ def _explain(db: "Database", plan: ExplainPlan) -> Result:
         return Result(f"EXPLAIN VIEW {plan.view}", ["operator", "input", "parameters"], _graph(view.definition.plan))
     view.rows(fresh=True, timeout=_READ_TIMEOUT.get())
     report = view.explain(plan.key)
-    rows: list[tuple[Any, ...]] = [("row", json.dumps(report["row"], sort_keys=True))]
+    rows: list[tuple[Any, ...]] = [("row", json.dumps(report["row"]))]  # in the view's declared column order
     for op, state in report["operators"].items():
         cost = state["cost"]
         error = f"; error: {state['error']}" if state["error"] else ""
@@ -413,6 +418,24 @@ def _graph(plan: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 def _parameters(node: Mapping[str, Any], *, skip: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in node.items() if k not in skip and v is not None)
+
+
+def _refresh(db: "Database", plan: RefreshPlan) -> Result:
+    """Retry the view's failed calls now: ``db.refresh()`` commits an empty version, at which every view retries
+    what failed (the others too: their failures are as stale), then the view is read fresh. Without a failure
+    there is nothing to redo, and nothing is committed: a view is kept fresh on its own."""
+    view = db.view(plan.view)
+    timeout = _READ_TIMEOUT.get()
+    before = view.rows(fresh=True, timeout=timeout)
+    _inputs, operators = db._view_plan(plan.view)
+    if not any(db.store.get_failed_state(plan.view, op.op_id) for op in operators):
+        return Result(f"REFRESH VIEW {plan.view}: no failed rows, nothing to retry")  # and no version
+    failed = sum(row.get(ERROR_COLUMN) is not None for row in before.rows)
+    version = db.refresh()
+    after = view.rows(fresh=True, timeout=timeout)
+    still = sum(row.get(ERROR_COLUMN) is not None for row in after.rows)
+    return Result(f"REFRESH VIEW {plan.view}: {failed} failed row{'s' if failed != 1 else ''} retried, "
+                  f"{still} still failing", version=version)
 
 
 def _show(db: "Database", plan: Show) -> Result:
@@ -468,5 +491,5 @@ def _duration(seconds: float) -> str:
 _HANDLERS = {
     CreateTable: _create_table, CreateView: _create_view, CreateGenerate: _create_generate, DropPlan: _drop,
     Insert: _insert, Update: _update, Delete: _delete, CopyPlan: _copy, Query: _query, SubscribePlan: _subscribe,
-    ExplainPlan: _explain, Show: _show,
+    ExplainPlan: _explain, Show: _show, RefreshPlan: _refresh,
 }

@@ -20,7 +20,7 @@ from deltamem.changes import ColumnType
 from deltamem.errors import AlreadyExists, ConfigError, SchemaError, did_you_mean
 from deltamem.sql.catalog import SEQUENCE_COLUMN, Catalog, Source, refuse_internal
 from deltamem.sql.copy_from import CopyPlan, plan_copy
-from deltamem.sql.dialect import ContinuousView, ExplainView, LLMGenerate, ShowObjects, Subscribe
+from deltamem.sql.dialect import ContinuousView, ExplainView, LLMGenerate, RefreshView, ShowObjects, Subscribe
 from deltamem.sql.drop import DropPlan, plan_drop
 from deltamem.sql.errors import NotSupported
 from deltamem.sql.evaluate import Compiled, Params, compile_expression, constant
@@ -120,8 +120,13 @@ class Show:
     what: str  # TABLES | VIEWS | USAGE
 
 
+@dataclass(frozen=True)
+class RefreshPlan:
+    view: str
+
+
 Plan = (CreateTable | CreateView | CreateGenerate | DropPlan | Insert | Update | Delete | CopyPlan | Query
-        | SubscribePlan | ExplainPlan | Show)
+        | SubscribePlan | ExplainPlan | Show | RefreshPlan)
 
 
 def plan_statement(expression: exp.Expr, catalog: Catalog, params: Params, *, base_dir: Path | None = None,
@@ -157,6 +162,8 @@ def plan_statement(expression: exp.Expr, catalog: Catalog, params: Params, *, ba
         return ExplainPlan(view, None if key is None else constant(key, what="EXPLAIN's KEY"))
     if isinstance(tree, ShowObjects):
         return Show(tree.name)
+    if isinstance(tree, RefreshView):
+        return RefreshPlan(catalog.resolve(tree.this.name, kinds=("view",)).name)
     raise NotSupported(f"{type(tree).__name__.upper()} statements are not supported yet")
 
 

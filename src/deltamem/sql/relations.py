@@ -18,7 +18,8 @@ How SQL maps onto operators, in the order the chain applies them:
 ``ORDER BY SEM_RANK('...') LIMIT k``   ``sem_topk(k=k)``; placed before the maps when it reads none of their
                                        columns, so only the top k rows are mapped (the result is the same)
 select list naming columns             one ``sql_project`` at the end, to exactly the listed columns; ``*`` (with
-                                       or without semantic terms) keeps every column, ``rank`` and ``score`` too
+                                       or without semantic terms) keeps every column, ``rank`` and ``score`` too;
+                                       a plain ``SELECT * FROM t`` is a projection onto all of t's columns
 =====================================  ==========================================================================
 
 Invariant: planning reads the catalog and never writes; each step is checked against the columns it receives by the
@@ -160,6 +161,9 @@ def plan_relation(select: exp.Expr, catalog: Catalog) -> RelationPlan:
     if aggregates and rank is not None:
         chain.push(rank)
     _plan_projection(items, chain, scope, base)
+    if not chain.steps and not isinstance(chain.head, JoinHead):
+        # ``SELECT * FROM t``: a copy of t, kept by a projection onto every column (a view is a chain of operators)
+        chain.push(Step("sql_project", ", ".join(chain.columns)))
     return RelationPlan(chain.head, chain.steps, chain.columns)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deltamem.display import literal
+from deltamem.display import literal, print_table
 from deltamem.errors import DeltamemError
 from deltamem.sql.dialect import is_complete
 from deltamem.sql.executor import Result, execute_script, follow, format_value
@@ -36,7 +36,7 @@ FOLLOW_INTERVAL = 0.2  # seconds between polls of a subscribed view's history
 def print_result(console: "Console", result: Result) -> None:
     """A result's rows as a table (when it has columns), then its status line."""
     if result.columns:
-        console.print(result.rich_table())
+        print_table(console, result.rich_table())  # whole cells when stdout is not a terminal
     status = result.status + (f" (version {result.version})" if result.version is not None else "")
     console.print(literal(status))
 

@@ -3,6 +3,8 @@
 The store is the source of truth: base tables and their change log, the catalog, per-operator state, every version of
 every view row, the memo cache and the usage ledger. Indexes, KV caches and in-memory memos are rebuildable from it or
 safely lost. Engine code talks to this interface only; SQL lives in the implementations (``store/sqlite.py``).
+Several processes may share one store: the catalog each caches is checked against the store's (``get_catalog_version``,
+``commit(checked=...)``), and views and calls are shared out through it (``deltamem.store.coordination``).
 
 Each mutating method is one atomic transaction: after a crash a commit is either wholly there or wholly absent.
 """
@@ -18,6 +20,7 @@ from typing import Any
 from deltamem.changes import Change, ColumnType, ExpireMode, Row, RowKey, RowWrite
 from deltamem.errors import DependentViews, NoTable, NoView, did_you_mean
 from deltamem.llm.base import Completion
+from deltamem.store.coordination import Coordination
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,12 @@ class TableDef:
             "columns": None if self.columns is None else {c: t.value for c, t in self.columns.items()},
             "column_order": None if self.columns is None else list(self.columns),
         }
+
+    def describe_columns(self) -> str:
+        """``(id int, text text)``, or ``no columns yet``: what an error message shows of the columns."""
+        if self.columns is None:
+            return "no columns yet"
+        return "(" + ", ".join(f"{c} {t.value}" for c, t in self.columns.items()) + ")"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TableDef":
@@ -120,8 +129,7 @@ def resolve_drop(tables: Sequence[str], views: Sequence[str], *, cascade: bool, 
         detail = ", ".join(f'view "{view}" reads {kind} "{name}"' for view, (kind, name) in
                            sorted(reads.items(), key=lambda item: list(plans).index(item[0])))
         dependents = tuple(view for view in plans if view in reads)
-        raise DependentViews(f"Cannot drop {named} because other views depend on it: {detail}. Drop them first, or "
-                             "drop with CASCADE (cascade=True) to drop them too", dependents)
+        raise DependentViews(f"Cannot drop {named} because other views depend on it: {detail}", dependents)
     return [name for name in plans if ("view", name) in reached]
 
 
@@ -148,6 +156,22 @@ class CallCost:
             self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
             self.output_tokens + other.output_tokens, self.seconds + other.seconds,
         )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A view's full-recompute counterfactual, summed over its ``refreshes`` (see ``Store.commit_view``).
+
+    ``cost``: a full recompute in this engine, the memo answering identical calls. ``no_memo``: every stored value
+    paid again at every refresh, as a system with neither incremental maintenance nor a memo would.
+    """
+
+    refreshes: int = 0
+    cost: CallCost = CallCost()
+    no_memo: CallCost = CallCost()
+
+    def __add__(self, other: "Baseline") -> "Baseline":
+        return Baseline(self.refreshes + other.refreshes, self.cost + other.cost, self.no_memo + other.no_memo)
 
 
 @dataclass(frozen=True)
@@ -197,18 +221,24 @@ class ViewCommit:
     state_deletes: list[tuple[str, RowKey]] = field(default_factory=list)  # (op_id, key)
     outputs: dict[RowKey, Row | None] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
-    # True when a full recompute would have rerun this view at this version; the store then adds the summed cost
-    # of the view's stored values (after this commit) to the view's full-recompute baseline.
+    # True when a full recompute would have rerun this view at this version; the store then adds to the view's
+    # full-recompute baseline what that recompute would pay in this engine (``Store.commit_view``).
     count_baseline: bool = False
+    # The memo hashes of the calls this refresh paid (not those the memo answered): a full recompute would have
+    # paid them too, though they are in the memo by the time the view commits.
+    paid_calls: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
 class ChangeRow:
-    """A Materialize-style change row of a view: at ``version``, ``row`` was added (+1) or removed (-1)."""
+    """A Materialize-style change row of a view: at ``version``, ``row`` was added (+1) or removed (-1).
+
+    ``key`` is the row's key as the user sees it (an int or a str, as ``view.history`` and ``view.explain`` take
+    it), not its stored text: ``encode_key(change.key)`` gives that."""
 
     version: int
     diff: int
-    key: RowKey
+    key: str | int
     row: Row
 
 
@@ -272,20 +302,31 @@ class LedgerTotals:
     seconds: float
 
 
-class Store(abc.ABC):
-    """One database of deltamem state. Implementations are safe to share between the threads of one process."""
+class Store(Coordination, abc.ABC):
+    """One database of deltamem state. Implementations are safe to share between the threads of one process, and
+    several processes may open one store (see ``deltamem.store.coordination``)."""
 
     # --- catalog ----------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put_table_def(self, table: TableDef) -> None: ...
+    def put_table_def(self, table: TableDef) -> None:
+        """Create table ``table.name``; a no-op when the store has that very definition. Raises ``AlreadyExists``,
+        changing nothing, when the name is a view's or another definition's (another process created it first)."""
 
     @abc.abstractmethod
     def get_table_defs(self) -> list[TableDef]: ...
 
     @abc.abstractmethod
-    def put_view_def(self, view: ViewDef) -> ViewDef:
-        """Create a view (unbuilt: no applied version yet) or replace an unchanged definition; return it with its
-        ``id`` (a new one for a new view, the same one for a replaced definition)."""
+    def get_catalog_version(self) -> int:
+        """A number that changes with every change to the catalog (a table or view created, a table's columns
+        inferred, a drop), so that a process can tell at the cost of one read whether the catalog it cached is
+        still the store's."""
+
+    @abc.abstractmethod
+    def put_view_def(self, view: ViewDef, *, replace: bool = False) -> ViewDef:
+        """Create a view (unbuilt: no applied version yet), or find an unchanged definition; return it with its
+        ``id`` (a new one for a new view, the same one for an unchanged definition). Raises ``AlreadyExists``,
+        changing nothing, when the name is a table's or another view's; ``replace=True`` instead puts the new plan in
+        the view's place, keeping its id, state and rows (a tool switching a view's strategy)."""
 
     @abc.abstractmethod
     def get_view_defs(self) -> list[ViewDef]:
@@ -298,13 +339,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def drop(
         self, tables: Sequence[str], views: Sequence[str], *, cascade: bool, committed_at: float, note: str = "",
-        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (),
+        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (), checked: Sequence[TableDef] = (),
     ) -> Dropped:
         """Remove ``tables`` and ``views`` with everything stored for them, as one transaction that also commits
-        ``table_defs`` and ``writes`` as the next version (a drop always takes a version, so it has a place in the
-        commit log); return what was removed. Raises, changing nothing, when a name is missing
-        (``NoTable``/``NoView``) or when other views read what is dropped and ``cascade`` is False
-        (``DependentViews``); with ``cascade`` those views are dropped too, transitively.
+        ``table_defs`` and ``writes`` as the next version (``checked`` as for ``commit``; a drop always takes a
+        version, so it has a place in the commit log); return what was removed. Raises, changing nothing, when a name
+        is missing (``NoTable``/``NoView``) or when other views read what is dropped and ``cascade`` is False
+        (``DependentViews``); with ``cascade`` those views are dropped too, transitively. A dropped view's lease ends.
 
         A table takes its rows and its change log with it. A view takes its rows and their history, its operator
         state and its decisions. The ledger stays, and so does the full-recompute baseline of a dropped view, both
@@ -315,12 +356,18 @@ class Store(abc.ABC):
     # --- base tables and the change log -----------------------------------------------------------------------
     @abc.abstractmethod
     def commit(
-        self, writes: Sequence[RowWrite], committed_at: float, note: str = "", table_defs: Sequence[TableDef] = ()
-    ) -> tuple[int, list[Change]]:
-        """Save ``table_defs`` and apply ``writes`` as the next version; return it with the changes it made (no-op writes dropped).
+        self, writes: Sequence[RowWrite], committed_at: float, note: str = "", table_defs: Sequence[TableDef] = (),
+        checked: Sequence[TableDef] = (),
+    ) -> tuple[int | None, list[Change]]:
+        """Save ``table_defs`` and apply ``writes`` as the next version; return it with the changes it made.
 
-        A write of a row equal to the stored one, or a delete of an absent key, makes no change, but the version
-        is still allocated so that a caller can always wait for the version it was given.
+        ``checked`` are the definitions the caller checked ``writes`` (and inferred ``table_defs``) against: when the
+        store holds another definition of one of those tables by now (another process dropped and re-created it, or
+        inferred its columns first), the commit raises ``CatalogChanged`` and changes nothing.
+
+        A version is a change: a write of a row equal to the stored one (it only renews the row's TTL) and a delete
+        of an absent key change nothing, and when no write changes anything no version is made (``None, []``).
+        With no ``writes`` at all, an empty version is committed (``db.refresh()``: failed calls are retried at it).
         """
 
     @abc.abstractmethod
@@ -384,6 +431,15 @@ class Store(abc.ABC):
 
         A no-op (False) if that version is already applied, or if the view is gone or is another incarnation than
         ``commit.view_id``: then the work was for a view that has been dropped.
+
+        With ``commit.count_baseline``, the view's full-recompute baseline grows by one refresh, costed after the
+        commit's writes. Every stored value with a paid call (``cost.calls``, no error) has as fingerprint the memo
+        hash of the call that would produce it now, so a full recompute at this version asks for exactly those
+        calls. Of them, it pays once for each distinct hash that neither the memo held before this refresh (a call
+        in ``commit.paid_calls`` was not there yet) nor an earlier refresh's full recompute already paid (the
+        baseline memo, which remembers what the counterfactual paid where deltamem skipped); each is costed at what
+        its stored value cost when paid. For ``strategy="full"`` that is exactly what the view paid. ``no_memo``
+        grows by the summed cost of every stored value, duplicates included.
         """
 
     @abc.abstractmethod
@@ -398,16 +454,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_view_changes(self, view: str, first: int, last: int) -> list[ChangeRow]:
-        """Change rows with ``first <= version <= last``: per version, retractions before insertions."""
+        """Change rows with ``first <= version <= last``: per version, retractions before insertions; each
+        ``key`` decoded (``decode_key``)."""
 
     @abc.abstractmethod
     def get_decisions(self, view: str, key: RowKey | None = None, strategy: str | None = None) -> list[Decision]:
         """The decision log of a view (of one output, of one strategy, if given), oldest first."""
 
     @abc.abstractmethod
-    def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
-        """Per view name: (number of refreshes a full recompute would have run, their summed cost), including what
-        dropped views of that name had accrued."""
+    def get_baselines(self) -> dict[str, Baseline]:
+        """Per view name: the refreshes a full recompute would have run and what they would have paid, with and
+        without a memo, including what dropped views of that name had accrued."""
 
     @abc.abstractmethod
     def get_costs_by_version(self) -> list[tuple[int, CallCost, CallCost]]:
@@ -420,7 +477,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
         """Append ``entry`` to the ledger and, for a paid call, store its result in the memo, and end the call in
-        flight ``in_flight`` (``begin_call``'s id): one transaction."""
+        flight ``in_flight`` (``begin_call``'s id) and, for a ``paid`` or ``failed`` call, this store handle's claim
+        on it (``claim_calls``): one transaction."""
 
     @abc.abstractmethod
     def begin_call(self, call: CallInFlight) -> int:

@@ -5,7 +5,8 @@
     1
 
 One connection is shared by the threads of a process behind a re-entrant lock; every write is one ``BEGIN
-IMMEDIATE`` transaction, so several processes on one file serialise on SQLite's own lock. ``transaction()`` holds
+IMMEDIATE`` transaction, so several processes on one file serialise on SQLite's own lock (and share views and calls
+out through leases and claims: ``deltamem.store.sqlite_coordination``). ``transaction()`` holds
 one such transaction across several calls, and the writes inside it nest as savepoints. ``synchronous=FULL``
 makes a commit survive a killed process and a power cut alike.
 """
@@ -19,10 +20,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from deltamem.changes import ERROR_COLUMN, Change, ExpireMode, Row, RowKey, RowWrite
+from deltamem.changes import ERROR_COLUMN, Change, ExpireMode, Row, RowKey, RowWrite, decode_key
 from deltamem.errors import NoTable
 from deltamem.llm.base import Completion
 from deltamem.store.base import (
+    Baseline,
     CallCost,
     CallInFlight,
     ChangeRow,
@@ -39,6 +41,14 @@ from deltamem.store.base import (
     resolve_drop,
 )
 from deltamem.store.processes import is_gone, this_process
+from deltamem.store.sqlite_catalog import (
+    bump_catalog_version,
+    create_table_def,
+    create_view_def,
+    get_catalog_version,
+    save_table_defs,
+)
+from deltamem.store.sqlite_coordination import SQLiteCoordination, end_claims, new_claim_owner
 from deltamem.store.sqlite_schema import create_or_upgrade
 
 
@@ -51,11 +61,12 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteCoordination, Store):
     """A ``Store`` in one SQLite file (``":memory:"`` for a throwaway one)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.claim_owner = new_claim_owner()
         self._lock = threading.RLock()
         self._writing = False  # a write transaction is open (on the thread holding _lock)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -100,24 +111,18 @@ class SQLiteStore(Store):
     # --- catalog ------------------------------------------------------------------------------------------------
     def put_table_def(self, table: TableDef) -> None:
         with self._write() as conn:
-            self._put_table_def(conn, table)
-
-    @staticmethod
-    def _put_table_def(conn: sqlite3.Connection, table: TableDef) -> None:
-        conn.execute(
-            "INSERT INTO table_defs VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET def = excluded.def",
-            (table.name, _dumps(table.to_json())),
-        )
+            create_table_def(conn, table)
 
     def get_table_defs(self) -> list[TableDef]:
         return [TableDef.from_json(_loads(d)) for (d,) in self._query("SELECT def FROM table_defs ORDER BY name")]
 
-    def put_view_def(self, view: ViewDef) -> ViewDef:
+    def get_catalog_version(self) -> int:
+        with self._lock:
+            return get_catalog_version(self._conn)
+
+    def put_view_def(self, view: ViewDef, *, replace: bool = False) -> ViewDef:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO view_defs (name, def) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET def = excluded.def",
-                (view.name, _dumps(view.plan)),
-            )
+            create_view_def(conn, view.name, view.plan, replace=replace)
             view_id = self._view_id(conn, view.name)
             if view_id is None:
                 view_id = conn.execute("INSERT INTO view_incarnations (name) VALUES (?)", (view.name,)).lastrowid
@@ -144,48 +149,47 @@ class SQLiteStore(Store):
 
     def drop(
         self, tables: Sequence[str], views: Sequence[str], *, cascade: bool, committed_at: float, note: str = "",
-        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (),
+        writes: Sequence[RowWrite] = (), table_defs: Sequence[TableDef] = (), checked: Sequence[TableDef] = (),
     ) -> Dropped:
         with self._write() as conn:
-            for table in table_defs:
-                self._put_table_def(conn, table)
-            version, _changes = self._commit(conn, writes, committed_at, note)
+            save_table_defs(conn, table_defs, checked)
+            version, _changes = self._commit(conn, writes, committed_at, note, always=True)
+            assert version is not None, "store: a drop always takes a version"
             table_names = [name for (name,) in conn.execute("SELECT name FROM table_defs")]
             plans = {name: _loads(d) for name, d in conn.execute("SELECT name, def FROM view_defs ORDER BY rowid")}
             dropped_views = resolve_drop(tables, views, cascade=cascade, table_names=table_names, plans=plans)
             for view in dropped_views:
-                baseline = conn.execute(
-                    "SELECT refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds FROM view_defs "
-                    "WHERE name = ?", (view,)
-                ).fetchone()
+                baseline = conn.execute(f"SELECT {_BASELINE_COLUMNS} FROM view_defs WHERE name = ?", (view,)).fetchone()
                 if self._view_id(conn, view) is None:  # a view of a file older than incarnations, not reopened since
                     conn.execute("INSERT INTO view_incarnations (name) VALUES (?)", (view,))
+                assignments = ", ".join(f"{column} = ?" for column in _BASELINE_COLUMNS.split(", "))
                 conn.execute(
-                    "UPDATE view_incarnations SET dropped_version = ?, refreshes = ?, base_calls = ?, "
-                    "base_prompt_tokens = ?, base_output_tokens = ?, base_seconds = ? "
+                    f"UPDATE view_incarnations SET dropped_version = ?, {assignments} "
                     "WHERE name = ? AND dropped_version IS NULL", (version, *baseline, view)
                 )
-                for table in ("view_defs", "op_state", "view_rows", "decisions"):
+                for table in ("view_defs", "op_state", "view_rows", "decisions", "view_leases"):
                     column = "name" if table == "view_defs" else "view"
                     conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (view,))
             for table in tables:
                 conn.execute("DELETE FROM table_defs WHERE name = ?", (table,))
                 conn.execute("DELETE FROM rows WHERE tbl = ?", (table,))
                 conn.execute("DELETE FROM changes WHERE tbl = ?", (table,))
+            bump_catalog_version(conn)
             return Dropped(tuple(tables), tuple(dropped_views), version)
 
     # --- base tables --------------------------------------------------------------------------------------------
     def commit(
-        self, writes: Sequence[RowWrite], committed_at: float, note: str = "", table_defs: Sequence[TableDef] = ()
-    ) -> tuple[int, list[Change]]:
+        self, writes: Sequence[RowWrite], committed_at: float, note: str = "", table_defs: Sequence[TableDef] = (),
+        checked: Sequence[TableDef] = (),
+    ) -> tuple[int | None, list[Change]]:
         with self._write() as conn:
-            for table in table_defs:
-                self._put_table_def(conn, table)
-            return self._commit(conn, writes, committed_at, note)
+            save_table_defs(conn, table_defs, checked)
+            return self._commit(conn, writes, committed_at, note, always=not writes)
 
     def _commit(
-        self, conn: sqlite3.Connection, writes: Sequence[RowWrite], committed_at: float, note: str
-    ) -> tuple[int, list[Change]]:
+        self, conn: sqlite3.Connection, writes: Sequence[RowWrite], committed_at: float, note: str, *, always: bool
+    ) -> tuple[int | None, list[Change]]:
+        """Apply ``writes`` as the next version; with no change among them and not ``always``, no version (None)."""
         changes: list[Change] = []
         if writes:
             known = {name for (name,) in conn.execute("SELECT name FROM table_defs")}
@@ -221,6 +225,9 @@ class SQLiteStore(Store):
                  None if write.expire_mode is None else write.expire_mode.value),
             )
             changes.append(change)
+        if not changes and not always:  # a version is a change: rewrites of equal rows and deletes of absent keys
+            conn.execute("DELETE FROM commits WHERE version = ?", (version,))  # make none (the TTL renewals stay)
+            return None, changes
         return version, changes
 
     def get_latest_version(self) -> int:
@@ -283,7 +290,11 @@ class SQLiteStore(Store):
                     (table, now),
                 )
             ]
-            return self._commit(conn, writes, now, "ttl expiry") if writes else None
+            if not writes:
+                return None
+            version, changes = self._commit(conn, writes, now, "ttl expiry", always=True)
+            assert version is not None, "store: an expiry deletes rows that exist"
+            return version, changes
 
     # --- views --------------------------------------------------------------------------------------------------
     def get_applied_version(self, view: str) -> int | None:
@@ -361,17 +372,40 @@ class SQLiteStore(Store):
                 [(d.view, d.key, d.version, d.strategy, d.reason, d.calls, d.prompt_tokens, d.reused_tokens,
                   d.output_tokens, d.seconds, d.evidence) for d in commit.decisions],
             )
-            base = self._state_cost(conn, commit.view) if commit.count_baseline else None
-            if base is not None:
+            full = no_memo = CallCost()
+            if commit.count_baseline:
+                full, no_memo = self._full_recompute_cost(conn, commit), self._state_cost(conn, commit.view)
                 conn.execute("INSERT OR REPLACE INTO refresh_costs VALUES (?, ?, ?, ?, ?, ?)",
-                             (commit.view, commit.version, *_cost_tuple(base)))
+                             (commit.view, commit.version, *_cost_tuple(full)))
             conn.execute(
                 "UPDATE view_defs SET applied_version = ?, refreshes = refreshes + ?, base_calls = base_calls + ?, "
                 "base_prompt_tokens = base_prompt_tokens + ?, base_output_tokens = base_output_tokens + ?, "
-                "base_seconds = base_seconds + ? WHERE name = ?",
-                (commit.version, 0 if base is None else 1, *_cost_tuple(base or CallCost()), commit.view),
+                "base_seconds = base_seconds + ?, nomemo_calls = nomemo_calls + ?, "
+                "nomemo_prompt_tokens = nomemo_prompt_tokens + ?, nomemo_output_tokens = nomemo_output_tokens + ?, "
+                "nomemo_seconds = nomemo_seconds + ? WHERE name = ?",
+                (commit.version, int(commit.count_baseline), *_cost_tuple(full), *_cost_tuple(no_memo), commit.view),
             )
             return True
+
+    @staticmethod
+    def _full_recompute_cost(conn: sqlite3.Connection, commit: ViewCommit) -> CallCost:
+        """What a full recompute of ``commit.view`` at ``commit.version`` pays in this engine, memo included: one
+        call per distinct fingerprint of a paid stored value that neither the memo held before this refresh nor the
+        baseline paid before (``Store.commit_view``). Those calls join the baseline memo.
+
+        NOTE: a version redone after a crash finds the calls its first attempt paid in the memo, so the baseline
+        misses those (the ledger still counts them as paid)."""
+        charged = conn.execute(
+            "SELECT s.fingerprint, MAX(s.prompt_tokens), MAX(s.output_tokens), MAX(s.seconds) FROM op_state s "
+            "WHERE s.view = ? AND s.calls > 0 AND s.error IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM baseline_memo b WHERE b.call_hash = s.fingerprint) "
+            "AND (NOT EXISTS (SELECT 1 FROM memo m WHERE m.call_hash = s.fingerprint) "
+            "     OR s.fingerprint IN (SELECT value FROM json_each(?))) "
+            "GROUP BY s.fingerprint",
+            (commit.view, json.dumps(sorted(commit.paid_calls))),
+        ).fetchall()
+        conn.executemany("INSERT OR IGNORE INTO baseline_memo VALUES (?)", [(h,) for h, *_cost in charged])
+        return sum((CallCost(1, prompt, output, seconds) for _h, prompt, output, seconds in charged), CallCost())
 
     def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]:
         if as_of is None:
@@ -407,7 +441,7 @@ class SQLiteStore(Store):
             "ORDER BY 1, 2, 3",
             (view, first, last, view, first, last),
         )
-        return [ChangeRow(v, d, RowKey(k), _loads(r)) for v, d, k, r in found]
+        return [ChangeRow(v, d, decode_key(RowKey(k)), _loads(r)) for v, d, k, r in found]
 
     def get_decisions(self, view: str, key: RowKey | None = None, strategy: str | None = None) -> list[Decision]:
         found = self._query(
@@ -417,16 +451,15 @@ class SQLiteStore(Store):
         )
         return [Decision(v, RowKey(k), *rest) for v, k, *rest in found]
 
-    def get_baselines(self) -> dict[str, tuple[int, CallCost]]:
-        columns = "refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds"
+    def get_baselines(self) -> dict[str, Baseline]:
         found = self._query(
-            f"SELECT name, {columns} FROM view_defs UNION ALL SELECT name, {columns} FROM view_incarnations "
-            "WHERE dropped_version IS NOT NULL"
+            f"SELECT name, {_BASELINE_COLUMNS} FROM view_defs UNION ALL "
+            f"SELECT name, {_BASELINE_COLUMNS} FROM view_incarnations WHERE dropped_version IS NOT NULL"
         )
-        out: dict[str, tuple[int, CallCost]] = {}
-        for name, n, c, p, o, s in found:
-            refreshes, cost = out.get(name, (0, CallCost()))
-            out[name] = (refreshes + n, cost + CallCost(c, p, o, s))
+        out: dict[str, Baseline] = {}
+        for name, refreshes, *costs in found:
+            found_here = Baseline(refreshes, CallCost(*costs[:4]), CallCost(*costs[4:]))
+            out[name] = out.get(name, Baseline()) + found_here
         return out
 
     def get_costs_by_version(self) -> list[tuple[int, CallCost, CallCost]]:
@@ -456,6 +489,8 @@ class SQLiteStore(Store):
     def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
         with self._write() as conn:
             _append_ledger(conn, entry, in_flight)
+            if entry.outcome in ("paid", "failed"):
+                end_claims(conn, self.claim_owner, [entry.call_hash])
             if memo is not None:
                 conn.execute(
                     "INSERT OR IGNORE INTO memo VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -528,6 +563,11 @@ def _state_entry(record: tuple) -> StateEntry:
     return StateEntry(
         RowKey(key), fingerprint, _loads(input_row), _loads(value), error, CallCost(calls, prompt, output, seconds)
     )
+
+
+# A view's full-recompute baseline, as ``view_defs`` and ``view_incarnations`` both store it.
+_BASELINE_COLUMNS = ("refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds, nomemo_calls, "
+                     "nomemo_prompt_tokens, nomemo_output_tokens, nomemo_seconds")
 
 
 def _cost_tuple(cost: CallCost) -> tuple[int, int, int, float]:

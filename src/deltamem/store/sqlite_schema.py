@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 # Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there.
-# 4 added calls_in_flight, empty at the upgrade: a call of an older process is not there to be reported).
-_UPGRADABLE = {2, 3}
+# 4 added calls_in_flight, empty at the upgrade: a call of an older process is not there to be reported. 5 costs
+# the full-recompute baseline with the memo (``baseline_memo``) and keeps the old figure, every stored value at every
+# refresh, as ``nomemo_*``: at the upgrade ``nomemo_*`` start from ``base_*``, which counted that way until then.
+# 6 added view_leases, call_claims and meta's catalog_version, for several processes on one file: empty at the upgrade,
+# and a deltamem of schema 5 or older, which would maintain and pay without them, refuses the file from then on).
+_UPGRADABLE = {2, 3, 4, 5}
+_NO_MEMO_COLUMNS = ("nomemo_calls", "nomemo_prompt_tokens", "nomemo_output_tokens", "nomemo_seconds")
+_BASE_COLUMNS = ("base_calls", "base_prompt_tokens", "base_output_tokens", "base_seconds")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,7 +28,10 @@ CREATE TABLE IF NOT EXISTS view_defs (
     name TEXT PRIMARY KEY, def TEXT NOT NULL, applied_version INTEGER,
     refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
     base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
-    base_seconds REAL NOT NULL DEFAULT 0);
+    base_seconds REAL NOT NULL DEFAULT 0, nomemo_calls INTEGER NOT NULL DEFAULT 0,
+    nomemo_prompt_tokens INTEGER NOT NULL DEFAULT 0, nomemo_output_tokens INTEGER NOT NULL DEFAULT 0,
+    nomemo_seconds REAL NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS baseline_memo (call_hash TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS refresh_costs (
     view TEXT NOT NULL, version INTEGER NOT NULL, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (view, version));
@@ -62,13 +71,26 @@ CREATE TABLE IF NOT EXISTS view_incarnations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, dropped_version INTEGER,
     refreshes INTEGER NOT NULL DEFAULT 0, base_calls INTEGER NOT NULL DEFAULT 0,
     base_prompt_tokens INTEGER NOT NULL DEFAULT 0, base_output_tokens INTEGER NOT NULL DEFAULT 0,
-    base_seconds REAL NOT NULL DEFAULT 0);
+    base_seconds REAL NOT NULL DEFAULT 0, nomemo_calls INTEGER NOT NULL DEFAULT 0,
+    nomemo_prompt_tokens INTEGER NOT NULL DEFAULT 0, nomemo_output_tokens INTEGER NOT NULL DEFAULT 0,
+    nomemo_seconds REAL NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS view_incarnations_live ON view_incarnations (name) WHERE dropped_version IS NULL;
 CREATE TABLE IF NOT EXISTS calls_in_flight (
     id INTEGER PRIMARY KEY, started_at REAL NOT NULL, version INTEGER, view TEXT NOT NULL, operator TEXT NOT NULL,
     reason TEXT NOT NULL, model TEXT NOT NULL, call_hash TEXT NOT NULL,
     host TEXT NOT NULL, pid INTEGER NOT NULL, process TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS view_leases (
+    view TEXT PRIMARY KEY, owner TEXT NOT NULL, heartbeat REAL NOT NULL, expires_at REAL NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, process TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS call_claims (
+    call_hash TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, process TEXT NOT NULL);
 """
+# ``view_leases`` and ``call_claims`` share views and calls out among the processes on a file (see
+# ``deltamem.store.coordination``): one lease per view and one claim per call hash, by primary key. ``owner`` is a
+# random id per holder (a database's maintainer, a store handle); ``host``, ``pid`` and ``process`` say whose
+# process it is, as in ``calls_in_flight``. ``meta``'s ``catalog_version`` counts catalog changes (missing until the
+# first: 0).
 # ``calls_in_flight`` holds a row per call a process is paying, from before the backend is asked until its ledger
 # entry is written (in the same transaction that deletes the row): a row whose process is gone is a call that may
 # have been paid and whose result is lost. ``host``, ``pid`` and ``process`` (a random id per process) say whose
@@ -77,6 +99,8 @@ CREATE TABLE IF NOT EXISTS calls_in_flight (
 # and the views of an older file get their incarnation when it is opened (below). One row per view ever created: the
 # live one has ``dropped_version`` NULL; a dropped one keeps its full-recompute baseline for ``get_baselines``.
 # AUTOINCREMENT, because an incarnation id must never be reused.
+# ``baseline_memo`` holds the memo hashes of the calls the full-recompute baseline has paid (``Store.commit_view``):
+# its own memo, for the calls deltamem never made because it skipped or patched.
 
 
 def create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
@@ -88,6 +112,8 @@ def create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
     if found is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     elif int(found[0]) in _UPGRADABLE:
+        for table in ("view_defs", "view_incarnations"):
+            _add_no_memo_columns(conn, table)
         conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
     elif int(found[0]) != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has store schema {found[0]}; this deltamem reads {SCHEMA_VERSION}")
@@ -95,3 +121,15 @@ def create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
         "INSERT INTO view_incarnations (name) SELECT name FROM view_defs WHERE name NOT IN "
         "(SELECT name FROM view_incarnations WHERE dropped_version IS NULL) ORDER BY rowid"
     )
+
+
+def _add_no_memo_columns(conn: sqlite3.Connection, table: str) -> None:
+    """Give a ``table`` of schema 4 or older its ``nomemo_*`` columns, holding what ``base_*`` counted until now."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if set(_NO_MEMO_COLUMNS) <= present:
+        return  # created just now, with them
+    for column in _NO_MEMO_COLUMNS:
+        kind = "REAL" if column.endswith("seconds") else "INTEGER"
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind} NOT NULL DEFAULT 0")
+    assignments = ", ".join(f"{new} = {old}" for new, old in zip(_NO_MEMO_COLUMNS, _BASE_COLUMNS, strict=True))
+    conn.execute(f"UPDATE {table} SET {assignments}")
