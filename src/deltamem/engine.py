@@ -20,10 +20,8 @@ from typing import Any
 
 from deltamem.catalog_cache import CatalogCache
 from deltamem.changes import (
-    ERROR_COLUMN,
     Clock,
     ColumnType,
-    ExpireMode,
     Row,
     RowKey,
     RowWrite,
@@ -31,10 +29,7 @@ from deltamem.changes import (
     Written,
     decode_key,
     encode_key,
-    json_problem,
     key_order,
-    parse_duration,
-    parse_timestamp,
 )
 from deltamem.errors import (
     AlreadyExists,
@@ -60,6 +55,7 @@ from deltamem.operators.generate import GenerateOperator
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
 from deltamem.store.base import ChangeRow, Dropped, LedgerEntry, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
+from deltamem.table_defs import check_row, expires_at, make_table_def
 
 
 def _default_template(table: TableDef, preferred: tuple[str, ...]) -> str:
@@ -197,7 +193,7 @@ class Database:
                 if key is not None and key != found.key:
                     raise AlreadyExists(f'Table "{name}" exists with key {found.key!r}, not {key!r}')
                 wanted = None if key is None or columns is None else \
-                    self._make_table_def(name, key, columns, ttl, ttl_column, expire)
+                    make_table_def(name, key, columns, ttl, ttl_column, expire)
                 if wanted is not None and found.columns is not None and wanted.columns != found.columns:
                     raise AlreadyExists(f'Table "{name}" exists with columns {found.describe_columns()}, not '
                                         f"{wanted.describe_columns()}; drop it first, or pick another name")
@@ -211,7 +207,7 @@ class Database:
                 raise AlreadyExists(f'"{name}" is already a view')
             if not name.isidentifier():
                 raise SchemaError(f"Table name {name!r} is not an identifier")
-            definition = self._make_table_def(name, key, columns, ttl, ttl_column, expire)
+            definition = make_table_def(name, key, columns, ttl, ttl_column, expire)
             try:
                 self.store.put_table_def(definition)
             except AlreadyExists:  # another process created the name since this one last read the catalog
@@ -387,33 +383,6 @@ class Database:
             )
         return tuple(table.columns)
 
-    def _make_table_def(self, name, key, columns, ttl, ttl_column, expire) -> TableDef:
-        try:
-            mode = ExpireMode(expire)
-        except ValueError:
-            raise ConfigError(f"Unknown expire mode {expire!r}." + did_you_mean(expire, [m.value for m in ExpireMode])) from None
-        typed = None
-        if columns is not None:
-            typed = {}
-            for column, kind in columns.items():
-                try:
-                    typed[column] = ColumnType(kind)
-                except ValueError:
-                    raise SchemaError(
-                        f"Column {column!r} of table {name!r} has unknown type {kind!r}."
-                        + did_you_mean(str(kind), [t.value for t in ColumnType])
-                    ) from None
-            if key not in typed:
-                raise SchemaError(f"Key column {key!r} is not among the columns of table {name!r}")
-        for column in [key, ttl_column] + list(typed or []):
-            if column == ERROR_COLUMN:
-                raise SchemaError(f"Column name {ERROR_COLUMN!r} is reserved for errors")
-        if ttl_column is not None and ttl is None:
-            raise SchemaError(f"Table {name!r}: ttl_column={ttl_column!r} needs a ttl")
-        if ttl_column is not None and typed is not None and ttl_column not in typed:
-            raise SchemaError(f"TTL column {ttl_column!r} is not a column of {name!r}." + did_you_mean(ttl_column, typed))
-        return TableDef(name, key, typed, None if ttl is None else parse_duration(ttl), ttl_column, mode)
-
     # --- writes -------------------------------------------------------------------------------------------------
     @contextmanager
     def batch(self, *, atomic: bool = False) -> Iterator["Batch"]:
@@ -459,11 +428,11 @@ class Database:
             if definition.columns is None:
                 definition = TableDef(definition.name, definition.key, {c: ColumnType.of(v) for c, v in row.items()},
                                       definition.ttl, definition.ttl_column, definition.expire)
-            clean = self._check_row(definition, row, position)
+            clean = check_row(definition, row, position)
             key = encode_key(clean[definition.key])
             if key in writes:
                 raise PrimaryKeyError(f"Key {clean[definition.key]!r} appears twice in one write to table {table!r}")
-            writes[key] = RowWrite(table, key, clean, self._expires_at(definition, clean, now))
+            writes[key] = RowWrite(table, key, clean, expires_at(definition, clean, now))
         new_defs = [definition] if definition is not checked else []
         return self._write(list(writes.values()), new_defs, checked)
 
@@ -478,34 +447,6 @@ class Database:
                 raise PrimaryKeyError(f"key {definition.key!r} is {kind.value}, got {key!r}")
             writes[encoded] = RowWrite(table, encoded, None)
         return self._write(list(writes.values()), [], definition)
-
-    def _check_row(self, table: TableDef, row: Row, position: int) -> Row:
-        assert table.columns is not None
-        where = f"Row {position} for table {table.name!r}"
-        if row.get(table.key) is None:
-            raise PrimaryKeyError(f"{where} has no value for its key column {table.key!r}")
-        for column, value in row.items():
-            if column not in table.columns:
-                raise SchemaError(f"{where} has unknown column {column!r}." + did_you_mean(column, table.columns))
-            kind = table.columns[column]
-            if not kind.accepts(value):
-                raise SchemaError(f"{where}: column {column!r} is {kind.value}, got {value!r} ({type(value).__name__})")
-            problem = json_problem(value)
-            if problem is not None:
-                raise SchemaError(f"{where}: column {column!r} holds {problem}")
-        encode_key(row[table.key])  # raises for a bad key type
-        if table.ttl_column is not None:
-            if row.get(table.ttl_column) is None:
-                raise SchemaError(f"{where} has no value for its TTL column {table.ttl_column!r}")
-            parse_timestamp(row[table.ttl_column], column=table.ttl_column)
-        return {column: row.get(column) for column in table.columns}
-
-    @staticmethod
-    def _expires_at(table: TableDef, row: Row, now: float) -> float | None:
-        if table.ttl is None:
-            return None
-        start = now if table.ttl_column is None else parse_timestamp(row[table.ttl_column], column=table.ttl_column)
-        return start + table.ttl
 
     def _write(self, writes: list[RowWrite], defs: list[TableDef], checked: TableDef) -> Written | None:
         """Commit now, or add to the thread's open batch (and return None); ``writes`` were checked against

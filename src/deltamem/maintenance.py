@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -269,18 +270,7 @@ class Maintainer:
     def _leased_elsewhere(self, view: str) -> bool:
         """Whether another owner holds the lease of ``view`` or of a view it reads, directly or through others."""
         others = {lease.view for lease in self.db.store.get_leases() if lease.owner != self.leases.owner}
-        seen: set[str] = set()
-        pending = [view]
-        while pending:
-            name = pending.pop()
-            definition = self.db._views.get(name)
-            if name in seen or definition is None:
-                continue
-            if name in others:
-                return True
-            seen.add(name)
-            pending.extend(source for kind, source in get_plan_sources(definition.plan) if kind == "view")
-        return False
+        return any(name in others for name, _definition in self._upstream(view))
 
     def _retry_delay(self, attempts: int) -> float:
         """Seconds before the next try after ``attempts`` failures in a row: the poll interval, doubled each time."""
@@ -297,6 +287,14 @@ class Maintainer:
     def _blocking_failure(self, view: str) -> tuple[str, ViewFailure] | None:
         """The failure that keeps ``view`` behind, with the view that has it: its own, else that of a view it reads,
         directly or through others."""
+        for name, definition in self._upstream(view):
+            failure = self._failures.get(name)
+            if failure is not None and failure.view_id == definition.id:
+                return name, failure
+        return None
+
+    def _upstream(self, view: str) -> Iterator[tuple[str, ViewDef]]:
+        """``view`` and every view it reads, directly or through others, each once, with its definition."""
         seen: set[str] = set()
         pending = [view]
         while pending:
@@ -305,11 +303,8 @@ class Maintainer:
             if name in seen or definition is None:
                 continue
             seen.add(name)
-            failure = self._failures.get(name)
-            if failure is not None and failure.view_id == definition.id:
-                return name, failure
+            yield name, definition
             pending.extend(source for kind, source in sorted(get_plan_sources(definition.plan)) if kind == "view")
-        return None
 
     # --- one view ---------------------------------------------------------------------------------------------------
     def _applied(self, view: str) -> int:

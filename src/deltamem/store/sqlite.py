@@ -40,7 +40,7 @@ from deltamem.store.base import (
     ViewDef,
     resolve_drop,
 )
-from deltamem.store.processes import is_gone, this_process
+from deltamem.store.processes import is_gone
 from deltamem.store.sqlite_catalog import (
     bump_catalog_version,
     create_table_def,
@@ -48,7 +48,7 @@ from deltamem.store.sqlite_catalog import (
     get_catalog_version,
     save_table_defs,
 )
-from deltamem.store.sqlite_coordination import SQLiteCoordination, end_claims, new_claim_owner
+from deltamem.store.sqlite_coordination import SQLiteCoordination, end_claims, new_claim_owner, note_in_flight
 from deltamem.store.sqlite_schema import create_or_upgrade
 
 
@@ -500,14 +500,7 @@ class SQLiteStore(SQLiteCoordination, Store):
 
     def begin_call(self, call: CallInFlight) -> int:
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO calls_in_flight (started_at, version, view, operator, reason, model, call_hash, host, "
-                "pid, process) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (call.started_at, call.version, call.view, call.operator, call.reason, call.model, call.call_hash,
-                 *this_process()),
-            )
-            assert cursor.lastrowid is not None, "store: an INSERT has a rowid"
-            return cursor.lastrowid
+            return note_in_flight(conn, call)
 
     def take_interrupted_calls(self) -> list[LedgerEntry]:
         taken = []

@@ -91,7 +91,7 @@ class SQLiteCoordination(Coordination):
                     continue
                 conn.execute(f"INSERT OR REPLACE INTO call_claims ({_CLAIM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                              (h, self.claim_owner, now, *this_process()))
-                claimed[h] = None if calls[h] is None else _note_in_flight(conn, calls[h])
+                claimed[h] = None if calls[h] is None else note_in_flight(conn, calls[h])
         return CallClaims(claimed, answered, tuple(h for h in calls if h in busy))
 
     def _answered_or_busy(self, hashes: list[str], conn: sqlite3.Connection | None, now: float,
@@ -147,7 +147,8 @@ def _is_live(claim: CallClaim, now: float, stale_after: float) -> bool:
     return claim.claimed_at > now - stale_after and not is_gone(claim.host, claim.pid, claim.process)
 
 
-def _note_in_flight(conn: sqlite3.Connection, call: CallInFlight) -> int:
+def note_in_flight(conn: sqlite3.Connection, call: CallInFlight) -> int:
+    """Note ``call`` as in flight from this process, in the caller's transaction; return its row id."""
     cursor = conn.execute(
         "INSERT INTO calls_in_flight (started_at, version, view, operator, reason, model, call_hash, host, pid, "
         "process) VALUES (?,?,?,?,?,?,?,?,?,?)",
