@@ -35,11 +35,12 @@ full        recompute from scratch
 ==========  ==========================================================================================================
 
 ``strategy="auto"`` (the default) takes the cheapest strategy the evidence allows: on a backend that verifies, the
-exact skips, then verify; elsewhere skip, patch, append, else full. After ``MAX_APPROXIMATE_CHAIN`` approximate answers in a row (skips on weak
-evidence, patches, drafts accepted on blended KV), the next change of an output is refreshed exactly (regenerate, or
-full), so approximations never compound. A skip carries the answer's attention attribution over to the sentences
-that replaced the ones it named, so the next edit of such a sentence is judged by the attention it really had. A share ``shadow`` of its approximate decisions is also recomputed in full
-and compared, and the checks calibrate it (``deltamem.memory.strategies.calibrate``): an approximate strategy whose
+exact skips, then verify; elsewhere skip, patch, append, else full. After ``MAX_APPROXIMATE_CHAIN`` approximate
+answers in a row (skips on weak evidence, patches, drafts accepted on blended KV), the next change of an output is
+refreshed exactly (regenerate, or full), so approximations never compound. A skip carries the answer's attention
+attribution over to the sentences that replaced the ones it named, so the next edit of such a sentence is judged by
+the attention it really had. A share ``shadow`` of its approximate decisions is also recomputed in full and
+compared, and the checks calibrate it (``deltamem.memory.strategies.calibrate``): an approximate strategy whose
 agreement falls below 90% after 5 checks is no longer used, and the attention threshold falls to the largest value at
 which the checked skips below it agree at least 90% of the time. ``strategy="skip"`` skips or recomputes;
 ``"regenerate"`` never skips on retrieval evidence; ``"full+prefix"`` is ``full`` with the prompt KV reused up to the
