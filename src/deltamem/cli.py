@@ -14,7 +14,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands import bench, bench_kv, sql, streams
+from deltamem.commands import bench, bench_context, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
 from deltamem.display import literal, print_table
 from deltamem.llm.ledger import Usage
@@ -176,6 +176,17 @@ def explain(
         chunks = value.get("chunks") if isinstance(value, dict) else None
         in_prompt = f", {len(chunks)} chunks in its prompt" if chunks else ""
         console.print(literal(f"  {op}: cost {state['cost']}{in_prompt}"))
+    for op, found in report["dependencies"].items():
+        if found.get("reuse"):
+            r = found["reuse"]
+            console.print(literal(f"  {op}: reused the answer of {r['reused_from']!r} (similarity {r['similarity']:.3f}"
+                                  f", threshold {r['threshold']:.3f}, probability {r['probability']:.2f})"))
+        if found.get("decomposition"):
+            d = found["decomposition"]
+            console.print(literal(f"  {op}: decomposed by {d['pattern']!r}" if d["pattern"] else
+                                  f"  {op}: no pattern matched; answered as its own base question"))
+            for base in d["bases"]:
+                console.print(literal(f"    read {base['question']!r} -> {base['answer']!r}"))
     table = RichTable(title="decisions")
     for column in ("version", "strategy", "reason", "calls", "prompt tok", "reused tok", "output tok", "seconds"):
         table.add_column(column, overflow="fold")
@@ -219,4 +230,5 @@ bench_app.command("rowwise")(bench.bench_rowwise)
 bench_app.command("operators")(bench.bench_operators)
 bench_app.command("edit-stream")(bench.bench_edit_stream)
 bench_app.command("kv-reuse")(bench_kv.bench_kv_reuse)
+bench_app.command("context-stream")(bench_context.bench_context_stream)
 bench_app.command("serve")(bench_serve)

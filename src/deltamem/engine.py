@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,6 +51,7 @@ from deltamem.llm.runner import CallRunner, ProgressHook, RetryPolicy
 from deltamem.maintenance import Maintainer
 from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
+from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
 from deltamem.store.base import ChangeRow, Dropped, LedgerEntry, Store, TableDef, ViewDef
@@ -324,6 +325,10 @@ class Database:
         shadow: float = 0.0,
         append_budget: int = 256,
         partition: str | None = None,
+        reuse: str = "off",
+        max_error: float = 0.02,
+        reuse_check: float = 0.1,
+        decompose: Mapping[str, Sequence[str]] | str | None = None,
     ) -> View:
         """A continuous ``LLM_GENERATE`` view: one answer (column ``out``) per ``context`` row, from ``data_source``.
 
@@ -333,7 +338,10 @@ class Database:
         recompute; ``append_budget`` caps an output's delta log in tokens; with ``partition``, a column of both tables,
         an answer reads only the documents with its own value there (a conversation's history, a question's
         paragraphs), and a document change reaches only those answers. See ``deltamem.operators.generate`` for
-        ``retrieve``, ``strategy`` and ``refresh``.
+        ``retrieve``, ``strategy`` and ``refresh``; ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
+        a close answered one's answer, with a measured rate of wrong reuses under ``max_error``; ``reuse_check`` of
+        the reuses are checked with a real call); ``deltamem.operators.compose`` for ``decompose`` (composite
+        questions answered from shared base questions).
         """
         roles = {"context": context, "data_source": data_source}
         for role, table in roles.items():
@@ -347,6 +355,13 @@ class Database:
                 "prompt": prompt, "retrieve": retrieve, "strategy": strategy, "refresh": refresh,
                 "question": question, "document": document, "out": out, "max_tokens": max_tokens,
                 "shadow": shadow, "append_budget": append_budget, "partition": partition}
+        if decompose is not None:
+            if reuse != "off":
+                raise SchemaError(f"{name!r}: reuse={reuse!r} and decompose cannot be combined; composites already "
+                                  "share their base answers")
+            plan = {**plan, "op": ComposeOperator.kind, "decompose": decompose}
+        elif (reuse, max_error, reuse_check) != ("off", 0.02, 0.1):  # stored only when set, checked when built
+            plan = {**plan, "reuse": reuse, "max_error": max_error, "reuse_check": reuse_check}
         if partition is not None:
             for role, table in roles.items():
                 if partition not in table.columns:

@@ -18,6 +18,7 @@ from deltamem.errors import ConfigError, NoRow, SchemaError
 from deltamem.frames import frame_rows, is_frame, plain, to_frame
 from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
+from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.store.base import ChangeRow, HistoryEntry
 
@@ -311,7 +312,7 @@ class View(Relation):
             raise NoRow(f'View "{self.name}" has no output, state or decision for key {key!r}')
         _inputs, operators = self._db._view_plan(self.name)
         dependencies = {op.op_id: op.describe_output(row_key, all_state) for op in operators
-                        if isinstance(op, GenerateOperator)}
+                        if isinstance(op, (GenerateOperator, ComposeOperator))}
         row = self._db.store.get_view_rows(self.name).get(row_key)
         for found in dependencies.values():
             for source in (found or {}).get("provenance", ()):

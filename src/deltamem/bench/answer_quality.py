@@ -10,25 +10,14 @@ whitespace tokens, except that a yes/no/noanswer on either side must equal the o
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+from deltamem.reuse.agreement import normalize_answer
+
 _CLOSED = ("yes", "no", "noanswer")  # answers whose tokens mean nothing apart: they match whole or not at all
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lowercase, no punctuation, no articles, single spaces.
-
-    >>> normalize_answer("  The  Battle of Hastings, 1066! ")
-    'battle of hastings 1066'
-    """
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
 
 
 def contains_match(answer: str, gold: str) -> bool:

@@ -13,6 +13,7 @@ import importlib
 
 from deltamem.operators.agg import SemAgg
 from deltamem.operators.base import MultiInputOperator, Operator
+from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
 from deltamem.operators.join import SemJoin
 from deltamem.operators.rowwise import SemExtract, SemFilter, SemMap
@@ -24,7 +25,7 @@ CHAIN_OPERATORS: dict[str, type[Operator]] = {
     op.kind: op for op in (SemFilter, SemMap, SemExtract, SemTopK, SemAgg, SemIndex, SemSearch)
 }
 HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {
-    op.kind: op for op in (GenerateOperator, SemJoin, SemSearchMany)
+    op.kind: op for op in (GenerateOperator, ComposeOperator, SemJoin, SemSearchMany)
 }
 
 _REGISTERED_BY = {"sql_where": "deltamem.sql.operators", "sql_project": "deltamem.sql.operators"}

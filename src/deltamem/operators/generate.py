@@ -47,6 +47,10 @@ which the checked skips below it agree at least 90% of the time. ``strategy="ski
 first changed token (what automatic prefix caching gives), and ``"full"`` asks for every output again at every change
 of DATA_SOURCE (the baseline; the memo still answers a call identical to an earlier one). ``refresh="as_of_now"``
 answers a CONTEXT row once and never refreshes it for DATA_SOURCE changes.
+
+With ``reuse="semantic"`` a new or changed CONTEXT row may first take the answer of an answered row of the view
+(``reuse``, no call; ``deltamem.reuse``), and a row that reused an answer follows its source through every refresh
+above; with ``decompose``, the view is ``deltamem.operators.compose``.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from deltamem.changes import ERROR_COLUMN, Delta, Row, RowKey, key_order
+from deltamem.changes import ERROR_COLUMN, Delta, Row, RowKey, decode_key, key_order
 from deltamem.errors import SchemaError
 from deltamem.llm.base import CompletionRequest, Message
 from deltamem.llm.memo import call_hash
@@ -82,6 +86,7 @@ from deltamem.memory.strategies import (
 from deltamem.operators.base import MultiInputOperator, OperatorContext, retract
 from deltamem.operators.documents import Chunk, DocumentChunks, Documents
 from deltamem.operators.template import Template
+from deltamem.reuse.answers import AnswerReuse, ReuseMatch, is_answered, with_checks
 from deltamem.store.base import Decision, StateEntry
 
 NO_CHANGES = ChunkChanges({}, {}, {})
@@ -92,6 +97,7 @@ MIN_AGREEMENT = 0.9  # below this measured agreement, auto stops using the strat
 ATTENTION_THRESHOLD = 0.05  # auto may skip below this attention share on the changed sentences, until calibrated
 ANCHORS = 3  # the most attended sentences whose key terms a skipped change must not touch
 REFRESH_MODES = ("on_change", "as_of_now")
+REUSE_MODES = ("off", "semantic")
 MAX_RETRIEVE = 1000
 @dataclass(frozen=True)
 class _Work:
@@ -100,7 +106,7 @@ class _Work:
     row: Row
     before_out: Row | None
     old: StateEntry | None
-    reason: str  # insert | update | refresh | retry | data
+    reason: str  # insert | update | refresh | retry | data | reuse (the answer it reused changed)
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,10 @@ class GenerateOperator(MultiInputOperator):
 
     State, under two op ids: ``"<op_id>/docs"`` holds per document its chunks (and their vectors, with retrieval),
     fingerprinted by the document's text; ``"<op_id>"`` holds per CONTEXT key its answer ``{"text", "output_ids",
-    "chunks", "kth", "question", "question_vec"}``, fingerprinted by the memo hash of the call that produced it.
+    "chunks", "kth", "question", "question_vec"}``, fingerprinted by the memo hash of its current full prompt; with
+    ``reuse="semantic"`` also ``{"rewritten", "reuse_vec", "checks"}``, and for a reuse ``{"reused_from", "reuse"}``.
     Invariant: an output entry exists exactly for the CONTEXT rows present, and its ``chunks`` are the idents of the
-    chunks in the prompt of its last answer.
+    chunks in the prompt of its last answer (for a reuse: in its source's prompt, which it follows).
     """
 
     kind: ClassVar[str] = "llm_generate"
@@ -150,6 +157,9 @@ class GenerateOperator(MultiInputOperator):
         shadow: float = 0.0,
         append_budget: int = 256,
         partition: str | None = None,
+        reuse: str = "off",
+        max_error: float = 0.02,
+        reuse_check: float = 0.1,
     ):
         if not isinstance(prompt, str) or not prompt.strip():
             raise SchemaError("llm_generate needs a non-empty prompt")
@@ -179,6 +189,13 @@ class GenerateOperator(MultiInputOperator):
         self.append_budget = append_budget
         self.partition = partition
         self.documents = DocumentChunks(self.docs_op, self.document, partition, self._embed)
+        if reuse not in REUSE_MODES:
+            raise SchemaError(f"Unknown reuse {reuse!r}; use one of {', '.join(REUSE_MODES)}")
+        if isinstance(reuse_check, bool) or not isinstance(reuse_check, (int, float)) or not 0 <= reuse_check <= 1:
+            raise SchemaError(f"reuse_check={reuse_check!r} is out of range; use a share from 0 to 1")
+        self.reuse, self.max_error, self.reuse_check = reuse, max_error, reuse_check
+        answer_reuse = AnswerReuse(op_id, max_error=max_error, check_share=reuse_check)  # validates max_error
+        self.reuser = answer_reuse if reuse == "semantic" else None
 
     def output_columns_by_role(self, columns: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
         return (*[c for c in columns["context"] if c != self.out], self.out)
@@ -200,12 +217,15 @@ class GenerateOperator(MultiInputOperator):
         docs, changes = self.documents.apply(  # both by partition
             inputs.get("data_source", []), {k: e for (op, k), e in state.items() if op == self.docs_op}, ctx)
         stored = {key: e for (op, key), e in state.items() if op == self.op_id}
+        before = dict(stored)
+        answers = dict(stored)  # every current answer: the candidates a new question may reuse
         work: dict[RowKey, _Work] = {}
         out: list[Delta] = []
         for delta in inputs.get("context", []):
             old = stored.pop(delta.key, None)
             before_out = self._output_for(delta.before, old)
             if delta.forget or delta.after is None:
+                answers.pop(delta.key, None)
                 retracted = retract(self.op_id, delta, old, before_out, ctx)
                 if retracted:
                     out.append(retracted)
@@ -215,17 +235,29 @@ class GenerateOperator(MultiInputOperator):
             reason = "refresh" if ctx.building else "insert" if old is None else "update"
             work[delta.key] = _Work(delta.after, before_out, old, reason)
         for key, entry in stored.items():  # outputs whose CONTEXT row did not change
+            if entry.value and "reused_from" in entry.value:
+                continue  # a reuse follows its source (_follow_sources), never its own prompt
             if entry.error is not None:
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
             elif changes.get(self.documents.part_of(entry.input_row)) and self.refresh == "on_change":
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
-        return out + self._refresh(work, docs, changes, ctx)
+        refreshed = self._refresh(work, docs, changes, ctx, answers)
+        if self.reuser is not None:
+            refreshed += self._follow_sources(stored, before, answers, docs, changes, ctx)
+        return out + refreshed
 
     def _refresh(self, work: dict[RowKey, "_Work"], docs_by_part: dict[str, "Documents"],
-                 changes_by_part: dict[str, ChunkChanges], ctx: OperatorContext) -> list[Delta]:
-        """Decide a strategy per output, run the calls in one batch, and return the output deltas."""
+                 changes_by_part: dict[str, ChunkChanges], ctx: OperatorContext,
+                 answers: dict[RowKey, StateEntry]) -> list[Delta]:
+        """Decide a strategy per output, run the calls in one batch, and return the output deltas. ``answers`` is
+        every current answer; it is updated with the new ones."""
         model = ctx.runner.backend.model_id
         question_vecs = self._embed_questions(work, ctx)
+        reuse_vecs = self._reuse_vectors(work, ctx)
+        candidates = {k: e for k, e in answers.items() if k not in work}  # answers in flux are no candidates
+        index = self.reuser.candidates(candidates, self.documents.part_of) if reuse_vecs else None
+        answered_prompts = {e.fingerprint for e in candidates.values() if is_answered(e)} if reuse_vecs else set()
+        matches: dict[RowKey, ReuseMatch] = {}
         calibration = self._calibrate(ctx) if self.strategy == "auto" and changes_by_part else None
         planned: list[_Planned] = []
         for key in sorted(work, key=key_order):
@@ -246,7 +278,17 @@ class GenerateOperator(MultiInputOperator):
             h = call_hash(model, request)
             value = {"chunks": [list(c.ident) for c in chunks], "kth": kth, "question": question,
                      "question_vec": None if key not in question_vecs else question_vecs[key].tolist()}
-            identical = old is not None and old.fingerprint == h and old.error is None
+            if key in reuse_vecs:
+                value.update(self.reuser.value_for(reuse_vecs[key], old))
+                # An answered question with this very prompt: the memo answers it exactly, no reuse decision needed.
+                if item.reason in ("insert", "update", "reuse") and h not in answered_prompts:
+                    match = index.match(ctx, key, *reuse_vecs[key], part)
+                    if match is not None and match.served:
+                        planned.append(self._plan_reuse(ctx, key, item, h, value, match, candidates[match.source]))
+                        continue
+                    if match is not None:
+                        matches[key] = match
+            identical = old is not None and old.fingerprint == h and old.error is None and item.reason != "reuse"
             if identical and not (item.reason == "data" and self.strategy.startswith("full")):
                 kept = old if old.input_row == item.row else StateEntry(key, h, item.row, old.value, None, old.cost)
                 if item.reason == "data":
@@ -258,22 +300,30 @@ class GenerateOperator(MultiInputOperator):
         calls = [(p, spec) for p in planned for spec in (p.spec, p.shadow) if spec is not None]
         results = iter(ctx.run_calls(self.op_id, [spec for _p, spec in calls]))
         out: list[Delta] = []
+        entries: dict[RowKey, StateEntry] = {}
         for p in planned:
             entry = p.entry
             if p.spec is not None:
                 entry = self._store_result(ctx, p, next(results))
             if p.shadow is not None:
                 entry = self._check_shadow(ctx, p, entry, next(results))
-            if entry is not p.old:
-                ctx.put_state(self.op_id, entry)
+            entries[p.key] = entry
             out.append(Delta(p.key, p.item.before_out, self._output_for(p.item.row, entry)))
+        for source, checks in self.reuser.observe(ctx, matches, entries, candidates).items() if matches else ():
+            entries[source] = with_checks(entries.get(source) or answers[source], checks)
+        for p in planned:
+            if entries[p.key] is not p.old:
+                ctx.put_state(self.op_id, entries[p.key])
+        for source in entries.keys() - {p.key for p in planned}:  # a source whose only change is a new check
+            ctx.put_state(self.op_id, entries[source])
+        answers.update(entries)
         return [d for d in out if d.forget or d.before != d.after]
 
     def _plan(self, ctx, key, item, request, h, value, texts, changes, in_prompt,
               calibration: Calibration | None) -> "_Planned":
         """The cheapest strategy the evidence allows for one output whose prompt changed."""
         old = item.old
-        spec_reason = "update" if item.reason == "data" else item.reason
+        spec_reason = "update" if item.reason in ("data", "reuse") else item.reason
         can = ctx.runner.backend.capabilities
         kv = can.kv_cache
         cache_key = f"{ctx.view}/{key}"
@@ -281,7 +331,8 @@ class GenerateOperator(MultiInputOperator):
         attribute_to = texts if can.attention and not self.strategy.startswith("full") else None
         if old is None or old.error is not None or item.reason != "data":
             why = {"insert": "a new CONTEXT row", "refresh": "the view was built", "update": "its CONTEXT row changed",
-                   "retry": "its last call failed", "data": "its last call failed"}[item.reason]
+                   "retry": "its last call failed", "data": "its last call failed",
+                   "reuse": "the answer it reused changed or left"}[item.reason]
             keep_kv = kv and self.strategy != "full"  # so that the next refresh can reuse this prompt's KV
             spec = CallSpec(request, spec_reason, cache_key=cache_key if keep_kv else None, attribute_to=attribute_to)
             return _Planned(key, item, spec, "full", why, value, h, old)
@@ -439,6 +490,43 @@ class GenerateOperator(MultiInputOperator):
         # A failure fails the view's version (an answer cannot retrieve without its vectors); maintenance retries it.
         return ctx.embed_or_raise(self.op_id, texts, ["refresh" if ctx.building else "update"] * len(texts))
 
+    # --- answer reuse across questions (deltamem.reuse) -------------------------------------------------------
+    def _reuse_vectors(self, work: dict[RowKey, _Work], ctx: OperatorContext) -> dict[RowKey, tuple[str, list]]:
+        if self.reuser is None:
+            return {}
+        questions = {key: self.question.render(item.row) for key, item in work.items()}
+        return self.reuser.embed(ctx, questions, {key: item.old for key, item in work.items()})
+
+    def _plan_reuse(self, ctx, key, item, h, value, match: ReuseMatch, source: StateEntry) -> "_Planned":
+        """Serve ``source``'s answer, and its provenance, to ``key`` without a call."""
+        entry, why = self.reuser.reused_entry(key, item.row, h, value, match, source)
+        self._decide(ctx, key, "reuse", why + " (no call)", evidence=match.verdict.similarity)
+        return _Planned(key, item, None, "reuse", why, value, h, item.old, entry=entry)
+
+    def _follow_sources(self, stored: dict[RowKey, StateEntry], before: dict[RowKey, StateEntry],
+                        answers: dict[RowKey, StateEntry], docs, changes, ctx: OperatorContext) -> list[Delta]:
+        """Keep every reuse whose source changed in this version fresh: it follows a source whose answer reads the
+        same (taking its new provenance), and is decided again when the source's answer changed or left."""
+        again: dict[RowKey, _Work] = {}
+        for key, entry in stored.items():
+            source = (entry.value or {}).get("reused_from")
+            if source is None:
+                continue
+            old, new = before.get(source), answers.get(source)
+            if new is not None and old is not None and all(
+                    new.value.get(n) == old.value.get(n) for n in ("text", "chunks", "rewritten")):
+                continue  # the source's answer and provenance are as they were
+            if new is not None and old is not None and new.error is None and new.value.get("text") == entry.value[
+                    "text"] and new.value.get("rewritten") == old.value.get("rewritten"):
+                followed = {**entry.value, "chunks": new.value.get("chunks"), "kth": new.value.get("kth")}
+                ctx.put_state(self.op_id, StateEntry(key, entry.fingerprint, entry.input_row, followed, None))
+                answers[key] = StateEntry(key, entry.fingerprint, entry.input_row, followed, None)
+                self._decide(ctx, key, "reuse", f"followed {decode_key(source)!r}: its answer was refreshed and "
+                                                "reads the same (no call)")
+                continue
+            again[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "reuse")
+        return self._refresh(again, docs, changes, ctx, answers) if again else []
+
     def _embed_questions(self, work, ctx: OperatorContext) -> dict[RowKey, np.ndarray]:
         if self.retrieve == "all":
             return {}
@@ -481,10 +569,14 @@ class GenerateOperator(MultiInputOperator):
         if attribution is not None:  # label its columns; a skip keeps the attribution of an older prompt
             attribution = {**attribution, "context": [current.get(tuple(c), "(changed since)")
                                                       for c in attribution["columns"]]}
-        return {"provenance": provenance, "attribution": attribution, "key_spans": copied}
+        described = {"provenance": provenance, "attribution": attribution, "key_spans": copied}
+        if "reused_from" in entry.value:  # its answer and provenance are its source's
+            described["reuse"] = {"reused_from": decode_key(entry.value["reused_from"]), **entry.value["reuse"]}
+        return described
 
     def to_plan(self) -> dict[str, Any]:
         return {"op": self.kind, "prompt": self.prompt, "retrieve": self.retrieve, "strategy": self.strategy,
                 "refresh": self.refresh, "question": self.question.text, "document": self.document.text,
                 "out": self.out, "max_tokens": self.max_tokens, "shadow": self.shadow,
-                "append_budget": self.append_budget}
+                "append_budget": self.append_budget, "reuse": self.reuse, "max_error": self.max_error,
+                "reuse_check": self.reuse_check}

@@ -380,6 +380,17 @@ def _explain(db: "Database", plan: ExplainPlan) -> Result:
         rows.append((f"operator {op}", f"calls={cost['calls']} prompt_tokens={cost['prompt_tokens']} "
                                        f"output_tokens={cost['output_tokens']}{error}"))
     for op, dependencies in report["dependencies"].items():
+        if dependencies.get("reuse"):
+            r = dependencies["reuse"]
+            rows.append((f"reused ({op})", f"the answer of {r['reused_from']!r}: similarity {r['similarity']:.3f}, "
+                                           f"threshold {r['threshold']:.3f}, probability {r['probability']:.2f}, "
+                                           f"error bound {r['error_bound']:.1%}"))
+        if dependencies.get("decomposition"):
+            d = dependencies["decomposition"]
+            rows.append((f"decomposed ({op})", f"pattern {d['pattern']!r}" if d["pattern"] else "no pattern: its own "
+                                               "base question"))
+            for base in d["bases"]:
+                rows.append((f"base answer ({op})", f"{base['question']} -> {base['answer']}"))
         for p in dependencies.get("provenance", []):
             state = "" if p["current"] else " (changed since)"
             rows.append((f"depends on ({op})", f"doc {p['doc']} v{p['doc_version']} sentence {p['position']}: "
