@@ -94,7 +94,8 @@ def test_a_reversed_direction_that_was_checked_wrong_raises_its_entry_s_threshol
 
 
 def test_the_measured_rate_of_wrong_reuses_stays_under_max_error_on_a_stream_of_paraphrases_and_near_misses():
-    """200 questions, a third of them the reverse of an earlier one at a cosine above the paraphrases'."""
+    """200 distinct questions, a quarter of them the reverse of the others, on a model that answers every paraphrase
+    alike: the checks certify reuse between questions that ask the same way, and none crosses the direction."""
     db, questions, _docs, view = film_db(max_error=0.02, reuse_check=0.1)
     stream = [cased((PARAPHRASES + PARAPHRASES + REVERSED)[i % 8], i) for i in range(200)]
     ask(questions, view, stream)
@@ -102,7 +103,8 @@ def test_the_measured_rate_of_wrong_reuses_stays_under_max_error_on_a_stream_of_
     truth = {f"q{i:03d}": ("Alpha" if EARLY.search(q.lower()) else "Beta") for i, q in enumerate(stream)}
     served = {d.key.strip('"') for d in decisions(db, "reuse")}
     wrong = sum(rows[k] != truth[k] for k in served)
-    assert served and wrong / len(stream) <= 0.02
+    assert wrong / len(stream) <= 0.02
+    assert len(served) >= 0.5 * len(stream)  # a model whose answers do not depend on the wording: most are reused
     assert all(rows[k] == truth[k] for k in truth if k not in served)  # every answer by a call is right here
 
 
