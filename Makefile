@@ -46,7 +46,16 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
 	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-test: $(STAMP) $(CHROMIUM)
+# The PostgreSQL store's tests start their own server in a temporary directory (tests/pg.py) with initdb and pg_ctl:
+# Debian's postgresql package where no PostgreSQL binaries are installed. Its own cluster is not used.
+INITDB := $(firstword $(wildcard /usr/local/bin/initdb /usr/lib/postgresql/*/bin/initdb))
+
+.PHONY: postgresql
+postgresql:
+	@test -n "$(INITDB)" || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || \
+	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
+test: $(STAMP) $(CHROMIUM) postgresql
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -21,7 +21,8 @@ from deltamem.llm import lazy_embedder, lazy_llm
 from deltamem.llm.base import EmbeddingBackend, LLMBackend
 from deltamem.llm.runner import RetryPolicy
 from deltamem.relation import Relation, Table, View, ViewRows
-from deltamem.store.base import ChangeRow, HistoryEntry
+from deltamem.store import is_postgres_dsn
+from deltamem.store.base import ChangeRow, HistoryEntry, Store
 
 __version__ = "0.1.0"
 
@@ -37,19 +38,28 @@ def connect(
 ) -> Database:
     """Open (or create) a database.
 
-    ``path`` is a SQLite file (``":memory:"`` for a throwaway one). ``llm`` is ``"local"`` (SmolLM2-135M-Instruct
-    on this machine; the default), ``"openai"`` (any OpenAI-compatible endpoint; settings from ``llm_options`` or
+    ``path`` is a SQLite file (``":memory:"`` for a throwaway one), or a PostgreSQL DSN
+    (``"postgresql://user:password@host:5432/dbname"``) for a store that several processes or machines share.
+    ``llm`` is ``"local"`` (SmolLM2-135M-Instruct on this machine; the default), ``"openai"`` (any OpenAI-compatible endpoint; settings from ``llm_options`` or
     ``DELTAMEM_OPENAI_*``) or ``"test"`` (deterministic); ``embedder`` is ``"minilm"``, ``"openai"`` or ``"test"``.
     Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_workers``, ``progress``,
     ``poll_interval``, and for several processes on one file ``lease_timeout`` and ``claim_timeout``.
     """
-    if path.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("The PostgreSQL store is not built yet; use a SQLite file path such as 'app.db'")
-    from deltamem.store.sqlite import SQLiteStore
-
     llm_backend = lazy_llm(llm, **(llm_options or {}))
     embed_backend = lazy_embedder(embedder, **(embedder_options or {}))
-    return Database(SQLiteStore(path), llm=llm_backend, embedder=embed_backend, **options)
+    return Database(open_store(path), llm=llm_backend, embedder=embed_backend, **options)
+
+
+def open_store(path: str) -> Store:
+    """The store ``path`` names: a PostgreSQL one for a ``postgresql://`` (or ``postgres://``) DSN, else a SQLite
+    file. Raises ``ConfigError`` naming the DSN (password hidden) when PostgreSQL cannot be reached with it."""
+    if is_postgres_dsn(path):
+        from deltamem.store.postgres import PostgresStore
+
+        return PostgresStore(path)
+    from deltamem.store.sqlite import SQLiteStore
+
+    return SQLiteStore(path)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands import bench, bench_context, bench_kv, sql, streams
+from deltamem.commands import bench, bench_context, bench_engine, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
 from deltamem.display import literal, print_table
 from deltamem.llm.ledger import Usage
@@ -51,7 +51,7 @@ def demo(
 
 @app.command()
 def usage(
-    db: str = typer.Argument(..., help="SQLite file."),
+    db: str = typer.Argument(..., help="SQLite file, or a postgresql:// DSN."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document: the totals (as with no --json), then "
                                  "by_view, by_operator and full_recompute per view."),
 ) -> None:
@@ -93,7 +93,7 @@ def _print_json(document: object) -> None:
 
 @app.command()
 def rows(
-    db: str = typer.Argument(..., help="SQLite file."),
+    db: str = typer.Argument(..., help="SQLite file, or a postgresql:// DSN."),
     view: str = typer.Argument(..., help="View name."),
     as_of: Optional[int] = typer.Option(None, "--as-of", help="Read the view as of this version."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Print at most this many rows (in key order)."),
@@ -143,7 +143,7 @@ def _draw_heatmap(report: dict, view: str, path: Path) -> None:
 
 @app.command()
 def explain(
-    db: str = typer.Argument(..., help="SQLite file."),
+    db: str = typer.Argument(..., help="SQLite file, or a postgresql:// DSN."),
     view: str = typer.Argument(..., help="View name."),
     key: str = typer.Argument(..., help="The output's key (read as JSON when it parses, e.g. 7 or \"q1\", else text)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document: key, row, operators, dependencies "
@@ -231,4 +231,5 @@ bench_app.command("operators")(bench.bench_operators)
 bench_app.command("edit-stream")(bench.bench_edit_stream)
 bench_app.command("kv-reuse")(bench_kv.bench_kv_reuse)
 bench_app.command("context-stream")(bench_context.bench_context_stream)
+bench_app.command("engine")(bench_engine.bench_engine)
 bench_app.command("serve")(bench_serve)

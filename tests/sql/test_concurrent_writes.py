@@ -26,11 +26,12 @@ def connect(path) -> dm.Database:
 
 
 @pytest.fixture
-def handles(tmp_path):
-    """Two handles on one file; ``handles[i % 2]`` spreads threads over both."""
-    first = connect(tmp_path / "c.db")
+def handles(new_store_path):
+    """Two handles on one store (of each kind: ``store_kind``); ``handles[i % 2]`` spreads threads over both."""
+    path = new_store_path()
+    first = connect(path)
     execute(first, "CREATE TABLE c (id INT PRIMARY KEY, n INT); INSERT INTO c VALUES (1, 0)")
-    second = connect(tmp_path / "c.db")
+    second = connect(path)
     yield first, second
     second.close()
     first.close()

@@ -16,7 +16,7 @@ GOLDEN = Path(__file__).parent / "golden"
 SCRIPTS = sorted(p.stem for p in GOLDEN.glob("*.sql"))
 
 
-def run_script(script: Path, db: Path) -> str:
+def run_script(script: Path, db: Path | str) -> str:
     # A fixed width: rich would otherwise fold tables to the width of whatever terminal runs pytest.
     result = CliRunner().invoke(app, ["run", str(db), str(script), "--llm", "test", "--embedder", "test"],
                                 env={"COLUMNS": "120"})
@@ -26,8 +26,8 @@ def run_script(script: Path, db: Path) -> str:
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_golden_script_prints_its_expected_output(name, tmp_path):
-    output = run_script(GOLDEN / f"{name}.sql", tmp_path / "golden.db")
+def test_golden_script_prints_its_expected_output(name, new_store_path):
+    output = run_script(GOLDEN / f"{name}.sql", new_store_path())  # on both stores (``store_kind``)
     expected = GOLDEN / f"{name}.expected"
     if os.environ.get("UPDATE_GOLDEN"):
         expected.write_text(output)

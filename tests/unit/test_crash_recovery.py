@@ -68,8 +68,8 @@ def run_child_until_killed(path: str, start: int, num_changes: int) -> int:
 
 
 @pytest.mark.parametrize("kill_after", [20, 60])
-def test_sigkill_mid_stream_loses_nothing_and_pays_nothing_twice(tmp_path, kill_after):
-    path = str(tmp_path / "crash.db")
+def test_sigkill_mid_stream_loses_nothing_and_pays_nothing_twice(new_store_path, kill_after):
+    path = new_store_path()  # on both stores (``store_kind``)
     last = run_child_until_killed(path, 0, kill_after)
     last = run_child_until_killed(path, last + 1, kill_after)  # a second life, then a second kill
 
@@ -114,8 +114,8 @@ IN_FLIGHT_CHILD = textwrap.dedent(
 )
 
 
-def test_a_call_in_flight_at_a_kill_is_reported_once_as_interrupted(tmp_path, caplog):
-    path = str(tmp_path / "in_flight.db")
+def test_a_call_in_flight_at_a_kill_is_reported_once_as_interrupted(new_store_path, caplog):
+    path = new_store_path()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     child = subprocess.Popen([sys.executable, "-c", IN_FLIGHT_CHILD, path], stdout=subprocess.PIPE, text=True, env=env)
     assert child.stdout is not None

@@ -1,6 +1,7 @@
 """Several processes on one database file: one maintains each view at a time (its lease), the others read.
 
-The two-process tests run real child processes, each with its own background maintainer, on one SQLite file.
+The two-process tests run real child processes, each with its own background maintainer, on one SQLite file (and the
+first also on one PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def _finish(child: subprocess.Popen) -> str:
     return out
 
 
-def test_two_processes_maintaining_one_view_pay_each_call_once(tmp_path):
-    path = str(tmp_path / "shared.db")
+def test_two_processes_maintaining_one_view_pay_each_call_once(new_store_path):
+    path = new_store_path()  # on both stores (``store_kind``)
     with scripted_db(path) as db:
         docs = db.table("docs", key="id", columns={"id": "int", "text": "text"})
         db.view("v", docs.sem_map("Summarise {text}", out="s"))

@@ -2,7 +2,7 @@
 CREATE that conflicts with what is stored fails and changes nothing, a write checked against a definition another
 process has changed since is refused, and stream sequence numbers are handed out once across processes.
 
-Every test here runs real child processes on one SQLite file.
+Every test here runs real child processes on one store, of each kind (``store_kind``: SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import textwrap
 
 import pytest
 
+import deltamem as dm
 from deltamem.errors import AlreadyExists, CatalogChanged
 from deltamem.sql import execute
-from deltamem.store.sqlite import SQLiteStore
 from tests.helpers import scripted_db
 from tests.children import ENV
 
@@ -29,7 +29,7 @@ def _run(script: str, *args: str) -> str:
 
 
 def _columns(path: str, table: str) -> dict[str, str] | None:
-    store = SQLiteStore(path)
+    store = dm.open_store(path)
     try:
         [definition] = [t for t in store.get_table_defs() if t.name == table]
         return None if definition.columns is None else {c: t.value for c, t in definition.columns.items()}
@@ -59,8 +59,8 @@ LATE_READER = """
 """
 
 
-def test_a_table_and_view_created_in_one_process_are_seen_by_another_that_cannot_redefine_them(tmp_path):
-    path = str(tmp_path / "shared.db")
+def test_a_table_and_view_created_in_one_process_are_seen_by_another_that_cannot_redefine_them(new_store_path):
+    path = new_store_path()
     scripted_db(path).close()
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LATE_READER), path], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -79,9 +79,9 @@ def test_a_table_and_view_created_in_one_process_are_seen_by_another_that_cannot
     assert _columns(path, "docs") == {"id": "int", "text": "text"}  # the first process's schema, intact
 
 
-def test_a_create_racing_another_process_with_other_columns_fails_in_the_store(tmp_path):
+def test_a_create_racing_another_process_with_other_columns_fails_in_the_store(new_store_path):
     # The engine's own check passed on a stale catalog: the store's CREATE is what refuses.
-    path = str(tmp_path / "race.db")
+    path = new_store_path()
     db = scripted_db(path)
     assert db.tables() == []
     _run("""
@@ -98,8 +98,8 @@ def test_a_create_racing_another_process_with_other_columns_fails_in_the_store(t
     db.close()
 
 
-def test_a_write_checked_against_a_table_another_process_recreated_is_refused(tmp_path):
-    path = str(tmp_path / "stale.db")
+def test_a_write_checked_against_a_table_another_process_recreated_is_refused(new_store_path):
+    path = new_store_path()
     db = scripted_db(path)
     docs = db.table("docs", key="id", columns={"id": "int", "text": "text"})
     docs.upsert({"id": 1, "text": "alpha"})
@@ -118,8 +118,8 @@ def test_a_write_checked_against_a_table_another_process_recreated_is_refused(tm
     db.close()
 
 
-def test_columns_inferred_by_two_processes_keep_the_first_and_refuse_the_second(tmp_path):
-    path = str(tmp_path / "infer.db")
+def test_columns_inferred_by_two_processes_keep_the_first_and_refuse_the_second(new_store_path):
+    path = new_store_path()
     db = scripted_db(path)
     docs = db.table("docs", key="id")  # no columns: the first row fixes them
     _run("""
@@ -150,8 +150,8 @@ APPENDER = """
 
 
 @pytest.mark.parametrize("opened", ["before the stream existed", "after"])
-def test_stream_appends_from_two_processes_get_distinct_sequence_numbers(tmp_path, opened):
-    path = str(tmp_path / "stream.db")
+def test_stream_appends_from_two_processes_get_distinct_sequence_numbers(tmp_path, new_store_path, opened):
+    path = new_store_path()
     scripted_db(path).close()
     if opened == "after":
         with scripted_db(path) as db:

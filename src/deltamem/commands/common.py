@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 import deltamem as dm
+from deltamem.store import is_postgres_dsn
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -66,8 +67,9 @@ def task_reporter(progress: "Progress") -> Callable[[str, int, int], None]:
 
 
 def open_db(db: str, llm: str = "test", embedder: str = "test") -> dm.Database:
-    """Open an existing database file; a missing one is a ``ConfigError``, not a new empty database."""
-    if not Path(db).exists():
+    """Open an existing database file (or a PostgreSQL DSN); a missing file is a ``ConfigError``, not a new empty
+    database."""
+    if not is_postgres_dsn(db) and not Path(db).exists():
         raise dm.ConfigError(f"Database file {db!r} does not exist")
     return dm.connect(db, llm=llm, embedder=embedder)
 

@@ -31,7 +31,7 @@ def sql_shell(
 
 
 def run_sql(
-    db: str = typer.Argument(..., help="SQLite file (created if missing)."),
+    db: str = typer.Argument(..., help="SQLite file (created if missing), or a postgresql:// DSN."),
     file: Path = typer.Argument(..., help="A .sql script: statements separated by ';'."),
     llm: str = LLM,
     embedder: str = EMBEDDER,

@@ -11,10 +11,11 @@ import typer
 import deltamem as dm
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, stop_on_sigterm, task_reporter
 from deltamem.display import literal
+from deltamem.store import is_postgres_dsn
 
 
 def load(
-    db: str = typer.Argument(..., help="SQLite file (created when --key creates the table)."),
+    db: str = typer.Argument(..., help="SQLite file (created when --key creates the table), or a postgresql:// DSN."),
     table: str = typer.Argument(..., help="Table to write."),
     file: Path = typer.Argument(..., help="A JSON Lines, JSON array, CSV or Debezium change-event file."),
     format: Optional[str] = typer.Option(
@@ -40,7 +41,7 @@ def load(
 
     from deltamem.ingest import load_file
 
-    if not Path(db).exists() and key is None:
+    if not is_postgres_dsn(db) and not Path(db).exists() and key is None:
         fail(dm.ConfigError(f"Database file {db!r} does not exist; pass --key to create it with the table"))
     try:
         with Progress(console=console, transient=True) as progress:
@@ -60,7 +61,7 @@ def load(
 
 
 def watch(
-    db: str = typer.Argument(..., help="SQLite file (created if missing)."),
+    db: str = typer.Argument(..., help="SQLite file (created if missing), or a postgresql:// DSN."),
     table: str = typer.Argument(..., help="Table mirroring the folder (key 'path'; columns path, text, mtime)."),
     folder: Path = typer.Argument(..., help="The folder to watch."),
     glob: str = typer.Option("**/*", "--glob", help="Which files, relative to the folder, e.g. '**/*.md'."),
@@ -126,7 +127,7 @@ def _copy_text(value: object) -> str:
 
 
 def subscribe(
-    db: str = typer.Argument(..., help="SQLite file."),
+    db: str = typer.Argument(..., help="SQLite file, or a postgresql:// DSN."),
     view: str = typer.Argument(..., help="View name."),
     snapshot: bool = typer.Option(True, "--snapshot/--no-snapshot", help="Start with the current rows as +1 changes."),
     as_of: Optional[int] = typer.Option(
@@ -149,7 +150,7 @@ def subscribe(
     from deltamem.errors import NoView
     from deltamem.store.base import ChangeRow
 
-    if not Path(db).exists():
+    if not is_postgres_dsn(db) and not Path(db).exists():
         fail(dm.ConfigError(f"Database file {db!r} does not exist"))
     if limit is not None and limit < 1:
         fail(dm.ConfigError(f"--limit must be at least 1, got {limit}"))

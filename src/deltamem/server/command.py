@@ -18,6 +18,7 @@ import typer
 
 from deltamem.errors import ConfigError
 from deltamem.server.app import DEFAULT_READ_TIMEOUT
+from deltamem.store import is_postgres_dsn
 
 TOKEN_VARIABLE = "DELTAMEM_TOKEN"
 
@@ -50,7 +51,7 @@ def allowed_hosts(host: str, allow_host: list[str]) -> list[str]:
 
 
 def serve(
-    db: str = typer.Argument(..., help="SQLite file (created if missing)."),
+    db: str = typer.Argument(..., help="SQLite file (created if missing), or a postgresql:// DSN."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; other than loopback needs a token."),
     port: int = typer.Option(8000, help="Port to bind."),
     token: Optional[str] = typer.Option(None, envvar=TOKEN_VARIABLE, show_envvar=True,
@@ -80,7 +81,8 @@ def serve(
             raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
         if not read_timeout > 0:
             raise ConfigError(f"--read-timeout must be positive, got {read_timeout}")
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        if not is_postgres_dsn(db):
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
         database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5)
     except dm.DeltamemError as exc:
         typer.echo(f"Error: {exc}", err=True)

@@ -1,0 +1,44 @@
+"""Fixtures every test directory may use: the stores a store-level test runs on.
+
+``store_kind`` parametrises a test over both stores (``sqlite``, ``postgres``); ``new_store_path`` gives, per call, the
+path or DSN of a new, empty store of that kind for ``dm.connect``. The PostgreSQL server is started once per session,
+in a temporary directory, and only when a test asks for it (``tests/pg.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp_path: its parents are private to this user, and under root the server runs as postgres.
+    directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-"))
+    server = PostgresServer.start(directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def new_store_path(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """A factory of new, empty stores of ``store_kind``: SQLite files under ``tmp_path``, or PostgreSQL databases."""
+    if store_kind == "postgres":
+        return request.getfixturevalue("postgres_server").new_database
+    numbers = itertools.count(1)
+    return lambda: str(tmp_path / f"store{next(numbers)}.db")
