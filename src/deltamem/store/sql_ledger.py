@@ -1,58 +1,59 @@
-"""The PostgreSQL store's memo and usage ledger, and the calls in flight between them.
+"""The memo and usage ledger of a SQL store, and the calls in flight between them.
 
-    class PostgresStore(PostgresLedger, PostgresCoordination, Store): ...   # the store mixes these methods in
+    class SQLiteStore(SqlLedger, SqlCoordination, Store): ...   # a store mixes these methods in
 
-The same semantics as ``SQLiteStore``'s: a ledger entry, its memo entry, the end of its call in flight and of its
-claim are one transaction.
+Written once for SQLite and PostgreSQL; the store's ``dialect`` supplies what they spell differently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-
-import psycopg
+from typing import Any
 
 from deltamem.llm.base import Completion
 from deltamem.store.base import CallInFlight, LedgerEntry, LedgerTotals
-from deltamem.store.postgres_coordination import end_claims, note_in_flight
 from deltamem.store.processes import is_gone
+from deltamem.store.sql_coordination import end_claims, note_in_flight
+from deltamem.store.sql_dialect import Connection, Dialect
 
 _LEDGER_COLUMNS = ("ts, version, view, operator, reason, model, outcome, prompt_tokens, reused_tokens, "
                    "output_tokens, seconds, call_hash, error")
 
 
-class PostgresLedger:
-    """Memo and ledger methods for ``PostgresStore``, whose ``_write()`` and ``_query()`` they use."""
+class SqlLedger:
+    """Memo and ledger methods for a SQL store, whose ``_write()`` and ``_read()`` they use. Invariant: a ledger
+    entry, its memo entry, the end of its call in flight and of its claim are one transaction, so a process that sees
+    no claim sees the memo entry, or a failure."""
 
     claim_owner: str
-    _write: Callable[[], AbstractContextManager[psycopg.Connection]]
-    _query: Callable[..., list[tuple]]
+    dialect: Dialect
+    _write: Callable[[], AbstractContextManager[Any]]
+    _read: Callable[..., list[tuple]]
 
     def get_memo(self, call_hash: str) -> Completion | None:
-        found = self._query("SELECT text, prompt_tokens, output_tokens, seconds, model, reused_tokens, finish_reason "
-                            "FROM memo WHERE call_hash = %s", (call_hash,))
+        found = self._read("SELECT text, prompt_tokens, output_tokens, seconds, model, reused_tokens, finish_reason "
+                           "FROM memo WHERE call_hash = ?", (call_hash,), None)
         return Completion(*found[0]) if found else None
 
     def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
         with self._write() as conn:
-            _append_ledger(conn, entry, in_flight)
+            _append_ledger(self.dialect, conn, entry, in_flight)
             if entry.outcome in ("paid", "failed"):
-                end_claims(conn, self.claim_owner, [entry.call_hash])
+                end_claims(self.dialect, conn, self.claim_owner, [entry.call_hash])
             if memo is not None:
-                conn.execute(
-                    "INSERT INTO memo VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
-                     memo.output_tokens, memo.seconds, memo.finish_reason))
+                conn.execute(self.dialect.insert_or_ignore("memo", 8),
+                             (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
+                              memo.output_tokens, memo.seconds, memo.finish_reason))
 
     def begin_call(self, call: CallInFlight) -> int:
         with self._write() as conn:
-            return note_in_flight(conn, call)
+            return note_in_flight(self.dialect, conn, call)
 
     def take_interrupted_calls(self) -> list[LedgerEntry]:
         taken: list[LedgerEntry] = []
         # Every open calls this: take the write lock only when some call is in flight, not on each start-up.
-        if not self._query("SELECT 1 FROM calls_in_flight LIMIT 1"):
+        if not self._read("SELECT 1 FROM calls_in_flight LIMIT 1", (), None):
             return taken
         with self._write() as conn:
             for record in conn.execute(
@@ -65,29 +66,30 @@ class PostgresLedger:
                 entry = LedgerEntry(started_at, version, view, operator, reason, model, "interrupted", 0, 0, 0, 0.0,
                                     h, f"in flight when process {pid} on {host} died: its result, if it was paid, "
                                        "was lost, and the call is paid again when the view still needs it")
-                _append_ledger(conn, entry, flight)  # in this transaction: each row is taken once
+                _append_ledger(self.dialect, conn, entry, flight)  # in this transaction: each row is taken once
                 taken.append(entry)
         return taken
 
     def get_ledger(self, view: str | None = None) -> list[LedgerEntry]:
         if view is None:
-            found = self._query(f"SELECT {_LEDGER_COLUMNS} FROM ledger ORDER BY id")
+            found = self._read(f"SELECT {_LEDGER_COLUMNS} FROM ledger ORDER BY id", (), None)
         else:
-            found = self._query(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE view = %s ORDER BY id", (view,))
+            found = self._read(f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE view = ? ORDER BY id", (view,), None)
         return [LedgerEntry(*record) for record in found]
 
     def get_ledger_totals(self) -> list[LedgerTotals]:
-        found = self._query(
+        found = self._read(
             "SELECT view, operator, outcome, COUNT(*), SUM(prompt_tokens), SUM(reused_tokens), SUM(output_tokens), "
-            "SUM(seconds) FROM ledger GROUP BY view, operator, outcome ORDER BY view, operator, outcome")
+            "SUM(seconds) FROM ledger GROUP BY view, operator, outcome ORDER BY view, operator, outcome", (), None)
+        # Cast: PostgreSQL sums integers as numeric (Decimal).
         return [LedgerTotals(v, o, out, int(n), int(p), int(r), int(t), float(s)) for v, o, out, n, p, r, t, s in found]
 
 
-def _append_ledger(conn: psycopg.Connection, entry: LedgerEntry, in_flight: int | None) -> None:
+def _append_ledger(dialect: Dialect, conn: Connection, entry: LedgerEntry, in_flight: int | None) -> None:
     """Write ``entry`` to the ledger and delete the call in flight ``in_flight`` (the caller's transaction)."""
     if in_flight is not None:
-        conn.execute("DELETE FROM calls_in_flight WHERE id = %s", (in_flight,))
+        conn.execute(dialect.sql("DELETE FROM calls_in_flight WHERE id = ?"), (in_flight,))
     conn.execute(
-        f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        dialect.sql(f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
          entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash, entry.error))
