@@ -117,7 +117,7 @@ def _run_mode(db: dm.Database, mode: str, stream: ContextStream, *, retrieve, ma
             answers[q.key] = row["answer"]
             served_by[q.key] = _how(db, q.key)
             if cache:
-                cache.add(q.question, row["answer"], _chunks(db, q.key))
+                cache.add(q.question, row["answer"], _chunks(db.store.get_all_state("answers"), q.key))
         paid[q.key] = db.usage().calls - calls
         if progress:
             progress(f"{mode}: questions", i + 1, len(stream.questions))
@@ -132,14 +132,15 @@ def _run_mode(db: dm.Database, mode: str, stream: ContextStream, *, retrieve, ma
         if progress:
             progress(f"{mode}: edits", i + 1, len(stream.edits))
     edit_cost = _cost(db.usage(), usage1, time.perf_counter() - start)
-    current = _current_chunks(db)
+    state = db.store.get_all_state("answers")
+    current = _current_chunks(state)
     after, stale = {}, 0
     for q in stream.questions:
         if cache is not None and cache.lookup(q.question) is not None:  # asked again: GPTCache serves its copy
             text, chunks = cache.lookup(q.question)
         else:
             row = _row(view, q.key)
-            text, chunks = (None if row is None else row["answer"]), _chunks(db, q.key)
+            text, chunks = (None if row is None else row["answer"]), _chunks(state, q.key)
         after[q.key] = text
         stale += bool(chunks) and not set(map(tuple, chunks)) <= current
     return {"answers": answers, "served_by": served_by, "paid_calls": paid, "answers_after_edits": after,
@@ -178,9 +179,8 @@ def _how(db: dm.Database, key: str) -> str:
     return decisions[-1].strategy if decisions else "none"
 
 
-def _chunks(db: dm.Database, key: str) -> list:
+def _chunks(state: dict, key: str) -> list:
     """The sentence idents in the prompt behind the answer to ``key`` (for a composite: its base answers')."""
-    state = db.store.get_all_state("answers")
     found = []
     for (op, k), entry in state.items():
         if k == encode_key(key) and entry.value:
@@ -191,9 +191,9 @@ def _chunks(db: dm.Database, key: str) -> list:
     return [tuple(c) for c in found]
 
 
-def _current_chunks(db: dm.Database) -> set[tuple]:
-    return {tuple(c["ident"]) for (op, _k), e in db.store.get_all_state("answers").items()
-            if op.endswith("/docs") and e.value for c in e.value["chunks"]}
+def _current_chunks(state: dict) -> set[tuple]:
+    return {tuple(c["ident"]) for (op, _k), e in state.items() if op.endswith("/docs") and e.value
+            for c in e.value["chunks"]}
 
 
 def _doc_fields(stream: ContextStream, doc_id: str) -> dict[str, str]:

@@ -53,18 +53,13 @@ from deltamem.llm.runner import CallSpec
 from deltamem.operators.base import MultiInputOperator, OperatorContext, retract
 from deltamem.operators.generate import GenerateOperator
 from deltamem.operators.template import Template
-from deltamem.reuse.rewrite import QuestionRewriter
+from deltamem.reuse.rewrite import QuestionRewriter, normalise_text
 from deltamem.store.base import CallCost, Decision, StateEntry
 
 BASE_QUESTION = "question"  # the inner operator's CONTEXT rows: {BASE_QUESTION: text, <partition column>: value}
 BASE_ANSWER = "answer"  # and its output column
 REWRITER = QuestionRewriter()
 EXAMPLE = '{"Which film came out first, {a} or {b}?": ["When was {a} released?", "When was {b} released?"]}'
-
-
-def normalise(text: str) -> str:
-    """A base question's identity: NFKC, casefolded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 @dataclass(frozen=True)
@@ -238,7 +233,7 @@ class ComposeOperator(MultiInputOperator):
         found: dict[RowKey, tuple[str, Row]] = {}
         for text in texts:
             text = " ".join(text.split())
-            found.setdefault(encode_key(prefix + normalise(text)), (text, {BASE_QUESTION: text, **part}))
+            found.setdefault(encode_key(prefix + normalise_text(text)), (text, {BASE_QUESTION: text, **part}))
         return _Asked(question, pattern, tuple(found), tuple(q for q, _ in found.values()),
                       tuple(r for _, r in found.values()))
 
@@ -335,7 +330,7 @@ class ComposeOperator(MultiInputOperator):
         answers = {key: (None, e.error) if e.error is not None else ((e.value or {}).get("text"), None)
                    for key, e in stored.items()}
         changed: set[RowKey] = set()
-        for delta in self.base.apply_inputs({"context": deltas, "data_source": data}, ctx):
+        for delta in self.base.apply_on({"context": deltas, "data_source": data}, ctx, state):
             changed.add(delta.key)
             if delta.after is None:
                 answers.pop(delta.key, None)

@@ -213,7 +213,12 @@ class GenerateOperator(MultiInputOperator):
 
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
-        state = ctx.store.get_all_state(ctx.view)  # read once: documents and answers both live there
+        return self.apply_on(inputs, ctx, ctx.store.get_all_state(ctx.view))  # documents and answers both live there
+
+    def apply_on(self, inputs: dict[str, list[Delta]], ctx: OperatorContext,
+                 state: Mapping[tuple[str, RowKey], StateEntry]) -> list[Delta]:
+        """``apply_inputs`` on the view's ``state`` as read at the start of this version (an operator that embeds
+        this one, ``compose``, passes the state it has read)."""
         docs, changes = self.documents.apply(  # both by partition
             inputs.get("data_source", []), {k: e for (op, k), e in state.items() if op == self.docs_op}, ctx)
         stored = {key: e for (op, key), e in state.items() if op == self.op_id}
@@ -519,8 +524,8 @@ class GenerateOperator(MultiInputOperator):
             if new is not None and old is not None and new.error is None and new.value.get("text") == entry.value[
                     "text"] and new.value.get("rewritten") == old.value.get("rewritten"):
                 followed = {**entry.value, "chunks": new.value.get("chunks"), "kth": new.value.get("kth")}
-                ctx.put_state(self.op_id, StateEntry(key, entry.fingerprint, entry.input_row, followed, None))
                 answers[key] = StateEntry(key, entry.fingerprint, entry.input_row, followed, None)
+                ctx.put_state(self.op_id, answers[key])
                 self._decide(ctx, key, "reuse", f"followed {decode_key(source)!r}: its answer was refreshed and "
                                                 "reads the same (no call)")
                 continue

@@ -71,7 +71,7 @@ class QuestionRewriter:
                 if direction(phrase) != direction(canonical):
                     raise SchemaError(f"synonym {phrase!r} points another way than {canonical!r}; a rewrite must "
                                       "never change a comparison's direction")
-                self._phrases.append((re.compile(rf"\b{re.escape(_text(phrase))}\b"), _text(canonical)))
+                self._phrases.append((re.compile(rf"\b{re.escape(normalise_text(phrase))}\b"), normalise_text(canonical)))
         self._phrases.sort(key=lambda pair: -len(pair[0].pattern))  # the longest phrase first
 
     def rewrite(self, question: str) -> str:
@@ -85,7 +85,7 @@ class QuestionRewriter:
         >>> r.rewrite("Who died last, George William Whitaker or Fleetwood Sheppard?")
         'who died last, fleetwood sheppard or george william whitaker'
         """
-        text = _text(question).rstrip("?").rstrip()
+        text = normalise_text(question).rstrip("?").rstrip()
         for pattern, canonical in self._phrases:
             text = pattern.sub(canonical, text)
         both = _BOTH.match(text)
@@ -99,5 +99,6 @@ class QuestionRewriter:
         return text
 
 
-def _text(text: str) -> str:
+def normalise_text(text: str) -> str:
+    """NFKC, case folded, whitespace collapsed: the identity of a question's wording."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
