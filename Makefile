@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltamem-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# The QA data lives in ../shared beside the checkout; a clone of a checkout (git clone . /tmp/x) finds the one beside
+# its origin. An explicit DELTAMEM_DATA wins; empty means "look beside the working directory" (bench.datasets).
+DELTAMEM_DATA ?= $(shell origin=$$(git config --get remote.origin.url 2>/dev/null); \
+  [ -n "$$origin" ] && [ -d "$$origin/../shared/data" ] && cd "$$origin/../shared/data" && pwd)
+export DELTAMEM_DATA
 
 # The backend of `make demo-sql` (local, test or openai), as `--llm` takes it.
 DEMO_LLM ?= local
