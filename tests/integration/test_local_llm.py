@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,13 +16,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from deltamem.bench.datasets import default_data_dir  # noqa: E402
 from deltamem.errors import BackendUnavailable  # noqa: E402
 from deltamem.llm.base import CompletionRequest, LLMBackend, Message  # noqa: E402
 from deltamem.llm.local import LocalLLM, default_model_path  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "2wikimultihopqa" / "dev_000_099.json"
+DATA = default_data_dir() / "2wikimultihopqa" / "dev_000_099.json"
 
 
 def _passage(title: str) -> str:

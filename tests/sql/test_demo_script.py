@@ -8,6 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from deltamem.bench.datasets import default_data_dir
 from deltamem.cli import app
 from tests.helpers import scripted_db
 
@@ -32,7 +33,9 @@ def _version_of(versions: dict[str, int], start: str) -> int:
 
 def test_the_demo_script_runs_on_real_data_and_pays_only_for_what_changed(tmp_path):
     db_path = tmp_path / "demo-sql.db"
-    result = CliRunner().invoke(app, ["run", str(db_path), str(SCRIPT), "--llm", "test", "--embedder", "test"],
+    script = tmp_path / "demo.sql"  # the script as shipped, its data path made absolute (the checkout may be a clone)
+    script.write_text(SCRIPT.read_text().replace("'../../shared/data/", f"'{default_data_dir()}/"))
+    result = CliRunner().invoke(app, ["run", str(db_path), str(script), "--llm", "test", "--embedder", "test"],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
