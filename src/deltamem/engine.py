@@ -547,7 +547,9 @@ class Database:
         order = self._row_order(name)
         return ViewRows(rows=[order(rows[key]) for key in keys], version=(applied or 0) if as_of is None else as_of,
                         lag=lag, lag_seconds=lag_seconds, keys=[decode_key(key) for key in keys],
-                        error=self.maintainer.view_failure(name))
+                        # A failure recorded before the view caught up is moot once it has: the clearing of the
+                        # record follows the store's commit, so a read between the two must not report it.
+                        error=self.maintainer.view_failure(name) if lag else None)
 
     def lag(self, name: str) -> tuple[int, float]:
         """How far view ``name`` is behind: committed versions it does not reflect yet, and seconds since the first
