@@ -2,7 +2,8 @@
 
 ``store_kind`` parametrises a test over both stores (``sqlite``, ``postgres``); ``new_store_path`` gives, per call, the
 path or DSN of a new, empty store of that kind for ``dm.connect``. The PostgreSQL server is started once per session,
-in a temporary directory, and only when a test asks for it (``tests/pg.py``).
+in a temporary directory, and only when a test asks for it (``tests/pg.py``); so is ``logical_postgres_server``, one
+with ``wal_level=logical`` for change data capture.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ def postgres_server() -> Iterator[PostgresServer]:
     # Not under pytest's tmp_path: its parents are private to this user, and under root the server runs as postgres.
     directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-"))
     server = PostgresServer.start(directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def logical_postgres_server() -> Iterator[PostgresServer]:
+    """A second throwaway server, with ``wal_level=logical``, for change data capture (``tests/unit/test_cdc.py``);
+    a few replication slots, so that a test can use them all up."""
+    directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-logical-"))
+    server = PostgresServer.start(directory, {"wal_level": "logical", "max_replication_slots": "4",
+                                              "max_wal_senders": "4"})
     try:
         yield server
     finally:

@@ -51,7 +51,8 @@ class PostgresServer:
     _numbers = itertools.count(1)
 
     @classmethod
-    def start(cls, directory: Path) -> "PostgresServer":
+    def start(cls, directory: Path, settings: dict[str, str] | None = None) -> "PostgresServer":
+        """``settings`` are extra ``postgresql.conf`` settings (``{"wal_level": "logical"}``), given as ``-c``."""
         initdb, pg_ctl = find_binary("initdb"), find_binary("pg_ctl")
         run_as = "postgres" if os.geteuid() == 0 else None
         data = directory / "data"
@@ -66,6 +67,7 @@ class PostgresServer:
         options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={directory} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
                    "-c shared_buffers=32MB")
+        options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         _run([pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w", "-t", "60",
               "start"], run_as)
         return cls(data, port, "postgres", run_as)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from deltamem.changes import Change, ExpireMode, ManualClock, SystemClock, Written
-from deltamem.engine import Database
+from deltamem.engine import Database, check_max_concurrency
 from deltamem.errors import ConfigError, DeltamemError
 from deltamem.llm import lazy_embedder, lazy_llm
 from deltamem.llm.base import EmbeddingBackend, LLMBackend
@@ -42,9 +42,12 @@ def connect(
     (``"postgresql://user:password@host:5432/dbname"``) for a store that several processes or machines share.
     ``llm`` is ``"local"`` (SmolLM2-135M-Instruct on this machine; the default), ``"openai"`` (any OpenAI-compatible endpoint; settings from ``llm_options`` or
     ``DELTAMEM_OPENAI_*``) or ``"test"`` (deterministic); ``embedder`` is ``"minilm"``, ``"openai"`` or ``"test"``.
-    Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_workers``, ``progress``,
-    ``poll_interval``, and for several processes on one file ``lease_timeout`` and ``claim_timeout``.
+    Other keyword arguments go to ``Database``: ``clock``, ``background``, ``retry``, ``max_concurrency`` (the most
+    model calls run at once on the backend), ``progress``, ``poll_interval``, and for several processes on one store
+    ``lease_timeout``, ``fair_share`` and ``claim_timeout``.
     """
+    if "max_concurrency" in options:  # before the store opens (and creates a SQLite file) for nothing
+        check_max_concurrency(options["max_concurrency"])
     llm_backend = lazy_llm(llm, **(llm_options or {}))
     embed_backend = lazy_embedder(embedder, **(embedder_options or {}))
     return Database(open_store(path), llm=llm_backend, embedder=embed_backend, **options)

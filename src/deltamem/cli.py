@@ -16,6 +16,9 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.commands import bench, bench_context, bench_engine, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
+from deltamem.commands.bench_workers import bench_workers
+from deltamem.commands.cdc import cdc
+from deltamem.commands.worker import worker
 from deltamem.display import literal, print_table
 from deltamem.llm.ledger import Usage
 from deltamem.server.command import bench_serve, serve
@@ -226,6 +229,8 @@ app.command("subscribe")(streams.subscribe)
 app.command("sql")(sql.sql_shell)
 app.command("run")(sql.run_sql)
 app.command("serve")(serve)
+app.command("worker")(worker)
+app.command("cdc")(cdc)
 bench_app.command("rowwise")(bench.bench_rowwise)
 bench_app.command("operators")(bench.bench_operators)
 bench_app.command("edit-stream")(bench.bench_edit_stream)
@@ -233,3 +238,4 @@ bench_app.command("kv-reuse")(bench_kv.bench_kv_reuse)
 bench_app.command("context-stream")(bench_context.bench_context_stream)
 bench_app.command("engine")(bench_engine.bench_engine)
 bench_app.command("serve")(bench_serve)
+bench_app.command("workers")(bench_workers)

@@ -42,6 +42,7 @@ from deltamem.errors import (
     did_you_mean,
 )
 from deltamem.frames import plain
+from deltamem.group_commit import GroupCommit
 from deltamem.leases import DEFAULT_LEASE_TIMEOUT
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import EmbeddingBackend, LLMBackend
@@ -79,6 +80,13 @@ def _report_interrupted(calls: Sequence[LedgerEntry]) -> None:
         logger.warning("view %s, operator %s, version %s: %s", call.view, call.operator, call.version, call.error)
 
 
+def check_max_concurrency(value: object) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a positive int: the bound on one database's concurrent model calls."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_concurrency must be a positive integer (the most model calls run at once on the "
+                          f"backend), got {value!r}")
+
+
 @dataclass
 class Batch:
     """The writes of one ``db.batch()`` block, keyed by (table, key); ``version`` and ``written`` (the counts of
@@ -101,9 +109,13 @@ class Batch:
 class Database:
     """One deltamem database. Use ``deltamem.connect`` to open one.
 
+    ``max_concurrency``: the most model calls this database runs at once on its backend (a positive int).
     ``lease_timeout``: seconds after which another process on the file takes over a view this one stopped
-    maintaining (``deltamem.leases``); ``claim_timeout``: seconds after which a call another live process claimed is
-    presumed lost and paid here (``deltamem.llm.claims``).
+    maintaining (``deltamem.leases``); ``fair_share``: hold at most a fair share of the view leases, so that several
+    workers spread the views out (``deltamem.leases``; ``deltamem worker`` sets it); ``maintain=False``: take no
+    view's lease, leaving maintenance to other processes (workers) while this one writes, reads and follows their
+    commits (``deltamem serve --no-maintain``); ``claim_timeout``: seconds after which a call another live process
+    claimed is presumed lost and paid here (``deltamem.llm.claims``).
     """
 
     def __init__(
@@ -115,18 +127,22 @@ class Database:
         clock: Clock | None = None,
         background: bool = True,
         retry: RetryPolicy = RetryPolicy(),
-        max_workers: int = 4,
+        max_concurrency: int = 4,
         progress: ProgressHook | None = None,
         poll_interval: float = 1.0,
         lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
+        fair_share: bool = False,
+        maintain: bool = True,
         claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
     ):
+        check_max_concurrency(max_concurrency)
         self.store = store
         self.clock = clock or SystemClock()
         self._embedder = embedder
-        self.runner = CallRunner(store, llm, retry=retry, max_workers=max_workers, clock=self.clock.now,
+        self.runner = CallRunner(store, llm, retry=retry, max_workers=max_concurrency, clock=self.clock.now,
                                  progress=progress, claim_timeout=claim_timeout)
         self._lock = threading.RLock()  # guards the catalog caches and batches
+        self._group_commit = GroupCommit(store)  # plain writes of concurrent threads share transactions
         self._batches = threading.local()
         self._catalog = CatalogCache(store)
         self._search_indexes = SearchIndexes(store)  # the HNSW caches behind View.search, rebuilt from the store
@@ -136,7 +152,7 @@ class Database:
         if self.interrupted_calls:
             _report_interrupted(self.interrupted_calls)
         self.maintainer = Maintainer(self, background=background, poll_interval=poll_interval,
-                                     lease_timeout=lease_timeout)
+                                     lease_timeout=lease_timeout, fair_share=fair_share, maintain=maintain)
 
     # --- backends -----------------------------------------------------------------------------------------------
     @property
@@ -482,6 +498,15 @@ class Database:
         commit whose writes change nothing makes no version (see ``Written``). ``checked``: the definitions the
         writes were checked against (``Store.commit``)."""
         dropped = None
+        if not drops and not defs:  # a plain write touches no catalog cache: it may share a transaction with others
+            try:
+                version, changes = self._group_commit.commit(writes, self.clock.now(), checked=checked)
+            except (CatalogChanged, NoTable, NoView):  # another process changed the catalog: this one's was stale
+                self._reload_catalog()
+                raise
+            if version is not None:
+                self.maintainer.notify()
+            return Written.of(version, changes, len(writes)), None
         with self._lock:
             try:
                 if drops:

@@ -64,6 +64,11 @@ class ConfigError(DeltamemError):
     """Raised when a backend, option or setting is unknown or malformed."""
 
 
+class CDCError(DeltamemError):
+    """Raised when a PostgreSQL source cannot be followed (``deltamem.cdc``): a server setting, the role's rights,
+    the table, its key or replica identity, or the replication slot; the message names what to change."""
+
+
 class BackendError(DeltamemError):
     """Raised by a backend when one model call failed; the engine retries it and then records it on the row."""
 

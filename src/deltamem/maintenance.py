@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 
 
 MAX_RETRY_DELAY = 60.0  # seconds: the longest a failing view waits for its next try
+# One pass over a backlog (``Maintainer._apply_pass``) computes versions for at most this long, or this many input
+# changes, before it commits them: long enough to share a commit among many small versions, short enough that a
+# process killed in a pass loses little paid work (its calls are paid again) and readers see progress.
+PASS_SECONDS = 0.05
+PASS_MAX_CHANGES = 5000
 LEASED_ELSEWHERE_POLL = 0.05  # seconds between looks, inline, at a view another process maintains
 
 
@@ -77,12 +82,13 @@ class Maintainer:
     """
 
     def __init__(self, db: "Database", *, background: bool, poll_interval: float,
-                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT):
+                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT, fair_share: bool = False, maintain: bool = True):
         self.db = db
         self.background = background
         self.poll_interval = poll_interval
         # Held by the background thread for as long as it runs (renewed at each pass); inline, for one catch-up.
-        self.leases = ViewLeases(db.store, timeout=lease_timeout)
+        self.leases = ViewLeases(db.store, timeout=lease_timeout, fair_share=fair_share)
+        self.maintains = maintain  # False: takes no lease; other processes maintain every view
         self.error: BaseException | None = None
         self._work = threading.Lock()
         self._changed = threading.Condition()
@@ -123,7 +129,8 @@ class Maintainer:
                 blocking = self._blocking_failure(view)
                 if blocking is not None and self._applied(view) < version:
                     raise blocking[1].error  # inline, the caller gets the error itself
-                if self._applied(view) >= version or view not in self.db._views or not self._leased_elsewhere(view):
+                if self._applied(view) >= version or view not in self.db._views or \
+                        (self.maintains and not self._leased_elsewhere(view)):
                     return
                 if deadline is not None and time.monotonic() >= deadline:
                     behind, seconds = self.db._lag(max(self._applied(view), 0), self.db.version)
@@ -196,7 +203,7 @@ class Maintainer:
         if not self.background:  # only the views behind: a fresh read of fresh views writes nothing
             latest = self.db.store.get_latest_version()
             wanted = [name for name in wanted if self._applied(name) < latest]
-        held = self.leases.hold(wanted)
+        held = self.leases.hold(wanted) if self.maintains else set()
         for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
             definition = self.db._views.get(name)
             if definition is None or name not in held:
@@ -338,10 +345,16 @@ class Maintainer:
         has_failures = any(store.get_failed_state(name, op.op_id) for op in operators)
         if has_failures and latest not in by_version:
             by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
-        for version in sorted(by_version):
+        versions = sorted(by_version)
+        passes = all(op.reads_state_through_context for op in operators)
+        while versions:
             if not self.leases.still_held(name):
                 return  # taken over by another process (this one stalled past the lease): it goes on from here
-            self._apply(definition, operators, version, by_version[version], building=False)
+            if passes:
+                versions = self._apply_pass(definition, operators, versions, by_version)
+            else:
+                version = versions.pop(0)
+                self._apply(definition, operators, version, by_version[version], building=False)
         if (store.get_applied_version(name) or -1) < latest:
             self._commit(ViewCommit(name, latest, view_id=definition.id))
 
@@ -349,10 +362,18 @@ class Maintainer:
         self, definition: ViewDef, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *,
         building: bool,
     ) -> None:
+        self._commit(self._compute(definition, operators, version, inputs, building=building))
+
+    def _compute(
+        self, definition: ViewDef, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *,
+        building: bool, pending: list[ViewCommit] | None = None, stored_failures: dict | None = None,
+    ) -> ViewCommit:
+        """What the view writes for ``version``, computed on the store's state plus ``pending`` (the earlier
+        versions of this pass, not committed yet)."""
         name = definition.name
         commit = ViewCommit(name, version, view_id=definition.id, count_baseline=any(inputs.values()))
         ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building,
-                              embedder=self.db._embedder)
+                              embedder=self.db._embedder, pending=pending or (), stored_failures=stored_failures)
         first, rest = operators[0], operators[1:]
         deltas = first.apply_inputs(inputs, ctx) if isinstance(first, MultiInputOperator) else \
             first.apply(inputs.get("input", []), ctx)
@@ -361,10 +382,39 @@ class Maintainer:
         for delta in deltas:
             if not delta.forget:
                 commit.outputs[delta.key] = delta.after
-        self._commit(commit)
+        return commit
+
+    def _apply_pass(self, definition: ViewDef, operators: list[Operator], versions: list[int],
+                    by_version: dict[int, dict[str, list[Delta]]]) -> list[int]:
+        """Compute the first of ``versions`` and as many after it as fit in one pass (``PASS_SECONDS``,
+        ``PASS_MAX_CHANGES``), then write them with two commits: the pass's calls (ledger, memo), then every
+        version's view commit in one transaction, each version with its own outputs in the history. Return the
+        versions left. What a pass computed before an exception is still written, then the exception raised."""
+        pending: list[ViewCommit] = []
+        stored_failures: dict = {}
+        started, changes = time.monotonic(), 0
+        try:
+            with self.db.runner.deferring_records() as records:
+                while versions and (not pending or (time.monotonic() - started < PASS_SECONDS
+                                                    and changes < PASS_MAX_CHANGES)):
+                    version = versions[0]
+                    pending.append(self._compute(definition, operators, version, by_version[version],
+                                                 building=False, pending=pending, stored_failures=stored_failures))
+                    versions = versions[1:]
+                    changes += sum(len(deltas) for deltas in by_version[version].values())
+        finally:
+            self.db.store.record_calls(records)  # first and alone: paid calls are never lost with a view commit
+            if pending:
+                applied = self.db.store.commit_views(pending)
+                for commit, done in zip(pending, applied, strict=True):  # outside the transaction: readers wait on
+                    self._committed(commit, done)  # ``_changed`` while they read the store
+        return versions
 
     def _commit(self, commit: ViewCommit) -> None:
-        applied = self.db.store.commit_view(commit)
+        self._committed(commit, self.db.store.commit_view(commit))
+
+    def _committed(self, commit: ViewCommit, applied: bool) -> None:
+        """Wake the readers of a view commit the store has just made (``applied``) or found moot."""
         with self._changed:
             self._view_commits += 1
             self._changed.notify_all()

@@ -52,6 +52,8 @@ class Subscription:
             if snapshot:
                 self._snapshot = [ChangeRow(applied, 1, decode_key(k), r)
                                   for k, r in store.get_view_rows(view, applied).items()]
+                if store.get_view_id(view) != self._view_id:
+                    self._snapshot = []  # dropped while it was read: the rows may be another incarnation's
         self._thread = threading.Thread(target=self._run, name=f"deltamem-subscribe-{view}", daemon=True)
         self._thread.start()
 
@@ -78,11 +80,12 @@ class Subscription:
 
     def _run(self) -> None:
         try:
-            if self._gone():
-                return
+            # The snapshot first, even when the view has been dropped since: it was read while the view was there.
             for change in self._snapshot:
                 self._callback(change)
             self._snapshot = []
+            if self._gone():
+                return
             while not self._closed.is_set():
                 applied = self._store.get_applied_version(self.view)
                 if applied is not None and self.delivered is None:

@@ -299,11 +299,13 @@ def test_a_wrong_dsn_or_an_unreachable_server_is_one_clear_error(postgres_server
 def test_a_database_of_another_schema_version_is_refused_untouched(postgres_server):
     import psycopg
 
+    from deltamem.store.postgres_schema import SCHEMA_VERSION
+
     dsn = postgres_server.new_database()
     dm.open_store(dsn).close()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
-    with pytest.raises(ConfigError, match="schema 99, newer than this deltamem's 1: upgrade deltamem"):
+    with pytest.raises(ConfigError, match=f"schema 99, newer than this deltamem's {SCHEMA_VERSION}: upgrade deltamem"):
         dm.connect(dsn, llm="test", embedder="test")
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("99",)

@@ -70,9 +70,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_server(db: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "deltamem", "serve", str(db), "--port", str(port), "--llm", "test",
-               "--embedder", "test"]
+def _start_worker(db: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "deltamem", "worker", db, "--llm", "test", "--embedder", "test",
+               "--poll-interval", "0.05"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _start_server(db: str, port: int, *, maintain: bool = True) -> subprocess.Popen:
+    command = [sys.executable, "-m", "deltamem", "serve", db, "--port", str(port), "--llm", "test",
+               "--embedder", "test", "--maintain" if maintain else "--no-maintain"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "DELTAMEM_TOKEN": ""})
     deadline = time.monotonic() + 60
@@ -149,16 +155,20 @@ def _writer(url: str, writer: int, changes: int, batch: int, seed: int, interval
 
 
 def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, batch: int = 10,
-             rate: float | None = None, seed: int = 0, workdir: str | None = None) -> LoadReport:
+             rate: float | None = None, seed: int = 0, workdir: str | None = None, db: str | None = None,
+             workers: int = 0) -> LoadReport:
     """Run the load against a fresh database and check it (see the module docstring). ``rate`` caps the changes
-    posted per second by all writers together; without it they post as fast as the server answers."""
+    posted per second by all writers together; without it they post as fast as the server answers. ``db`` is a
+    ``postgresql://`` DSN of an empty database to run on instead of a new SQLite file. With ``workers``, that many
+    ``deltamem worker`` processes maintain the view and the server only serves (``--no-maintain``)."""
     import deltamem as dm
 
     folder = Path(workdir or tempfile.mkdtemp(prefix="deltamem-load-"))
-    db_path = folder / "load.db"
+    db_path = db or str(folder / "load.db")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(db_path, port)
+    server = _start_server(db_path, port, maintain=not workers)
+    maintainers = [_start_worker(db_path) for _ in range(workers)]
     try:
         for statement in (TABLE_SQL, VIEW_SQL):
             httpx.post(f"{url}/sql", json={"sql": statement}, timeout=30).raise_for_status()
@@ -199,7 +209,7 @@ def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, 
             time.sleep(0.05)
         time.sleep(0.5)  # anything after the last version's first rows would be a repeat: give it time to show
         stop.set()
-        with dm.connect(str(db_path), llm="test", embedder="test", background=False) as reader:
+        with dm.connect(db_path, llm="test", embedder="test", background=False) as reader:
             history = reader.view("digest").changes(start + 1, latest)
             expected_rows = [(c.version, c.diff, c.key, c.row) for c in history]
             for follower in followers:
@@ -220,8 +230,10 @@ def run_load(*, writers: int = 20, changes: int = 10_000, subscribers: int = 5, 
             for r in received for (_, payload), arrived in zip(r.events, r.arrived)
         )
     finally:
-        server.terminate()
-        server.wait(30)
+        for process in (server, *maintainers):
+            process.terminate()
+        for process in (server, *maintainers):
+            process.wait(30)
 
     equals_recompute = final_view == _recompute(final_table)
 

@@ -16,11 +16,14 @@ from deltamem.commands.common import console, fail, task_reporter
 def bench_engine(
     changes: int = typer.Option(2000, help="Rows inserted per batch size."),
     batches: str = typer.Option("1,10,1000", help="Comma-separated batch sizes (rows per write, one version each)."),
+    db: Optional[str] = typer.Option(
+        None, "--db", help="A postgresql:// DSN (or a SQLite file) to run on; default: a fresh SQLite file. Each "
+                           "batch size gets its own table and view there."),
     out: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
 ) -> None:
-    """Changes/s from the writer's commit to the view's, on the test backend, for each batch size (SQLite).
+    """Changes/s from the writer's commit to the view's, on the test backend, for each batch size.
 
-    Example: deltamem bench engine --changes 2000 --batches 1,10,1000
+    Example: deltamem bench engine --changes 2000 --batches 1,10,1000 --db postgresql://localhost/bench
     """
     from rich.progress import Progress
 
@@ -32,10 +35,11 @@ def bench_engine(
         fail(dm.ConfigError(f"--batches {batches!r} is not a comma-separated list of numbers"))
     try:
         with Progress(console=console, transient=True) as progress:
-            result = run_engine_bench(changes=changes, batches=sizes, progress=task_reporter(progress))
+            result = run_engine_bench(changes=changes, batches=sizes, db=db, progress=task_reporter(progress))
     except dm.DeltamemError as exc:
         fail(exc)
-    table = RichTable(title=f"bench engine · sqlite · test backend · {changes} changes · one sem_map view")
+    store = result["config"]["store"]
+    table = RichTable(title=f"bench engine · {store} · test backend · {changes} changes · one sem_map view")
     for column in ("batch", "versions", "wall s", "changes/s", "versions/s", "writer changes/s"):
         table.add_column(column, justify="right")
     for r in result["runs"]:

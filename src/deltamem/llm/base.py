@@ -9,7 +9,6 @@ Requests and results are small frozen records, so a request can be hashed into a
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -34,8 +33,10 @@ class CompletionRequest:
     stop: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        """Canonical JSON form; the memo key is the SHA-256 of this plus the model id."""
-        return dataclasses.asdict(self)
+        """Canonical JSON form; the memo key is the SHA-256 of this plus the model id. Spelled out rather than
+        ``dataclasses.asdict``, which deep-copies every field: hashing is on the path of every call asked for."""
+        return {"messages": [{"role": m.role, "content": m.content} for m in self.messages],
+                "max_tokens": self.max_tokens, "temperature": self.temperature, "stop": list(self.stop)}
 
     @classmethod
     def from_json(cls, data: dict) -> "CompletionRequest":
@@ -89,6 +90,9 @@ class BackendCapabilities:
     attention: bool = False  # can return attention weights
     kv_cache: bool = False  # can keep and reuse a prompt's KV cache
     kv_blend: bool = False  # can reuse KV beyond the prefix (``complete(..., blend=True)``; approximate)
+    # Whether calls gain from overlapping (a server, or a backend that waits); False runs them one at a time in the
+    # caller's thread, which spares the thread hand-off per call to a backend that answers at once.
+    concurrent: bool = True
 
 
 @runtime_checkable

@@ -4,14 +4,16 @@
 
 The engine decides *what* to call; the runner only runs it. Per call it
 
-1. looks the call up in the memo (``deltamem.llm.memo.call_hash``): a hit costs nothing and is written to the ledger
-   as ``memo`` with the tokens it saved;
-2. otherwise claims it on the store and notes it as in flight, in one transaction (``deltamem.llm.claims``: while
-   another process, or thread, holds the claim, it waits for that one's memo entry instead of paying), runs it on a
-   thread pool, retrying a ``BackendError`` with exponential backoff, and writes the result to the memo and the
-   ledger (``paid``) in one transaction that also ends the claim, at once, so a killed process never pays for it
-   again. A call in flight when the process is killed is lost and paid again; the next process to open the store
-   puts it on the ledger as ``interrupted``;
+1. looks the calls up in the memo and claims the missing ones on the store, noting them as in flight, in one read
+   and one transaction for the batch (``deltamem.llm.claims``: while another process, or thread, holds a claim, it
+   waits for that one's memo entry instead of paying); a hit costs nothing and is written to the ledger as ``memo``
+   with the tokens it saved;
+2. pays the claimed calls on a thread pool of ``max_workers`` (a backend's ``max_concurrency``), retrying a
+   ``BackendError`` with exponential backoff, and records them by group commit: whenever a call returns, one
+   transaction writes the result to the memo and the ledger (``paid``) and ends the claim and the in-flight note of
+   every call that returned since the last commit. So a recorded call is never paid again, across restarts too. A
+   call whose process is killed before its group is committed is lost and paid again; the next process to open the
+   store puts it on the ledger as ``interrupted`` (as it does every claimed call of the batch not yet recorded);
 3. after the last attempt, writes a ``failed`` ledger entry and returns the error: the caller stores it on the row.
 
 Identical calls in one batch run once; the others are memo hits.
@@ -25,9 +27,11 @@ embedder counts (``count_tokens``, when it has one) and its share of the batch's
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +41,13 @@ from deltamem.llm import LazyBackend
 from deltamem.llm.base import Completion, CompletionRequest, EmbeddingBackend, LLMBackend
 from deltamem.llm.claims import DEFAULT_CLAIM_TIMEOUT, claim_or_wait
 from deltamem.llm.memo import call_hash, embed_hash, text_to_vector, vector_to_text
-from deltamem.store.base import CallCost, CallInFlight, LedgerEntry, Store
+from deltamem.store.base import CallCost, CallInFlight, CallRecord, LedgerEntry, Store
 
 ProgressHook = Callable[[str, int, int], None]  # (label, calls done, calls in this batch)
 EMBED_SUFFIX = "/embed"
+# Calls paid in turn are committed together until this many seconds have passed since the last commit: one commit
+# (and fsync) per call made a fast backend's batches crawl, and a slower call is committed as soon as it returns.
+GROUP_COMMIT_SECONDS = 0.01
 
 
 def embedding_operator(op_id: str) -> str:
@@ -82,6 +89,7 @@ class CallSpec:
     draft: tuple[int, ...] | None = None
     attribute_to: tuple[str, ...] | None = None
     blend: bool = False
+    call_hash: str | None = None  # the memo hash of ``request`` on this runner's model, when the caller has it
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,7 @@ class CallRunner:
         self.sleep = sleep
         self.progress = progress
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="deltamem-llm")
+        self._deferred = threading.local()  # .records: this thread's records kept back by ``deferring_records``
 
     @property
     def backend(self) -> LLMBackend:
@@ -144,78 +153,173 @@ class CallRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    @contextmanager
+    def deferring_records(self) -> Iterator[list[CallRecord]]:
+        """Within the block, this thread's ledger records (a paid call's memo value with it) are kept back in the
+        list it yields, for the caller to write (``Store.record_calls``) when the block ends, with its own writes;
+        the block's later calls find those values as memo hits, and their claims are held until then. Records kept
+        back ``GROUP_COMMIT_SECONDS`` are written at once with the next ones, so a process killed inside the block
+        loses no more paid calls than outside it."""
+        records: list[CallRecord] = []
+        self._deferred.records, self._deferred.since = records, None
+        try:
+            yield records
+        finally:
+            self._deferred.records = None
+
+    def _write(self, records: list[CallRecord]) -> None:
+        deferred = getattr(self._deferred, "records", None)
+        if deferred is None:
+            self.store.record_calls(records)
+            return
+        now = time.monotonic()
+        if deferred and now - self._deferred.since >= GROUP_COMMIT_SECONDS:
+            self.store.record_calls([*deferred, *records])
+            deferred.clear()
+            return
+        if records and not deferred:
+            self._deferred.since = now
+        deferred.extend(records)
+
+    def _deferred_memo(self, hashes: Sequence[str]) -> dict[str, Completion]:
+        """Of ``hashes``, the memo values paid inside this thread's ``deferring_records`` block, not yet written."""
+        deferred = getattr(self._deferred, "records", None)
+        if not deferred:
+            return {}
+        wanted = set(hashes)
+        return {r.entry.call_hash: r.memo for r in deferred if r.memo is not None and r.entry.call_hash in wanted}
+
     def run(self, calls: Sequence[CallSpec], *, view: str, operator: str, version: int | None) -> list[CallResult]:
         """Run ``calls``; results come back in the same order."""
         if not calls:
             return []  # before touching the backend: an empty build must not load a model
         model = self.backend.model_id
-        hashes = [call_hash(model, spec.request) for spec in calls]
-        results: dict[str, CallResult] = {}
-        to_pay: dict[str, CallSpec] = {}
-        duplicate_hits: list[tuple[str, CallSpec]] = []
+        hashes = [spec.call_hash or call_hash(model, spec.request) for spec in calls]
+        specs: dict[str, CallSpec] = {}  # per distinct call, the first spec that asks for it
         for spec, h in zip(calls, hashes, strict=True):
-            if h in to_pay:
-                duplicate_hits.append((h, spec))
-            elif h in results:
-                self._record(spec, h, results[h].completion, "memo", view, operator, version)
-            else:
-                memo = self.store.get_memo(h)
-                if memo is None:
-                    to_pay[h] = spec
-                else:
-                    results[h] = CallResult(h, memo, None, memo_hit=True)
-                    self._record(spec, h, memo, "memo", view, operator, version)
+            specs.setdefault(h, spec)
+        results = {h: CallResult(h, answer, None, memo_hit=True)
+                   for h, answer in self._deferred_memo(list(specs)).items()}
+        pending = [h for h in specs if h not in results]
+        self._write([])  # records kept back long enough are written before more calls are paid
+        while pending:  # rounds: pay what this runner claimed, then wait for what others hold (never holding a claim)
+            now = self.clock()
+            claims = claim_or_wait(self.store, {
+                h: CallInFlight(now, version, view, operator, specs[h].reason, model, h) for h in pending
+            }, stale_after=self.claim_timeout)
+            for h, answer in claims.answered.items():  # in the memo, or paid by another process while this one waited
+                results[h] = CallResult(h, answer, None, memo_hit=True)
+            if claims.claimed:
+                results.update(self._pay_claimed(claims.claimed, specs, view, operator, version))
+            pending = list(claims.busy)
+        # Each call this runner did not pay itself is a memo hit, if it has a value: also a repeat, in this batch,
+        # of a call it paid (its caller must not count it as paid twice).
+        hits: list[CallRecord] = []
+        out: list[CallResult] = []
+        paid_entry_written: set[str] = set()
+        for spec, h in zip(calls, hashes, strict=True):
+            result = results[h]
+            if not result.memo_hit and h not in paid_entry_written:
+                paid_entry_written.add(h)
+            elif result.completion is not None:
+                hits.append(CallRecord(self._entry(spec, h, result.completion, "memo", view, operator, version)))
+                result = CallResult(h, result.completion, None, memo_hit=True)
+            out.append(result)
+        self._write(hits)
+        return out
+
+    def _pay_claimed(self, claimed: dict[str, int | None], specs: dict[str, CallSpec], view: str, operator: str,
+                     version: int | None) -> dict[str, CallResult]:
+        """Pay the calls this runner claimed, up to ``max_concurrency`` at once, and record them by group commit:
+        each time the main thread wakes for a returned call it records, in one transaction, every call that has
+        returned since its last commit (so a slow backend's calls are each committed as they return, and a fast
+        one's share commits). A call is recorded as soon as the group it returned in is committed.
+
+        An exception other than ``BackendError`` (a bug, an interrupt) still records the calls that returned, then
+        releases the claims of the others but leaves their in-flight notes: they may have been paid, and the next
+        process reports them as interrupted."""
         label = f"{view}/{operator}"
-        done = 0
-        if to_pay and self.progress:
-            self.progress(label, 0, len(to_pay))
-        futures = {h: self._pool.submit(self._pay, spec, h, view, operator, version) for h, spec in to_pay.items()}
-        for h, future in futures.items():
-            results[h] = future.result()
-            done += 1
-            if self.progress:
-                self.progress(label, done, len(to_pay))
-        for h, spec in duplicate_hits:
-            if results[h].completion is not None:
-                self._record(spec, h, results[h].completion, "memo", view, operator, version)
-        return [results[h] for h in hashes]
+        results: dict[str, CallResult] = {}
+        if self.progress:
+            self.progress(label, 0, len(claimed))
+        if len(claimed) == 1 or not self.backend.capabilities.concurrent:
+            self._pay_in_turn(claimed, specs, view, operator, version, results)
+        else:
+            futures = {self._pool.submit(self._complete, specs[h]): h for h in claimed}
+            waiting = set(futures)
+            try:
+                while waiting:
+                    returned, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                    outcomes = {futures[f]: f.result() for f in returned if f.exception() is None}
+                    self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                    for future in returned:
+                        future.result()  # re-raises what a call raised other than BackendError, once its
+                        # siblings that returned are recorded
+                    if self.progress:
+                        self.progress(label, len(results), len(claimed))
+            except BaseException:
+                for future in waiting:
+                    future.cancel()
+                wait(waiting)  # the ones already running cannot be cancelled: what they paid is recorded
+                outcomes = {futures[f]: f.result() for f in waiting if not f.cancelled() and f.exception() is None}
+                self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                self.store.release_claims([h for h in claimed if h not in results])
+                raise
+        return results
 
-    def _pay(self, spec: CallSpec, h: str, view: str, operator: str, version: int | None) -> CallResult:
-        # Claimed and noted before the backend is asked, both ended by the ledger entry. An exception other than
-        # BackendError releases the claim but leaves the note: the call may have been paid, and the next process
-        # reports it as interrupted.
-        call = CallInFlight(self.clock(), version, view, operator, spec.reason, self.backend.model_id, h)
-        claims = claim_or_wait(self.store, {h: call}, stale_after=self.claim_timeout)
-        if h in claims.answered:  # another process (or thread) paid it while this one waited
-            self._record(spec, h, claims.answered[h], "memo", view, operator, version)
-            return CallResult(h, claims.answered[h], None, memo_hit=True)
+    def _pay_in_turn(self, claimed: dict[str, int | None], specs: dict[str, CallSpec], view: str, operator: str,
+                     version: int | None, results: dict[str, CallResult]) -> None:
+        """``_pay_claimed`` in the caller's thread, one call at a time (no concurrency to gain): the calls that
+        returned are committed together once ``GROUP_COMMIT_SECONDS`` have passed since the last commit, so a call
+        that takes that long is committed as soon as it returns."""
+        outcomes: dict[str, Completion | str] = {}
+        last_commit = time.monotonic()
         try:
-            return self._pay_claimed(spec, h, claims.claimed[h], view, operator, version)
-        except BaseException:
-            self.store.release_claims([h])
-            raise
+            for h in claimed:
+                outcomes[h] = self._complete(specs[h])
+                if time.monotonic() - last_commit >= GROUP_COMMIT_SECONDS:
+                    self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                    outcomes, last_commit = {}, time.monotonic()
+                    if self.progress:
+                        self.progress(f"{view}/{operator}", len(results), len(claimed))
+        finally:  # on an exception too: what was paid is recorded, and the claims of the rest are released
+            self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+            if len(results) < len(claimed):
+                self.store.release_claims([h for h in claimed if h not in results])
+        if self.progress:
+            self.progress(f"{view}/{operator}", len(results), len(claimed))
 
-    def _pay_claimed(self, spec: CallSpec, h: str, flight: int | None, view: str, operator: str,
-                     version: int | None) -> CallResult:
+    def _complete(self, spec: CallSpec) -> Completion | str:
+        """Ask the backend for ``spec``, retrying a ``BackendError`` with backoff: the completion, or the last error.
+        Runs on the pool; touches no store."""
         error = ""
         for attempt in range(self.retry.attempts):
             if attempt:
                 self.sleep(self.retry.delay(attempt - 1))
             try:
-                completion = self.backend.complete(spec.request, **self._hints(spec))
+                return self.backend.complete(spec.request, **self._hints(spec))
             except BackendError as exc:
                 error = str(exc)
-                continue
-            self._record(spec, h, completion, "paid", view, operator, version,
-                         memo=completion if completion.exact else None, in_flight=flight)
-            return CallResult(h, completion, None, memo_hit=False)
-        error = f"{error} (after {self.retry.attempts} attempts)"
-        self.store.record_call(
-            LedgerEntry(self.clock(), version, view, operator, spec.reason, self.backend.model_id, "failed",
-                        0, 0, 0, 0.0, h, error),
-            in_flight=flight,
-        )
-        return CallResult(h, None, error, memo_hit=False)
+        return f"{error} (after {self.retry.attempts} attempts)"
+
+    def _record_paid(self, outcomes: dict[str, Completion | str], claimed: dict[str, int | None],
+                     specs: dict[str, CallSpec], view: str, operator: str, version: int | None,
+                     results: dict[str, CallResult]) -> None:
+        """One transaction for ``outcomes``: ``paid`` (memo too, when exact) or ``failed`` entries that end their
+        claims and in-flight notes; their results go into ``results``."""
+        records = []
+        for h, outcome in outcomes.items():
+            spec = specs[h]
+            if isinstance(outcome, str):
+                entry = LedgerEntry(self.clock(), version, view, operator, spec.reason, self.backend.model_id,
+                                    "failed", 0, 0, 0, 0.0, h, outcome)
+                records.append(CallRecord(entry, None, claimed[h]))
+                results[h] = CallResult(h, None, outcome, memo_hit=False)
+            else:
+                entry = self._entry(spec, h, outcome, "paid", view, operator, version)
+                records.append(CallRecord(entry, outcome if outcome.exact else None, claimed[h]))
+                results[h] = CallResult(h, outcome, None, memo_hit=False)
+        self._write(records)
 
     def embed(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,
               operator: str, version: int | None) -> list[EmbedResult]:
@@ -227,59 +331,40 @@ class CallRunner:
         label = embedding_operator(operator)
         hashes = [embed_hash(model, text) for text in texts]
         values: dict[str, Completion | str] = {}  # per distinct text: its memo value (the vector), or its error
-        to_pay: dict[str, tuple[str, str]] = {}  # hash -> (text, reason)
-        hits: list[tuple[str, str]] = []  # (hash, reason) answered by the memo, recorded after the paid ones
+        to_pay: dict[str, tuple[str, str]] = {}  # per distinct text: (text, the first reason asked)
         for text, reason, h in zip(texts, reasons, hashes, strict=True):
-            if h in to_pay or h in values:
-                hits.append((h, reason))  # identical texts in one batch: paid once, the others are memo hits
-                continue
-            memo = self.store.get_memo(h)
-            if memo is None:
-                to_pay[h] = (text, reason)
-            else:
-                values[h] = memo
-                hits.append((h, reason))
+            to_pay.setdefault(h, (text, reason))
         paid_here: set[str] = set()
-        if to_pay and self.progress:
-            self.progress(f"{view}/{label}", 0, len(to_pay))
         pending = list(to_pay)
         while pending:  # rounds: pay and record what this runner claimed, then wait for what others hold
             claims = claim_or_wait(self.store, dict.fromkeys(pending), stale_after=self.claim_timeout)
-            for h, answer in claims.answered.items():  # another process (or thread) paid it meanwhile
-                values[h] = answer
-                hits.append((h, to_pay[h][1]))
+            values.update(claims.answered)  # in the memo, or paid by another process while this one waited
             claimed = list(claims.claimed)
             if claimed:
+                if self.progress:
+                    self.progress(f"{view}/{label}", 0, len(claimed))
                 try:
                     paid = self._pay_embeddings(embedder, claimed, [to_pay[h][0] for h in claimed])
-                    self._record_paid_embeddings(paid, to_pay, model, view, label, version)
+                    # One transaction for the batch: a commit (and its fsync) per text made bulk indexing crawl.
+                    self.store.record_calls([self._embedding_record(h, to_pay[h][1], value, "paid", model, view,
+                                                                    label, version) for h, value in paid.items()])
                 except BaseException:
                     self.store.release_claims(claimed)
                     raise
                 values.update(paid)
                 paid_here.update(paid)
+                if self.progress:
+                    self.progress(f"{view}/{label}", len(claimed), len(claimed))
             pending = list(claims.busy)
-        if to_pay and self.progress:
-            self.progress(f"{view}/{label}", len(to_pay), len(to_pay))
-        with self.store.transaction():
-            for h, reason in hits:
-                value = values[h]
-                if not isinstance(value, str):  # a duplicate of a failed text is no hit: its one failure is recorded
-                    self._record_embedding(h, reason, value, "memo", view, label, version)
+        hits: list[CallRecord] = []  # every text not paid here: a memo hit (a duplicate of a failed text is none)
+        recorded: set[str] = set()
+        for h, reason in zip(hashes, reasons, strict=True):
+            if h in paid_here and h not in recorded:
+                recorded.add(h)
+            elif not isinstance(values[h], str):
+                hits.append(self._embedding_record(h, reason, values[h], "memo", model, view, label, version))
+        self.store.record_calls(hits)
         return [_embed_result(h, values[h], memo_hit=h not in paid_here) for h in hashes]
-
-    def _record_paid_embeddings(self, paid: dict[str, Completion | str], to_pay: dict[str, tuple[str, str]],
-                                model: str, view: str, label: str, version: int | None) -> None:
-        """The ledger entries (and memo entries) of a paid batch; this ends its claims. One transaction for the
-        batch: a commit (and its fsync) per text made bulk indexing crawl."""
-        with self.store.transaction():
-            for h, value in paid.items():
-                reason = to_pay[h][1]
-                if isinstance(value, str):
-                    self.store.record_call(LedgerEntry(self.clock(), version, view, label, reason, model, "failed",
-                                                       0, 0, 0, 0.0, h, value))
-                else:
-                    self._record_embedding(h, reason, value, "paid", view, label, version, memo=value)
 
     def embed_or_raise(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,
                        operator: str, version: int | None) -> np.ndarray:
@@ -333,11 +418,16 @@ class CallRunner:
             for h, text, vector in zip(hashes, texts, vectors, strict=True)
         }
 
-    def _record_embedding(self, h: str, reason: str, c: Completion, outcome: str, view: str, operator: str,
-                          version: int | None, memo: Completion | None = None) -> None:
-        entry = LedgerEntry(self.clock(), version, view, operator, reason, c.model, outcome, c.prompt_tokens, 0, 0,
-                            c.seconds, h)
-        self.store.record_call(entry, memo)
+    def _embedding_record(self, h: str, reason: str, value: Completion | str, outcome: str, model: str, view: str,
+                          operator: str, version: int | None) -> CallRecord:
+        """The ledger record of one text: ``failed`` when ``value`` is an error, else ``outcome`` (a paid one with
+        its memo value)."""
+        if isinstance(value, str):
+            return CallRecord(LedgerEntry(self.clock(), version, view, operator, reason, model, "failed", 0, 0, 0, 0.0,
+                                          h, value))
+        entry = LedgerEntry(self.clock(), version, view, operator, reason, value.model, outcome, value.prompt_tokens,
+                            0, 0, value.seconds, h)
+        return CallRecord(entry, value if outcome == "paid" else None)
 
     def _hints(self, spec: CallSpec) -> dict:
         """The keyword hints of ``spec`` that this backend can take (a plain backend takes none)."""
@@ -351,15 +441,10 @@ class CallRunner:
             hints["attribute_to"] = spec.attribute_to
         return hints
 
-    def _record(
-        self, spec: CallSpec, h: str, c: Completion, outcome: str, view: str, operator: str, version: int | None,
-        memo: Completion | None = None, in_flight: int | None = None,
-    ) -> None:
-        entry = LedgerEntry(
-            self.clock(), version, view, operator, spec.reason, c.model, outcome,
-            c.prompt_tokens, c.reused_tokens, c.output_tokens, c.seconds, h,
-        )
-        self.store.record_call(entry, memo, in_flight)
+    def _entry(self, spec: CallSpec, h: str, c: Completion, outcome: str, view: str, operator: str,
+               version: int | None) -> LedgerEntry:
+        return LedgerEntry(self.clock(), version, view, operator, spec.reason, c.model, outcome,
+                           c.prompt_tokens, c.reused_tokens, c.output_tokens, c.seconds, h)
 
 
 def _embed_result(h: str, value: Completion | str, *, memo_hit: bool) -> EmbedResult:

@@ -26,6 +26,8 @@ contains ``poison`` with a ``BackendError``, then answers normally.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import re
@@ -66,8 +68,10 @@ class ScriptedLLM:
                  verifies: bool = False, phrases: tuple[str, ...] = ()):
         self.model_id = model_id
         self.phrases = tuple(phrases)
+        # With no latency it answers at once: overlapping its calls only adds thread hand-offs.
+        self.capabilities = dataclasses.replace(self.capabilities, concurrent=latency > 0)
         if verifies:
-            self.capabilities = BackendCapabilities(logits=True, kv_cache=True)
+            self.capabilities = dataclasses.replace(self.capabilities, logits=True, kv_cache=True)
         self.latency = latency
         self._failures_left = dict(failures or {})
         self._lock = threading.Lock()

@@ -35,12 +35,32 @@ class OperatorContext:
     commit: ViewCommit
     building: bool = False  # True while a new view is built from its source's rows: its calls are "refresh"
     embedder: LazyBackend[EmbeddingBackend] | None = None  # loaded only by the operators that embed
+    # The commits of this view's earlier versions computed in the same pass and not yet in the store, oldest first:
+    # the state reads see their writes (only operators with ``reads_state_through_context`` are run so).
+    pending: Sequence[ViewCommit] = ()
+    # Per operator, its failed state as the store held it when the pass began, shared by the pass's contexts: the
+    # store's copy cannot change during a pass (the view's maintainer is its only writer).
+    stored_failures: dict[str, list[StateEntry]] | None = None
 
     def get_state(self, op_id: str, keys: Iterable[RowKey]) -> dict[RowKey, StateEntry]:
-        return self.store.get_state(self.view, op_id, keys)
+        keys = list(keys)
+        found = self.store.get_state(self.view, op_id, keys)
+        if self.pending:
+            wanted = set(keys)
+            for commit in self.pending:
+                _replay(found, commit, op_id, lambda key: key in wanted)
+        return found
 
     def get_failed_state(self, op_id: str) -> list[StateEntry]:
-        return self.store.get_failed_state(self.view, op_id)
+        if self.stored_failures is None:
+            return self.store.get_failed_state(self.view, op_id)
+        if op_id not in self.stored_failures:
+            self.stored_failures[op_id] = self.store.get_failed_state(self.view, op_id)
+        found = self.stored_failures[op_id]
+        failed = {entry.key: entry for entry in found}
+        for commit in self.pending:
+            _replay(failed, commit, op_id, lambda _key: True)
+        return [failed[key] for key in sorted(failed) if failed[key].error is not None]
 
     def put_state(self, op_id: str, entry: StateEntry) -> None:
         self.commit.state_puts.append((op_id, entry))
@@ -68,6 +88,17 @@ class OperatorContext:
                                           operator=op_id, version=self.version)
 
 
+def _replay(state: dict[RowKey, StateEntry], commit: ViewCommit, op_id: str, wanted) -> None:
+    """Apply ``commit``'s state writes for ``op_id`` to ``state`` where ``wanted(key)``, as the store would:
+    deletes first, then puts, the last put of a key winning."""
+    for op, key in commit.state_deletes:
+        if op == op_id and wanted(key):
+            state.pop(key, None)
+    for op, entry in commit.state_puts:
+        if op == op_id and wanted(entry.key):
+            state[entry.key] = entry
+
+
 def retract(op_id: str, delta: Delta, old: StateEntry | None, before_out: Row | None,
             ctx: OperatorContext) -> Delta | None:
     """Handle a delete or a TTL ``keep`` expiry of ``delta.key``: drop the operator's state for it and return the
@@ -83,6 +114,9 @@ class Operator(abc.ABC):
     """A node of a view's operator graph. ``op_id`` is unique within its view and stable across restarts."""
 
     op_id: str
+    # True when ``apply`` reads the view's state only through ``ctx.get_state`` and ``ctx.get_failed_state``: then
+    # maintenance may compute several versions before committing them (``OperatorContext.pending``).
+    reads_state_through_context: ClassVar[bool] = False
 
     @abc.abstractmethod
     def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:

@@ -44,6 +44,7 @@ class RowwiseOperator(Operator):
     """
 
     kind: ClassVar[str]
+    reads_state_through_context = True
 
     def __init__(self, op_id: str, instruction: str, *, max_tokens: int):
         self.op_id = op_id
@@ -107,7 +108,7 @@ class RowwiseOperator(Operator):
                 out.append(Delta(delta.key, before_out, self.output_for(delta.after, old)))
                 continue
             reason = "refresh" if ctx.building else "insert" if old is None else "retry" if old.error else "update"
-            pending.append((delta, before_out, CallSpec(request, reason), h))
+            pending.append((delta, before_out, CallSpec(request, reason, call_hash=h), h))
 
         touched = {d.key for d in deltas}
         for failed in ctx.get_failed_state(self.op_id):
@@ -115,8 +116,8 @@ class RowwiseOperator(Operator):
                 row = failed.input_row
                 request = self.build_request(self.template.render(row))
                 retry = Delta(failed.key, row, row)
-                spec = CallSpec(request, "retry")
-                pending.append((retry, self.output_for(row, failed), spec, call_hash(model(), request)))
+                h = call_hash(model(), request)
+                pending.append((retry, self.output_for(row, failed), CallSpec(request, "retry", call_hash=h), h))
 
         results = ctx.run_calls(self.op_id, [spec for _d, _b, spec, _h in pending])
         for (delta, before_out, _spec, h), result in zip(pending, results, strict=True):

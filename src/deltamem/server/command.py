@@ -65,6 +65,9 @@ def serve(
         help="Seconds a SQL read waits for its view to catch up before it answers 503 (saying how far behind)."),
     llm: str = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test."),
     embedder: str = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test."),
+    maintain: bool = typer.Option(
+        True, "--maintain/--no-maintain", help="Maintain views in this process, or leave that to `deltamem worker` "
+                                               "processes and only serve."),
 ) -> None:
     """Serve the HTTP API (OpenAPI spec at /openapi.json) and the web page at / for one database.
 
@@ -83,7 +86,9 @@ def serve(
             raise ConfigError(f"--read-timeout must be positive, got {read_timeout}")
         if not is_postgres_dsn(db):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5)
+        # Not maintaining, its background thread only notices the workers' commits: it looks more often.
+        database = dm.connect(db, llm=llm, embedder=embedder, poll_interval=0.5 if maintain else 0.1,
+                              maintain=maintain)
     except dm.DeltamemError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -109,6 +114,10 @@ def bench_serve(
     batch: int = typer.Option(10, help="Changes per POST."),
     rate: Optional[float] = typer.Option(None, help="Cap on changes per second, all writers together (default: none)."),
     seed: int = typer.Option(0, help="Seed of the change mix."),
+    db: Optional[str] = typer.Option(None, "--db", help="A postgresql:// DSN of an empty database to run on "
+                                                          "(default: a new SQLite file)."),
+    workers: int = typer.Option(0, "--workers", help="Maintain the view in this many `deltamem worker` processes, "
+                                                     "the server only serving (default: the server maintains it)."),
     out: Optional[Path] = typer.Option(None, help="Write the report as JSON here."),
 ) -> None:
     """Load a real server on loopback: writers post changes while subscribers follow a view over SSE; checks that
@@ -123,6 +132,9 @@ def bench_serve(
 
     from deltamem.bench.serve_load import run_load
 
+    if workers < 0:
+        typer.echo(f"Error: --workers must be 0 or more, got {workers}", err=True)
+        raise typer.Exit(1)
     for name, value in (("--writers", writers), ("--changes", changes), ("--subscribers", subscribers),
                         ("--batch", batch)):
         if value < 1:
@@ -131,8 +143,10 @@ def bench_serve(
     console = Console()
     with console.status(f"{writers} writers posting {changes:,} changes, {subscribers} subscribers listening ..."):
         report = run_load(writers=writers, changes=changes, subscribers=subscribers, batch=batch, rate=rate,
-                          seed=seed)
-    table = Table(title="deltamem serve under load (server in its own process, test backend, loopback)")
+                          seed=seed, db=db, workers=workers)
+    store = "postgresql" if db else "sqlite"
+    where = f"{workers} worker processes maintaining" if workers else "the server maintaining"
+    table = Table(title=f"deltamem serve under load ({store}, {where}, test backend, loopback)")
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [

@@ -30,6 +30,8 @@ from deltamem.sql.evaluate import compile_expression, is_true, parse_expression,
 class _RowFunction(Operator):
     """A stateless operator whose output row is ``map_row`` of its input row (None drops it)."""
 
+    reads_state_through_context = True  # it reads none
+
     def map_row(self, row: Row | None) -> Row | None:
         raise NotImplementedError
 

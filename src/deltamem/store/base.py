@@ -21,6 +21,7 @@ from deltamem.changes import Change, ColumnType, ExpireMode, Row, RowKey, RowWri
 from deltamem.errors import DependentViews, NoTable, NoView, did_you_mean
 from deltamem.llm.base import Completion
 from deltamem.store.coordination import Coordination
+from deltamem.store.positions import SourcePositions
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,15 @@ class CallInFlight:
 
 
 @dataclass(frozen=True)
+class CallRecord:
+    """One outcome for ``Store.record_calls``: its ledger entry, a paid call's memo value, the call in flight it ends."""
+
+    entry: LedgerEntry
+    memo: Completion | None = None
+    in_flight: int | None = None
+
+
+@dataclass(frozen=True)
 class LedgerTotals:
     """Ledger sums for one (view, operator, outcome) group."""
 
@@ -302,7 +312,7 @@ class LedgerTotals:
     seconds: float
 
 
-class Store(Coordination, abc.ABC):
+class Store(Coordination, SourcePositions, abc.ABC):
     """One database of deltamem state. Implementations are safe to share between the threads of one process, and
     several processes may open one store (see ``deltamem.store.coordination``)."""
 
@@ -425,6 +435,11 @@ class Store(Coordination, abc.ABC):
     def get_state_cost(self, view: str) -> CallCost:
         """The summed cost of a view's stored values: what recomputing the view once, now, would cost."""
 
+    def commit_views(self, commits: Sequence[ViewCommit]) -> list[bool]:
+        """``commit_view`` of each of ``commits`` (one view's, versions ascending), in one transaction."""
+        with self.transaction():
+            return [self.commit_view(commit) for commit in commits]
+
     @abc.abstractmethod
     def commit_view(self, commit: ViewCommit) -> bool:
         """Apply one view's writes for one version and advance its applied version; return whether it did.
@@ -474,11 +489,15 @@ class Store(Coordination, abc.ABC):
     @abc.abstractmethod
     def get_memo(self, call_hash: str) -> Completion | None: ...
 
-    @abc.abstractmethod
     def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
-        """Append ``entry`` to the ledger and, for a paid call, store its result in the memo, and end the call in
-        flight ``in_flight`` (``begin_call``'s id) and, for a ``paid`` or ``failed`` call, this store handle's claim
-        on it (``claim_calls``): one transaction."""
+        """``record_calls`` of one call."""
+        self.record_calls([CallRecord(entry, memo, in_flight)])
+
+    @abc.abstractmethod
+    def record_calls(self, records: Sequence[CallRecord]) -> None:
+        """Per record, append its entry to the ledger and, for a paid call, store its result in the memo, and end
+        the call in flight ``in_flight`` (``begin_call``'s id) and, for a ``paid`` or ``failed`` call, this store
+        handle's claim on it (``claim_calls``): all of them in one transaction (a group commit)."""
 
     @abc.abstractmethod
     def begin_call(self, call: CallInFlight) -> int:

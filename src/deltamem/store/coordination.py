@@ -18,7 +18,11 @@ Invariants, kept by the store in its own transactions, so they hold across proce
 NOTE(store): 1. Leases make maintenance single-writer for speed, not for correctness: a view commit is idempotent,
 so two processes that both computed a version (one took a lease over from the other mid-version) leave it right,
 and claims keep either from paying a call the other paid. 2. Time is the wall clock (``time.time()``) of each
-process: a lease or claim is only as stale as the clocks of the machines sharing the store agree.
+process: a lease or claim is only as stale as the clocks of the machines sharing the store agree. 3. The writes of
+leases and claims (and the in-flight notes taken with claims) are atomic and seen by every process at once, but not
+flushed to disk on their own (SQLite's WAL with ``synchronous=NORMAL``, PostgreSQL's asynchronous commit): they
+become durable with the next durable commit. A process killed loses none of them; a machine that loses power may lose
+the last ones, so a claim looks free again (one call may be paid twice) or an interrupted call goes unreported.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from deltamem.store.postgres_dialect import POSTGRES
 from deltamem.store.postgres_schema import WRITE_LOCK, connect_checked, create_or_upgrade, hide_password
 from deltamem.store.sql_coordination import new_claim_owner
 from deltamem.store.sql_dialect import Connection
+from deltamem.store.sql_positions import SqlSourcePositions
 from deltamem.store.sql_store import BASELINE_COLUMNS, SqlStore
 
 
@@ -51,7 +52,7 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.adapters.register_loader("jsonb", _SortedJsonbLoader)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(SqlSourcePositions, SqlStore):
     """A ``Store`` in one PostgreSQL database, named by a libpq DSN (``postgresql://user:pw@host:5432/db`` or
     ``host=... dbname=...``). ``max_connections`` bounds the pool of this handle. Invariant: ``_local.conn`` is set
     exactly while this thread has a write transaction open, holding the advisory write lock, on that connection."""
@@ -81,14 +82,18 @@ class PostgresStore(SqlStore):
         return f"PostgresStore({hide_password(self.dsn)!r})"
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection]:
+    def _write(self, *, durable: bool = True) -> Iterator[psycopg.Connection]:
         conn = getattr(self._local, "conn", None)
         if conn is not None:  # inside transaction() on this thread: a savepoint, so a failed write changes nothing
             with conn.transaction():
                 yield conn
             return
-        with self._pool.connection() as conn, conn.transaction():
+        # In pipeline mode: a statement whose result is not read is sent without waiting for the server's answer,
+        # so a transaction of many writes costs a few round trips, not one per statement.
+        with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            if not durable:  # WAL flushed with the next durable commit (PostgreSQL's asynchronous commit)
+                conn.execute("SET LOCAL synchronous_commit TO OFF")
             self._local.conn = conn
             try:
                 yield conn

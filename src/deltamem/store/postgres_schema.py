@@ -18,8 +18,11 @@ import psycopg
 
 from deltamem.errors import ConfigError
 
-SCHEMA_VERSION = 1  # the PostgreSQL store's own line of versions (the SQLite store's is ``sqlite_schema``'s)
-_UPGRADABLE: set[int] = set()  # older PostgreSQL schemas this one upgrades in place on open: none yet
+SCHEMA_VERSION = 2  # the PostgreSQL store's own line of versions (the SQLite store's is ``sqlite_schema``'s)
+# Older PostgreSQL schemas this one upgrades in place on open, by creating the tables they lack (2 added
+# source_positions, for ``deltamem cdc``). A bump, unlike SQLite's, because an open of the current version creates
+# nothing (``create_or_upgrade`` returns at once).
+_UPGRADABLE: set[int] = {1}
 
 # The one advisory lock every writer takes first (``pg_advisory_xact_lock``): the store's version counter and its
 # read-modify-write catalog checks need writers serialised, as SQLite's ``BEGIN IMMEDIATE`` does. An advisory lock,
@@ -97,6 +100,7 @@ CREATE TABLE IF NOT EXISTS view_leases (
 CREATE TABLE IF NOT EXISTS call_claims (
     call_hash TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, claimed_at DOUBLE PRECISION NOT NULL,
     host TEXT NOT NULL, pid BIGINT NOT NULL, process TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_positions (source TEXT COLLATE "C" PRIMARY KEY, position TEXT NOT NULL);
 """
 # NOTE(store): the identity columns (``view_defs.seq``, ``decisions.id``, ``ledger.id``, ``view_rows.id``) stand in
 # for SQLite's rowid: creation order, log order. Sequences are never reused, as ``view_incarnations.id`` must not be.

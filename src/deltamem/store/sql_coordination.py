@@ -33,7 +33,7 @@ class SqlCoordination(Coordination):
 
     claim_owner: str
     dialect: Dialect
-    _write: Callable[[], AbstractContextManager[Any]]
+    _write: Callable[..., AbstractContextManager[Any]]
     _query: Callable[..., list[tuple]]
 
     def _read(self, sql: str, params: Sequence[Any], conn: Connection | None) -> list[tuple]:
@@ -48,7 +48,7 @@ class SqlCoordination(Coordination):
         found = self._leases(views, None)
         if not any(_wanted(lease, owner, now, timeout) for lease in found.values()):
             return {view for view, lease in found.items() if lease is not None and lease.owner == owner}
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             held = set()
             for view, lease in self._leases(views, conn).items():
                 if _wanted(lease, owner, now, timeout):
@@ -70,7 +70,7 @@ class SqlCoordination(Coordination):
         views = None if views is None else list(views)
         if views == []:
             return
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             if views is None:
                 conn.execute(self.dialect.sql("DELETE FROM view_leases WHERE owner = ?"), (owner,))
                 return
@@ -89,18 +89,15 @@ class SqlCoordination(Coordination):
         free = [h for h in calls if h not in answered and h not in busy]
         if not free:
             return CallClaims(answered=answered, busy=tuple(h for h in calls if h in busy))
-        claimed: dict[str, int | None] = {}
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             answered_now, busy_now = self._answered_or_busy(free, conn, now, stale_after)
             answered.update(answered_now)
             busy |= busy_now
-            for h in free:
-                if h in answered_now or h in busy_now:
-                    continue
-                conn.execute(self.dialect.upsert("call_claims", _CLAIM_COLUMNS, "call_hash"),
-                             (h, self.claim_owner, now, *this_process()))
-                call = calls[h]
-                claimed[h] = None if call is None else note_in_flight(self.dialect, conn, call)
+            mine = [h for h in free if h not in answered_now and h not in busy_now]
+            self.dialect.executemany(conn, self.dialect.upsert("call_claims", _CLAIM_COLUMNS, "call_hash"),
+                                     [(h, self.claim_owner, now, *this_process()) for h in mine])
+            noted = notes_in_flight(self.dialect, conn, [call for h in mine if (call := calls[h]) is not None])
+            claimed = {h: noted.get(h) for h in mine}
         return CallClaims(claimed, answered, tuple(h for h in calls if h in busy))
 
     def _answered_or_busy(self, hashes: list[str], conn: Connection | None, now: float,
@@ -122,11 +119,14 @@ class SqlCoordination(Coordination):
         hashes = list(call_hashes)
         if not hashes:
             return
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             end_claims(self.dialect, conn, self.claim_owner, hashes)
 
     def get_claims(self) -> list[CallClaim]:
         return [CallClaim(*r) for r in self._query(f"SELECT {_CLAIM_COLUMNS} FROM call_claims ORDER BY call_hash")]
+
+
+_NOTES_PER_STATEMENT = 90  # ten parameters each: under SQLite's oldest bound-parameter limit (999)
 
 
 def new_claim_owner() -> str:
@@ -143,13 +143,24 @@ def end_claims(dialect: Dialect, conn: Connection, owner: str, call_hashes: Sequ
 
 def note_in_flight(dialect: Dialect, conn: Connection, call: CallInFlight) -> int:
     """Note ``call`` as in flight from this process, in the caller's transaction; return its row id."""
-    return dialect.insert_id(
-        conn,
-        "INSERT INTO calls_in_flight (started_at, version, view, operator, reason, model, call_hash, host, pid, "
-        "process) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (call.started_at, call.version, call.view, call.operator, call.reason, call.model, call.call_hash,
-         *this_process()),
-    )
+    return notes_in_flight(dialect, conn, [call])[call.call_hash]
+
+
+def notes_in_flight(dialect: Dialect, conn: Connection, calls: Sequence[CallInFlight]) -> dict[str, int]:
+    """Note ``calls`` (of distinct hashes) as in flight from this process, in the caller's transaction, a statement
+    per ``_NOTES_PER_STATEMENT``; return each one's row id by its hash."""
+    process = this_process()
+    ids: dict[str, int] = {}
+    for start in range(0, len(calls), _NOTES_PER_STATEMENT):
+        part = calls[start:start + _NOTES_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        params = [value for c in part for value in (c.started_at, c.version, c.view, c.operator, c.reason, c.model,
+                                                     c.call_hash, *process)]
+        for row_id, h in conn.execute(dialect.sql(
+                "INSERT INTO calls_in_flight (started_at, version, view, operator, reason, model, call_hash, host, "
+                f"pid, process) VALUES {values} RETURNING id, call_hash"), params).fetchall():
+            ids[h] = row_id
+    return ids
 
 
 def _wanted(lease: ViewLease | None, owner: str, now: float, timeout: float) -> bool:

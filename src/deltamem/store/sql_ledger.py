@@ -7,12 +7,12 @@ Written once for SQLite and PostgreSQL; the store's ``dialect`` supplies what th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from deltamem.llm.base import Completion
-from deltamem.store.base import CallInFlight, LedgerEntry, LedgerTotals
+from deltamem.store.base import CallInFlight, CallRecord, LedgerEntry, LedgerTotals
 from deltamem.store.processes import is_gone
 from deltamem.store.sql_coordination import end_claims, note_in_flight
 from deltamem.store.sql_dialect import Connection, Dialect
@@ -36,15 +36,21 @@ class SqlLedger:
                            "FROM memo WHERE call_hash = ?", (call_hash,), None)
         return Completion(*found[0]) if found else None
 
-    def record_call(self, entry: LedgerEntry, memo: Completion | None = None, in_flight: int | None = None) -> None:
+    def record_calls(self, records: Sequence[CallRecord]) -> None:
+        if not records:
+            return
+        dialect = self.dialect
         with self._write() as conn:
-            _append_ledger(self.dialect, conn, entry, in_flight)
-            if entry.outcome in ("paid", "failed"):
-                end_claims(self.dialect, conn, self.claim_owner, [entry.call_hash])
-            if memo is not None:
-                conn.execute(self.dialect.insert_or_ignore("memo", 8),
-                             (entry.call_hash, memo.model, memo.text, memo.prompt_tokens, memo.reused_tokens,
-                              memo.output_tokens, memo.seconds, memo.finish_reason))
+            dialect.executemany(conn, "DELETE FROM calls_in_flight WHERE id = ?",
+                                [(r.in_flight,) for r in records if r.in_flight is not None])
+            dialect.executemany(conn, f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES "
+                                      "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [_ledger_row(r.entry) for r in records])
+            end_claims(dialect, conn, self.claim_owner,
+                       [r.entry.call_hash for r in records if r.entry.outcome in ("paid", "failed")])
+            dialect.executemany(conn, dialect.insert_or_ignore("memo", 8), [
+                (r.entry.call_hash, m.model, m.text, m.prompt_tokens, m.reused_tokens, m.output_tokens, m.seconds,
+                 m.finish_reason) for r in records if (m := r.memo) is not None])
 
     def begin_call(self, call: CallInFlight) -> int:
         with self._write() as conn:
@@ -89,7 +95,10 @@ def _append_ledger(dialect: Dialect, conn: Connection, entry: LedgerEntry, in_fl
     """Write ``entry`` to the ledger and delete the call in flight ``in_flight`` (the caller's transaction)."""
     if in_flight is not None:
         conn.execute(dialect.sql("DELETE FROM calls_in_flight WHERE id = ?"), (in_flight,))
-    conn.execute(
-        dialect.sql(f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-        (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
-         entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash, entry.error))
+    conn.execute(dialect.sql(f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                 _ledger_row(entry))
+
+
+def _ledger_row(entry: LedgerEntry) -> tuple:
+    return (entry.ts, entry.version, entry.view, entry.operator, entry.reason, entry.model, entry.outcome,
+            entry.prompt_tokens, entry.reused_tokens, entry.output_tokens, entry.seconds, entry.call_hash, entry.error)

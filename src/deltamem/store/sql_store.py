@@ -12,6 +12,7 @@ statements with no common spelling (``_end_incarnation``, ``count_view_rows``).
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,11 +36,8 @@ from deltamem.store.sql_catalog import bump_catalog_version, create_table_def, c
 from deltamem.store.sql_coordination import SqlCoordination
 from deltamem.store.sql_dialect import Connection
 from deltamem.store.sql_ledger import SqlLedger
+from deltamem.store.sql_view_commit import DECISION_COLUMNS, STATE_COLUMNS, ViewCommitWriter
 
-_STATE_COLUMNS = "key, fingerprint, input_row, value, error, calls, prompt_tokens, output_tokens, seconds"
-_DECISION_COLUMNS = ("view, key, version, strategy, reason, calls, prompt_tokens, reused_tokens, output_tokens, "
-                     "seconds, evidence")
-_REFRESH_COST_COLUMNS = "view, version, calls, prompt_tokens, output_tokens, seconds"
 # A view's full-recompute baseline, as ``view_defs`` and ``view_incarnations`` both store it.
 BASELINE_COLUMNS = ("refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds, nomemo_calls, "
                     "nomemo_prompt_tokens, nomemo_output_tokens, nomemo_seconds")
@@ -142,34 +140,47 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
         assert found is not None, "store: an aggregate returns a row"
         version = found[0] + 1
         conn.execute(sql("INSERT INTO commits VALUES (?, ?, ?)"), (version, committed_at, note))
+        # In bulk, a statement per kind rather than per row: a write of many rows is a few round trips.
+        stored = self._stored_rows(conn, writes)
+        deletes, upserts, logged = [], [], []
         for write in writes:
-            stored = conn.execute(sql(f"SELECT {row} FROM rows WHERE tbl = ? AND key = ?"),
-                                  (write.table, write.key)).fetchone()
-            before = self.dialect.decode(stored[0]) if stored else None
+            before = stored.get((write.table, write.key))
             if write.after is None:
                 if before is None:
                     continue
-                conn.execute(sql("DELETE FROM rows WHERE tbl = ? AND key = ?"), (write.table, write.key))
+                deletes.append((write.table, write.key))
             else:
-                conn.execute(
-                    sql(f"INSERT INTO rows VALUES (?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
-                        f"{row} = excluded.{row}, expires_at = excluded.expires_at"),
-                    (write.table, write.key, encode(write.after), write.expires_at),
-                )
+                upserts.append((write.table, write.key, encode(write.after), write.expires_at))
                 if before == write.after:
                     continue  # a rewrite of the same row only renews its TTL
-            change = Change(write.table, write.key, before, write.after, version, write.expire_mode)
-            conn.execute(
-                sql("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)"),
-                (version, len(changes), write.table, write.key,
-                 None if before is None else encode(before), None if write.after is None else encode(write.after),
-                 None if write.expire_mode is None else write.expire_mode.value),
-            )
-            changes.append(change)
+            logged.append((version, len(changes), write.table, write.key,
+                           None if before is None else encode(before),
+                           None if write.after is None else encode(write.after),
+                           None if write.expire_mode is None else write.expire_mode.value))
+            changes.append(Change(write.table, write.key, before, write.after, version, write.expire_mode))
+        self.dialect.executemany(conn, "DELETE FROM rows WHERE tbl = ? AND key = ?", deletes)
+        self.dialect.executemany(conn, f"INSERT INTO rows VALUES (?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
+                                       f"{row} = excluded.{row}, expires_at = excluded.expires_at", upserts)
+        self.dialect.executemany(conn, "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)", logged)
         if not changes and not always:  # a version is a change: rewrites of equal rows and deletes of absent keys
             conn.execute(sql("DELETE FROM commits WHERE version = ?"), (version,))  # make none (TTL renewals stay)
             return None, changes
         return version, changes
+
+    def _stored_rows(self, conn: Connection, writes: Sequence[RowWrite]) -> dict[tuple[str, RowKey], Row]:
+        """The stored rows of the keys ``writes`` name, read in the caller's transaction."""
+        by_table: dict[str, list[RowKey]] = {}
+        for write in writes:
+            by_table.setdefault(write.table, []).append(write.key)
+        out: dict[tuple[str, RowKey], Row] = {}
+        for table, keys in by_table.items():
+            for start in range(0, len(keys), self.dialect.chunk):
+                condition, params = self.dialect.in_list("key", keys[start:start + self.dialect.chunk])
+                for key, stored in conn.execute(self.dialect.sql(
+                        f"SELECT key, {self.row_column} FROM rows WHERE tbl = ? AND {condition}"),
+                        (table, *params)).fetchall():
+                    out[(table, RowKey(key))] = self.dialect.decode(stored)
+        return out
 
     def get_latest_version(self) -> int:
         return self._read("SELECT COALESCE(MAX(version), 0) FROM commits", (), None)[0][0]
@@ -233,19 +244,19 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
         keys = list(keys)
         for start in range(0, len(keys), self.dialect.chunk):
             condition, params = self.dialect.in_list("key", keys[start:start + self.dialect.chunk])
-            for record in self._read(f"SELECT {_STATE_COLUMNS} FROM op_state WHERE view = ? AND op = ? AND {condition}",
+            for record in self._read(f"SELECT {STATE_COLUMNS} FROM op_state WHERE view = ? AND op = ? AND {condition}",
                                      (view, op_id, *params), None):
                 entry = self._state_entry(record)
                 out[entry.key] = entry
         return out
 
     def get_failed_state(self, view: str, op_id: str) -> list[StateEntry]:
-        found = self._read(f"SELECT {_STATE_COLUMNS} FROM op_state WHERE view = ? AND op = ? AND error IS NOT NULL "
+        found = self._read(f"SELECT {STATE_COLUMNS} FROM op_state WHERE view = ? AND op = ? AND error IS NOT NULL "
                            "ORDER BY key", (view, op_id), None)
         return [self._state_entry(record) for record in found]
 
     def get_all_state(self, view: str) -> dict[tuple[str, RowKey], StateEntry]:
-        found = self._read(f"SELECT op, {_STATE_COLUMNS} FROM op_state WHERE view = ? ORDER BY op, key", (view,), None)
+        found = self._read(f"SELECT op, {STATE_COLUMNS} FROM op_state WHERE view = ? ORDER BY op, key", (view,), None)
         return {(op, RowKey(record[0])): self._state_entry(record) for op, *record in found}
 
     def _state_entry(self, record: Sequence[Any]) -> StateEntry:
@@ -255,81 +266,31 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
                           CallCost(calls, prompt, output, seconds))
 
     def get_state_cost(self, view: str) -> CallCost:
-        return self._state_cost(None, view)
+        return self._view_commits.state_cost(None, self._read, view)
 
-    def _state_cost(self, conn: Connection | None, view: str) -> CallCost:
-        found = self._read(
-            "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(output_tokens), 0), "
-            "COALESCE(SUM(seconds), 0) FROM op_state WHERE view = ?", (view,), conn)
-        return self.dialect.cost(*found[0])
+    @functools.cached_property
+    def _view_commits(self) -> ViewCommitWriter:
+        return ViewCommitWriter(self.dialect, row_column=self.row_column, row_id=self.row_id)
 
     def commit_view(self, commit: ViewCommit) -> bool:
-        sql, encode, row_column = self.dialect.sql, self.dialect.encode, self.row_column
+        return self.commit_views([commit])[0]
+
+    def commit_views(self, commits: Sequence[ViewCommit]) -> list[bool]:
+        if not commits:
+            return []
+        view = commits[0].view
+        assert all(c.view == view for c in commits), "store: commit_views takes the commits of one view"
         with self._write() as conn:
-            found = conn.execute(sql("SELECT applied_version FROM view_defs WHERE name = ?"), (commit.view,)).fetchone()
-            if found is None or (commit.view_id is not None and self._view_id(conn, commit.view) != commit.view_id):
-                return False  # computed for a view that has been dropped since (and perhaps created again)
-            (applied,) = found
-            if applied is not None and applied >= commit.version:
-                return False  # already applied: a commit is idempotent
-            for op_id, key in commit.state_deletes:
-                conn.execute(sql("DELETE FROM op_state WHERE view = ? AND op = ? AND key = ?"),
-                             (commit.view, op_id, key))
-            for op_id, e in commit.state_puts:
-                conn.execute(
-                    self.dialect.upsert("op_state", f"view, op, {_STATE_COLUMNS}", "view, op, key"),
-                    (commit.view, op_id, e.key, e.fingerprint, encode(e.input_row), encode(e.value), e.error,
-                     e.cost.calls, e.cost.prompt_tokens, e.cost.output_tokens, e.cost.seconds),
-                )
-            for key, row in commit.outputs.items():
-                current = conn.execute(
-                    sql(f"SELECT {self.row_id}, {row_column} FROM view_rows WHERE view = ? AND key = ? "
-                        "AND valid_to IS NULL"), (commit.view, key)).fetchone()
-                if current is not None and row is not None and self.dialect.decode(current[1]) == row:
-                    continue
-                if current is not None:
-                    conn.execute(sql(f"UPDATE view_rows SET valid_to = ? WHERE {self.row_id} = ?"),
-                                 (commit.version, current[0]))
-                if row is not None:
-                    conn.execute(sql(f"INSERT INTO view_rows (view, key, {row_column}, valid_from) "
-                                     "VALUES (?, ?, ?, ?)"),
-                                 (commit.view, key, encode(row), commit.version))
-            self.dialect.executemany(
-                conn, f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(d.view, d.key, d.version, d.strategy, d.reason, d.calls, d.prompt_tokens, d.reused_tokens,
-                  d.output_tokens, d.seconds, d.evidence) for d in commit.decisions])
-            full = no_memo = CallCost()
-            if commit.count_baseline:
-                full, no_memo = self._full_recompute_cost(conn, commit), self._state_cost(conn, commit.view)
-                conn.execute(self.dialect.upsert("refresh_costs", _REFRESH_COST_COLUMNS, "view, version"),
-                             (commit.view, commit.version, *cost_tuple(full)))
-            conn.execute(
-                sql("UPDATE view_defs SET applied_version = ?, refreshes = refreshes + ?, base_calls = base_calls + ?, "
-                    "base_prompt_tokens = base_prompt_tokens + ?, base_output_tokens = base_output_tokens + ?, "
-                    "base_seconds = base_seconds + ?, nomemo_calls = nomemo_calls + ?, "
-                    "nomemo_prompt_tokens = nomemo_prompt_tokens + ?, nomemo_output_tokens = nomemo_output_tokens + ?, "
-                    "nomemo_seconds = nomemo_seconds + ? WHERE name = ?"),
-                (commit.version, int(commit.count_baseline), *cost_tuple(full), *cost_tuple(no_memo), commit.view),
-            )
-            return True
-
-    def _full_recompute_cost(self, conn: Connection, commit: ViewCommit) -> CallCost:
-        """What a full recompute of ``commit.view`` at ``commit.version`` pays in this engine, memo included: one
-        call per distinct fingerprint of a paid stored value that neither the memo held before this refresh nor the
-        baseline paid before (``Store.commit_view``). Those calls join the baseline memo.
-
-        NOTE: a version redone after a crash finds the calls its first attempt paid in the memo, so the baseline
-        misses those (the ledger still counts them as paid)."""
-        paid, params = self.dialect.in_long_list("s.fingerprint", sorted(commit.paid_calls))
-        charged = conn.execute(self.dialect.sql(
-            "SELECT s.fingerprint, MAX(s.prompt_tokens), MAX(s.output_tokens), MAX(s.seconds) FROM op_state s "
-            "WHERE s.view = ? AND s.calls > 0 AND s.error IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM baseline_memo b WHERE b.call_hash = s.fingerprint) "
-            f"AND (NOT EXISTS (SELECT 1 FROM memo m WHERE m.call_hash = s.fingerprint) OR {paid}) "
-            "GROUP BY s.fingerprint"), (commit.view, *params)).fetchall()
-        self.dialect.insert_keys(conn, "baseline_memo", [h for h, *_cost in charged])
-        return sum((self.dialect.cost(1, prompt, output, seconds) for _h, prompt, output, seconds in charged),
-                   CallCost())
+            found = conn.execute(self.dialect.sql("SELECT applied_version FROM view_defs WHERE name = ?"),
+                                 (view,)).fetchone()
+            view_id = self._view_id(conn, view) if found is not None else None
+            applied = found[0] if found is not None else None
+            done = [found is not None and (c.view_id is None or view_id == c.view_id)  # else dropped since
+                    and c.version > (applied if applied is not None else -1) for c in commits]  # else applied
+            if any(done):
+                self._view_commits.write(conn, [c for c, d in zip(commits, done, strict=True) if d], applied,
+                                         view_id)
+            return done
 
     def get_view_rows(self, view: str, as_of: int | None = None) -> dict[RowKey, Row]:
         if as_of is None:
@@ -362,7 +323,7 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        found = self._read(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
+        found = self._read(f"SELECT {DECISION_COLUMNS} FROM decisions WHERE {' AND '.join(where)} "
                            f"ORDER BY {self.row_id}", params, None)
         return [Decision(v, RowKey(k), *rest) for v, k, *rest in found]
 
@@ -388,6 +349,3 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
                 by_version.setdefault(version, [CallCost(), CallCost()])[position] = self.dialect.cost(*cost)
         return [(version, *by_version[version]) for version in sorted(by_version)]
 
-
-def cost_tuple(cost: CallCost) -> tuple[int, int, int, float]:
-    return cost.calls, cost.prompt_tokens, cost.output_tokens, cost.seconds

@@ -26,11 +26,12 @@ from deltamem.changes import ERROR_COLUMN, Row, RowKey
 from deltamem.store.sql_catalog import get_catalog_version
 from deltamem.store.sql_coordination import new_claim_owner
 from deltamem.store.sql_dialect import SQLITE, Connection
+from deltamem.store.sql_positions import SqlSourcePositions
 from deltamem.store.sql_store import BASELINE_COLUMNS, SqlStore
 from deltamem.store.sqlite_schema import create_or_upgrade
 
 
-class SQLiteStore(SqlStore):
+class SQLiteStore(SqlSourcePositions, SqlStore):
     """A ``Store`` in one SQLite file (``":memory:"`` for a throwaway one). Invariant: ``_writing`` is true exactly
     while the thread holding ``_lock`` has a write transaction open, so a nested write is a savepoint in it."""
 
@@ -52,23 +53,30 @@ class SQLiteStore(SqlStore):
             create_or_upgrade(conn, path)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             # Nested only inside transaction() on this thread, as the lock is held for a whole transaction: then a
             # savepoint, so that a write that fails still changes nothing while the enclosing block goes on.
             nested = self._writing
-            self._conn.execute("SAVEPOINT nested_write" if nested else "BEGIN IMMEDIATE")
-            self._writing = True
+            lazy = not durable and not nested  # WAL without fsync: durable with the next durable commit
+            if lazy:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK TO nested_write" if nested else "ROLLBACK")
-                if nested:
-                    self._conn.execute("RELEASE nested_write")
-                raise
+                self._conn.execute("SAVEPOINT nested_write" if nested else "BEGIN IMMEDIATE")
+                self._writing = True
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO nested_write" if nested else "ROLLBACK")
+                    if nested:
+                        self._conn.execute("RELEASE nested_write")
+                    raise
+                finally:
+                    self._writing = nested
+                self._conn.execute("RELEASE nested_write" if nested else "COMMIT")
             finally:
-                self._writing = nested
-            self._conn.execute("RELEASE nested_write" if nested else "COMMIT")
+                if lazy:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -85,7 +85,11 @@ CREATE TABLE IF NOT EXISTS view_leases (
 CREATE TABLE IF NOT EXISTS call_claims (
     call_hash TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed_at REAL NOT NULL,
     host TEXT NOT NULL, pid INTEGER NOT NULL, process TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_positions (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 """
+# NOTE(store): ``source_positions`` (``deltamem.store.positions``: where each followed source stands, e.g. a PostgreSQL
+# LSN for ``deltamem cdc``) was added without a schema version bump, as ``view_incarnations`` was: a new table, created
+# where missing, which an older deltamem never reads, so its files stay open to it.
 # ``view_leases`` and ``call_claims`` share views and calls out among the processes on a file (see
 # ``deltamem.store.coordination``): one lease per view and one claim per call hash, by primary key. ``owner`` is a
 # random id per holder (a database's maintainer, a store handle); ``host``, ``pid`` and ``process`` say whose
