@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import deltamem as dm
 from deltamem.cli import app
+from deltamem.errors import FreshnessTimeout
 from deltamem.leases import ViewLeases, is_member_lease, member_lease
 from deltamem.store.sqlite import SQLiteStore
 from tests.children import ENV
@@ -254,3 +255,28 @@ def test_bench_workers_runs_small_and_pays_no_call_twice(tmp_path):
         assert run["paid_twice"] == 0 and run["equal_to_recompute"]
     assert report["runs"][1]["shares_at_start"] == [1, 1]
     assert report["kill"]["kill"]["seconds_to_continue"] is not None
+
+
+def test_a_process_that_does_not_maintain_takes_no_lease_and_reads_what_a_worker_maintains(tmp_path):
+    path = str(tmp_path / "app.db")
+    front = scripted_db(path, background=True, maintain=False, poll_interval=0.05)  # as `deltamem serve --no-maintain`
+    docs = front.table("docs", key="id", columns={"id": "int", "text": "text"})
+    view = front.view("v0", docs.sem_map("Summarise {text}", out="s"))
+    docs.upsert([{"id": 1, "text": "alpha"}, {"id": 2, "text": "beta"}])
+    time.sleep(0.3)
+    assert front.store.get_leases() == [] and view.rows().lag > 0  # nobody maintains it yet
+    worker = _start_worker(path)
+    try:
+        assert len(view.rows(fresh=True, timeout=30)) == 2  # the worker's commits reach this process's readers
+        assert {lease.view for lease in front.store.get_leases() if not is_member_lease(lease)} == {"v0"}
+        assert all(lease.pid == worker.pid for lease in front.store.get_leases())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    inline = scripted_db(path, background=False, maintain=False)
+    docs.upsert({"id": 3, "text": "gamma"})
+    with pytest.raises(FreshnessTimeout, match='View "v0" reflects version'):  # inline, it waits for a worker
+        inline.view("v0").rows(fresh=True, timeout=0.5)
+    assert inline.store.get_leases() == []
+    inline.close()
+    front.close()
