@@ -11,7 +11,11 @@ from the next one, and the calls it had already paid come back from the memo.
 
     versions   ... a-1 | a | a+1 ... latest
     view            done ^  pending ---->     a = applied_version; each pending version with changes for the
-                                              view is one transaction; the rest are skipped in one step
+                                              view is one view commit; the rest are skipped in one step
+
+A backlog is brought up in passes where the view's operators allow it (``Operator.reads_state_through_context``):
+a pass computes several versions in order, each on the state the earlier ones left, then commits them in one store
+transaction, each still with its own rows in the history (``_apply_pass``).
 
 Several processes on one file share the views out: this maintainer works only on the views whose lease it holds
 (``deltamem.leases``), and a reader of a view another process maintains waits for that process's commits (the
@@ -37,7 +41,7 @@ from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.leases import DEFAULT_LEASE_TIMEOUT, ViewLeases
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
 from deltamem.relation import Plan, build_operators, plan_inputs
-from deltamem.store.base import ViewCommit, ViewDef, get_plan_sources
+from deltamem.store.base import StateEntry, ViewCommit, ViewDef, get_plan_sources
 from deltamem.subscribe import Subscription
 
 if TYPE_CHECKING:
@@ -347,14 +351,15 @@ class Maintainer:
             by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
         versions = sorted(by_version)
         passes = all(op.reads_state_through_context for op in operators)
-        while versions:
+        done = 0
+        while done < len(versions):
             if not self.leases.still_held(name):
                 return  # taken over by another process (this one stalled past the lease): it goes on from here
             if passes:
-                versions = self._apply_pass(definition, operators, versions, by_version)
+                done = self._apply_pass(definition, operators, versions, done, by_version)
             else:
-                version = versions.pop(0)
-                self._apply(definition, operators, version, by_version[version], building=False)
+                self._apply(definition, operators, versions[done], by_version[versions[done]], building=False)
+                done += 1
         if (store.get_applied_version(name) or -1) < latest:
             self._commit(ViewCommit(name, latest, view_id=definition.id))
 
@@ -366,7 +371,8 @@ class Maintainer:
 
     def _compute(
         self, definition: ViewDef, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *,
-        building: bool, pending: list[ViewCommit] | None = None, stored_failures: dict | None = None,
+        building: bool, pending: list[ViewCommit] | None = None,
+        stored_failures: dict[str, list[StateEntry]] | None = None,
     ) -> ViewCommit:
         """What the view writes for ``version``, computed on the store's state plus ``pending`` (the earlier
         versions of this pass, not committed yet)."""
@@ -384,31 +390,32 @@ class Maintainer:
                 commit.outputs[delta.key] = delta.after
         return commit
 
-    def _apply_pass(self, definition: ViewDef, operators: list[Operator], versions: list[int],
-                    by_version: dict[int, dict[str, list[Delta]]]) -> list[int]:
-        """Compute the first of ``versions`` and as many after it as fit in one pass (``PASS_SECONDS``,
+    def _apply_pass(self, definition: ViewDef, operators: list[Operator], versions: list[int], first: int,
+                    by_version: dict[int, dict[str, list[Delta]]]) -> int:
+        """Compute ``versions[first]`` and as many after it as fit in one pass (``PASS_SECONDS``,
         ``PASS_MAX_CHANGES``), then write them with two commits: the pass's calls (ledger, memo), then every
-        version's view commit in one transaction, each version with its own outputs in the history. Return the
-        versions left. What a pass computed before an exception is still written, then the exception raised."""
+        version's view commit in one transaction, each version with its own outputs in the history. Return the index
+        of the first version left. What a pass computed before an exception is still written, then the exception
+        raised."""
         pending: list[ViewCommit] = []
-        stored_failures: dict = {}
-        started, changes = time.monotonic(), 0
+        stored_failures: dict[str, list[StateEntry]] = {}
+        started, changes, index = time.monotonic(), 0, first
         try:
             with self.db.runner.deferring_records() as records:
-                while versions and (not pending or (time.monotonic() - started < PASS_SECONDS
-                                                    and changes < PASS_MAX_CHANGES)):
-                    version = versions[0]
-                    pending.append(self._compute(definition, operators, version, by_version[version],
-                                                 building=False, pending=pending, stored_failures=stored_failures))
-                    versions = versions[1:]
-                    changes += sum(len(deltas) for deltas in by_version[version].values())
+                while index < len(versions) and (not pending or (time.monotonic() - started < PASS_SECONDS
+                                                                 and changes < PASS_MAX_CHANGES)):
+                    inputs = by_version[versions[index]]
+                    pending.append(self._compute(definition, operators, versions[index], inputs, building=False,
+                                                 pending=pending, stored_failures=stored_failures))
+                    index += 1
+                    changes += sum(len(deltas) for deltas in inputs.values())
         finally:
             self.db.store.record_calls(records)  # first and alone: paid calls are never lost with a view commit
             if pending:
                 applied = self.db.store.commit_views(pending)
                 for commit, done in zip(pending, applied, strict=True):  # outside the transaction: readers wait on
                     self._committed(commit, done)  # ``_changed`` while they read the store
-        return versions
+        return index
 
     def _commit(self, commit: ViewCommit) -> None:
         self._committed(commit, self.db.store.commit_view(commit))

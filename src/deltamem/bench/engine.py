@@ -2,10 +2,11 @@
 
     deltamem bench engine --changes 2000 --batches 1,10,1000
 
-One ``sem_map`` view over one table, on the test backend, in a SQLite file or a PostgreSQL database (its calls cost no model time, so what is measured is the
-engine: the store, the runner's bookkeeping per call, the operators). For each batch size a fresh database receives
-``changes`` new rows, ``batch`` per write (one version each), while the view is maintained in the background; the
-clock runs from before the first write until the view has applied the last version. Reported per batch size:
+One ``sem_map`` view over one table, on the test backend (its calls cost no model time, so what is measured is the
+engine: the store, the runner's bookkeeping per call, the operators), in a SQLite file or a PostgreSQL database. For
+each batch size a new table and view receive ``changes`` new rows, ``batch`` per write (one version each), while the
+view is maintained in the background; the clock runs from before the first write until the view has applied the last
+version. Reported per batch size:
 changes/s and versions/s end to end, the writers' own rate (their commits alone), and the wall seconds.
 """
 

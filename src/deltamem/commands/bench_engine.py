@@ -43,7 +43,8 @@ def bench_engine(
     for column in ("batch", "versions", "wall s", "changes/s", "versions/s", "writer changes/s"):
         table.add_column(column, justify="right")
     for r in result["runs"]:
-        table.add_row(str(r["batch"]), str(r["versions"]), f"{r['wall_seconds']:.2f}", f"{r['changes_per_second']:,.0f}",
+        table.add_row(str(r["batch"]), str(r["versions"]), f"{r['wall_seconds']:.2f}",
+                      f"{r['changes_per_second']:,.0f}",
                       f"{r['versions_per_second']:,.0f}", f"{r['writer_changes_per_second']:,.0f}")
     console.print(table)
     if out:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 import deltamem as dm
-from deltamem.commands.common import EMBEDDER, LLM, console, fail, stop_on_sigterm
+from deltamem.commands.common import EMBEDDER, LLM, MAINTAIN_HERE, console, fail, stop_on_sigterm
 from deltamem.display import literal
 from deltamem.store import is_postgres_dsn
 
@@ -27,9 +27,7 @@ def cdc(
     drop_slot: bool = typer.Option(
         False, "--drop-slot", help="Drop the replication slot and forget the position, then exit (the next follow "
                                    "copies the table anew)."),
-    maintain: bool = typer.Option(
-        True, "--maintain/--no-maintain", help="Keep the views up to date in this process (runs the model), or "
-                                               "leave that to the process that maintains them."),
+    maintain: bool = MAINTAIN_HERE,
     llm: str = LLM,
     embedder: str = EMBEDDER,
 ) -> None:

@@ -46,6 +46,9 @@ if not any(isinstance(h, _StderrLines) for h in _backends_log.handlers):
 
 LLM = typer.Option("local", "--llm", help="Chat backend: local (SmolLM2-135M), openai, or test.")
 EMBEDDER = typer.Option("minilm", "--embedder", help="Embedding backend: minilm, openai, or test.")
+MAINTAIN_HERE = typer.Option(True, "--maintain/--no-maintain", help="Keep the views up to date in this process (runs "
+                                                                  "the model), or leave that to the process that "
+                                                                  "maintains them.")
 
 
 def fail(exc: dm.DeltamemError) -> NoReturn:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 import deltamem as dm
-from deltamem.commands.common import EMBEDDER, LLM, console, fail, stop_on_sigterm, task_reporter
+from deltamem.commands.common import EMBEDDER, LLM, MAINTAIN_HERE, console, fail, stop_on_sigterm, task_reporter
 from deltamem.display import literal
 from deltamem.store import is_postgres_dsn
 
@@ -68,9 +68,7 @@ def watch(
     interval: float = typer.Option(2.0, "--interval", help="Seconds between syncs."),
     once: bool = typer.Option(False, "--once", help="Sync once and exit (for scripts and tests)."),
     hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and folders (names starting with '.')."),
-    maintain: bool = typer.Option(
-        True, "--maintain/--no-maintain", help="Keep the views up to date in this process (runs the model), or "
-                                               "leave that to the process that maintains them."),
+    maintain: bool = MAINTAIN_HERE,
     llm: str = LLM,
     embedder: str = EMBEDDER,
 ) -> None:

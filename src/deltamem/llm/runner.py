@@ -144,6 +144,7 @@ class CallRunner:
         self.progress = progress
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="deltamem-llm")
         self._deferred = threading.local()  # .records: this thread's records kept back by ``deferring_records``
+        self._last_call_seconds = 0.0  # how long the backend took for the last call that returned
 
     @property
     def backend(self) -> LLMBackend:
@@ -158,8 +159,8 @@ class CallRunner:
         """Within the block, this thread's ledger records (a paid call's memo value with it) are kept back in the
         list it yields, for the caller to write (``Store.record_calls``) when the block ends, with its own writes;
         the block's later calls find those values as memo hits, and their claims are held until then. Records kept
-        back ``GROUP_COMMIT_SECONDS`` are written at once with the next ones, so a process killed inside the block
-        loses no more paid calls than outside it."""
+        back ``GROUP_COMMIT_SECONDS`` are written with the next ones, and when calls take that long each is written
+        as it returns, so a process killed inside the block loses little more paid work than outside it."""
         records: list[CallRecord] = []
         self._deferred.records, self._deferred.since = records, None
         try:
@@ -173,13 +174,18 @@ class CallRunner:
             self.store.record_calls(records)
             return
         now = time.monotonic()
-        if deferred and now - self._deferred.since >= GROUP_COMMIT_SECONDS:
+        # Kept back for long enough, or the calls are slow (then the next one would keep these back for as long).
+        if deferred and (now - self._deferred.since >= GROUP_COMMIT_SECONDS
+                         or self._last_call_seconds >= GROUP_COMMIT_SECONDS):
             self.store.record_calls([*deferred, *records])
             deferred.clear()
             return
         if records and not deferred:
             self._deferred.since = now
         deferred.extend(records)
+        if deferred and self._last_call_seconds >= GROUP_COMMIT_SECONDS:
+            self.store.record_calls(list(deferred))
+            deferred.clear()
 
     def _deferred_memo(self, hashes: Sequence[str]) -> dict[str, Completion]:
         """Of ``hashes``, the memo values paid inside this thread's ``deferring_records`` block, not yet written."""
@@ -293,14 +299,18 @@ class CallRunner:
         """Ask the backend for ``spec``, retrying a ``BackendError`` with backoff: the completion, or the last error.
         Runs on the pool; touches no store."""
         error = ""
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                self.sleep(self.retry.delay(attempt - 1))
-            try:
-                return self.backend.complete(spec.request, **self._hints(spec))
-            except BackendError as exc:
-                error = str(exc)
-        return f"{error} (after {self.retry.attempts} attempts)"
+        started = time.monotonic()
+        try:
+            for attempt in range(self.retry.attempts):
+                if attempt:
+                    self.sleep(self.retry.delay(attempt - 1))
+                try:
+                    return self.backend.complete(spec.request, **self._hints(spec))
+                except BackendError as exc:
+                    error = str(exc)
+            return f"{error} (after {self.retry.attempts} attempts)"
+        finally:
+            self._last_call_seconds = time.monotonic() - started
 
     def _record_paid(self, outcomes: dict[str, Completion | str], claimed: dict[str, int | None],
                      specs: dict[str, CallSpec], view: str, operator: str, version: int | None,

@@ -295,7 +295,11 @@ class GenerateOperator(MultiInputOperator):
                         matches[key] = match
             identical = old is not None and old.fingerprint == h and old.error is None and item.reason != "reuse"
             if identical and not (item.reason == "data" and self.strategy.startswith("full")):
-                kept = old if old.input_row == item.row else StateEntry(key, h, item.row, old.value, None, old.cost)
+                # The same prompt may come from other chunks of the same text (a document edited around an
+                # unchanged sentence): the provenance follows them, or a later change to them would be missed.
+                provenance = {**old.value, "chunks": value["chunks"], "kth": value["kth"]}
+                kept = old if old.input_row == item.row and provenance == old.value else \
+                    StateEntry(key, h, item.row, provenance, None, old.cost)
                 if item.reason == "data":
                     self._decide(ctx, key, "skip", "the rebuilt prompt is identical")
                 planned.append(_Planned(key, item, None, "skip", "", value, h, old, entry=kept))
