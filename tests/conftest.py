@@ -57,3 +57,9 @@ def new_store_path(store_kind: str, request: pytest.FixtureRequest, tmp_path: Pa
         return request.getfixturevalue("postgres_server").new_database
     numbers = itertools.count(1)
     return lambda: str(tmp_path / f"store{next(numbers)}.db")
+
+
+@pytest.fixture
+def store_path(store_kind: str, new_store_path: Callable[[], str]) -> str:
+    """A new, empty store of ``store_kind`` for one test: an in-memory SQLite one, or a PostgreSQL database."""
+    return ":memory:" if store_kind == "sqlite" else new_store_path()

@@ -48,6 +48,7 @@ class PostgresServer:
     port: int
     user: str
     run_as: str | None  # the OS user the server runs as, when this process is root
+    options: str = ""  # the settings it was started with (``pg_ctl -o``)
     _numbers = itertools.count(1)
 
     @classmethod
@@ -70,7 +71,7 @@ class PostgresServer:
         options += "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         _run([pg_ctl, "-D", str(data), "-o", options, "-l", str(directory / "server.log"), "-w", "-t", "60",
               "start"], run_as)
-        return cls(data, port, "postgres", run_as)
+        return cls(data, port, "postgres", run_as, options)
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"
@@ -84,6 +85,11 @@ class PostgresServer:
 
     def stop(self) -> None:
         _run([find_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"], self.run_as)
+
+    def start_again(self) -> None:
+        """Start the stopped server again, on the same port with the same settings."""
+        _run([find_binary("pg_ctl"), "-D", str(self.data), "-o", self.options, "-l",
+              str(self.data.parent / "server.log"), "-w", "-t", "60", "start"], self.run_as)
 
 
 def _run(command: list[str], run_as: str | None) -> None:

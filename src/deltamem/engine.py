@@ -114,8 +114,8 @@ class Database:
     maintaining (``deltamem.leases``); ``fair_share``: hold at most a fair share of the view leases, so that several
     workers spread the views out (``deltamem.leases``; ``deltamem worker`` sets it); ``maintain=False``: take no
     view's lease, leaving maintenance to other processes (workers) while this one writes, reads and follows their
-    commits (``deltamem serve --no-maintain``); ``claim_timeout``: seconds after which a call another live process
-    claimed is presumed lost and paid here (``deltamem.llm.claims``).
+    commits (``deltamem serve --no-maintain``); ``claim_timeout``: seconds without renewal after which a call
+    another process claimed is presumed lost and paid here (``deltamem.llm.claims``).
     """
 
     def __init__(

@@ -64,6 +64,11 @@ class ConfigError(DeltamemError):
     """Raised when a backend, option or setting is unknown or malformed."""
 
 
+class StoreUnavailable(DeltamemError):
+    """Raised when the store's server cannot be reached for a read or a write (a PostgreSQL restart, a network
+    fault); what was committed before is kept. Try again once it is back: background maintenance does so itself."""
+
+
 class CDCError(DeltamemError):
     """Raised when a PostgreSQL source cannot be followed (``deltamem.cdc``): a server setting, the role's rights,
     the table, its key or replica identity, or the replication slot; the message names what to change."""

@@ -401,7 +401,7 @@ class Maintainer:
         stored_failures: dict[str, list[StateEntry]] = {}
         started, changes, index = time.monotonic(), 0, first
         try:
-            with self.db.runner.deferring_records() as records:
+            with self.db.runner.deferring_records():  # the pass's calls are written when it ends, first
                 while index < len(versions) and (not pending or (time.monotonic() - started < PASS_SECONDS
                                                                  and changes < PASS_MAX_CHANGES)):
                     inputs = by_version[versions[index]]
@@ -409,8 +409,7 @@ class Maintainer:
                                                  pending=pending, stored_failures=stored_failures))
                     index += 1
                     changes += sum(len(deltas) for deltas in inputs.values())
-        finally:
-            self.db.store.record_calls(records)  # first and alone: paid calls are never lost with a view commit
+        finally:  # after the calls, in a transaction of its own: paid calls are never lost with a view commit
             if pending:
                 applied = self.db.store.commit_views(pending)
                 for commit, done in zip(pending, applied, strict=True):  # outside the transaction: readers wait on

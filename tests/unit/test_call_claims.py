@@ -1,4 +1,4 @@
-"""A call is claimed on the store before it is paid: two processes asked for the same calls at the same moment pay
+"""A call is claimed on the store before it is paid (on both stores): two processes asked for the same calls at once pay
 each once, and the one that did not pay answers from the memo. A claim whose process is gone is taken over."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+from deltamem import open_store
 from deltamem.llm.base import Completion
 from deltamem.store.base import CallInFlight, LedgerEntry
-from deltamem.store.sqlite import SQLiteStore
 from tests.children import ENV
 
 # Runs 20 distinct calls when it reads a line, then embeds 20 distinct texts when it reads another; prints what its
@@ -20,7 +20,7 @@ RUNNER = textwrap.dedent(
     from deltamem.llm.base import CompletionRequest, Message
     from deltamem.llm.runner import CallRunner, CallSpec
     from deltamem.llm.scripted import HashingEmbedder, ScriptedLLM
-    from deltamem.store.sqlite import SQLiteStore
+    from deltamem import open_store
 
     class SlowEmbedder(HashingEmbedder):
         def embed(self, texts):
@@ -28,7 +28,7 @@ RUNNER = textwrap.dedent(
             return super().embed(texts)
 
     llm, embedder = ScriptedLLM(latency=0.05), SlowEmbedder()
-    store = SQLiteStore(sys.argv[1])
+    store = open_store(sys.argv[1])
     runner = CallRunner(store, llm, max_workers=4)
     calls = [CallSpec(CompletionRequest((Message("user", f"Summarise document {i}"),)), "insert") for i in range(20)]
     texts = [f"text {i}" for i in range(20)]
@@ -56,9 +56,9 @@ def _all_go(children: list[subprocess.Popen]) -> list[int]:
     return [int(child.stdout.readline()) for child in children]
 
 
-def test_two_processes_asked_for_the_same_calls_at_once_pay_each_once(tmp_path):
-    path = str(tmp_path / "claims.db")
-    SQLiteStore(path).close()
+def test_two_processes_asked_for_the_same_calls_at_once_pay_each_once(new_store_path):
+    path = new_store_path()
+    open_store(path).close()
     children = [subprocess.Popen([sys.executable, "-c", RUNNER, path, str(n)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=ENV) for n in range(2)]
     try:
@@ -72,7 +72,7 @@ def test_two_processes_asked_for_the_same_calls_at_once_pay_each_once(tmp_path):
     assert [child.returncode for child in children] == [0, 0]
     assert sum(calls) == 20, f"the two processes' backends ran {calls} calls for 20 distinct ones"
     assert sum(texts) == 20, f"the two processes' embedders embedded {texts} texts for 20 distinct ones"
-    store = SQLiteStore(path)
+    store = open_store(path)
     outcomes = [(entry.operator, entry.outcome) for entry in store.get_ledger()]
     assert outcomes.count(("1:sem_map", "paid")) == 20 and outcomes.count(("1:sem_map", "memo")) == 20
     assert outcomes.count(("1:sem_index/embed", "paid")) == 20
@@ -85,9 +85,9 @@ def _flight(h: str) -> CallInFlight:
     return CallInFlight(1.0, 1, "v", "1:sem_map", "insert", "m", h)
 
 
-def test_a_live_claim_makes_others_wait_and_a_paid_call_answers_them(tmp_path):
-    path = str(tmp_path / "c.db")
-    mine, other = SQLiteStore(path), SQLiteStore(path)
+def test_a_live_claim_makes_others_wait_and_a_paid_call_answers_them(new_store_path):
+    path = new_store_path()
+    mine, other = open_store(path), open_store(path)
     first = mine.claim_calls({"h": _flight("h")}, now=10.0, stale_after=60.0)
     assert list(first.claimed) == ["h"] and not first.busy and not first.answered
     assert other.claim_calls({"h": _flight("h")}, now=11.0, stale_after=60.0).busy == ("h",)  # another thread's
@@ -100,14 +100,15 @@ def test_a_live_claim_makes_others_wait_and_a_paid_call_answers_them(tmp_path):
     other.close()
 
 
-def test_a_claim_of_a_process_that_is_gone_or_of_a_stuck_call_is_taken_over(tmp_path):
-    path = str(tmp_path / "c.db")
-    store = SQLiteStore(path)
+def test_a_claim_of_a_process_that_is_gone_or_of_a_stuck_call_is_taken_over(new_store_path):
+    path = new_store_path()
+    store = open_store(path)
     store.claim_calls({"gone": None, "stuck": None}, now=100.0, stale_after=60.0)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    store._conn.execute("UPDATE call_claims SET pid = ?, process = 'ended' WHERE call_hash = 'gone'",
-                        (int(ended.stdout),))
-    other = SQLiteStore(path)
+    with store._write() as conn:  # as if a process that has ended had taken it
+        conn.execute(store.dialect.sql("UPDATE call_claims SET pid = ?, process = 'ended' WHERE call_hash = 'gone'"),
+                     (int(ended.stdout),))
+    other = open_store(path)
     assert other.claim_calls({"gone": None, "stuck": None}, now=110.0, stale_after=60.0).busy == ("stuck",)
     later = other.claim_calls({"stuck": None}, now=170.0, stale_after=60.0)
     assert list(later.claimed) == ["stuck"]
@@ -118,3 +119,30 @@ def test_a_claim_of_a_process_that_is_gone_or_of_a_stuck_call_is_taken_over(tmp_
     assert other.get_claims() == []
     store.close()
     other.close()
+
+
+def test_a_claim_is_renewed_while_its_call_runs_so_a_call_longer_than_the_timeout_is_still_paid_once(new_store_path):
+    import threading
+    import time
+
+    from deltamem.llm.base import CompletionRequest, Message
+    from deltamem.llm.runner import CallRunner, CallSpec
+    from deltamem.llm.scripted import ScriptedLLM
+
+    path = new_store_path()
+    slow, other = ScriptedLLM(latency=1.2), ScriptedLLM(latency=1.2)
+    first = CallRunner(open_store(path), slow, claim_timeout=0.3)  # renewed every 0.1 s while it pays
+    second = CallRunner(open_store(path), other, claim_timeout=0.3)
+    spec = CallSpec(CompletionRequest((Message("user", "Summarise the long document"),)), "insert")
+    paying = threading.Thread(target=first.run, args=([spec],), kwargs={"view": "v", "operator": "1:sem_map",
+                                                                        "version": 1})
+    paying.start()
+    time.sleep(0.5)  # past the timeout since the claim was taken: only its renewals keep it live
+    (claim,) = first.store.get_claims()
+    assert claim.claimed_at > time.time() - 0.3
+    (result,) = second.run([spec], view="w", operator="1:sem_map", version=1)  # waits for the memo, pays nothing
+    paying.join()
+    assert result.memo_hit and slow.usage.calls == 1 and other.usage.calls == 0
+    assert first.store.get_claims() == []
+    first.close()
+    second.close()

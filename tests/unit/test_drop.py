@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
+from deltamem import open_store
 from deltamem.changes import RowWrite
 from deltamem.errors import ConfigError, DependentViews, NoTable, NoView
 from deltamem.llm.scripted import ScriptedLLM
 from deltamem.store.base import TableDef, ViewCommit, ViewDef
-from deltamem.store.sqlite import SQLiteStore
 from tests.helpers import scripted_db
 
 DELTAMEM = [sys.executable, "-m", "deltamem"]
@@ -33,8 +33,8 @@ def _everything(store, view):
 
 # --- the store --------------------------------------------------------------------------------------------------------
 
-def test_store_drop_removes_a_view_and_its_dependents_in_one_transaction(tmp_path):
-    store = SQLiteStore(str(tmp_path / "s.db"))
+def test_store_drop_removes_a_view_and_its_dependents_in_one_transaction(new_store_path):
+    store = open_store(new_store_path())
     store.put_table_def(TableDef("docs", "id"))
     store.commit([RowWrite("docs", "1", {"id": 1})], committed_at=0.0)
     first = store.put_view_def(ViewDef("a", {"op": "sem_map", "input": {"source": "table", "name": "docs"}}))
@@ -59,8 +59,8 @@ def test_store_drop_removes_a_view_and_its_dependents_in_one_transaction(tmp_pat
     store.close()
 
 
-def test_store_drop_table_takes_its_rows_and_change_log_and_refuses_later_writes(tmp_path):
-    store = SQLiteStore(str(tmp_path / "s.db"))
+def test_store_drop_table_takes_its_rows_and_change_log_and_refuses_later_writes(new_store_path):
+    store = open_store(new_store_path())
     store.put_table_def(TableDef("docs", "id"))
     store.put_table_def(TableDef("other", "id"))
     store.commit([RowWrite("docs", "1", {"id": 1}), RowWrite("other", "1", {"id": 1})], committed_at=0.0)
@@ -74,8 +74,8 @@ def test_store_drop_table_takes_its_rows_and_change_log_and_refuses_later_writes
     store.close()
 
 
-def test_table_columns_keep_their_declared_order_when_reopened(tmp_path):
-    path = str(tmp_path / "o.db")
+def test_table_columns_keep_their_declared_order_when_reopened(new_store_path):
+    path = new_store_path()
     db = scripted_db(path)
     docs = db.table("docs", key="zid", columns={"zid": "text", "title": "text", "body": "text"})
     db.view("v", docs.sem_map("Sum up {body}", out="gist"))
@@ -88,8 +88,8 @@ def test_table_columns_keep_their_declared_order_when_reopened(tmp_path):
 
 # --- the engine -------------------------------------------------------------------------------------------------------
 
-def test_restrict_names_the_dependents_and_changes_nothing():
-    db = scripted_db()
+def test_restrict_names_the_dependents_and_changes_nothing(store_path):
+    db = scripted_db(store_path)
     docs = _docs(db)
     summaries = db.view("summaries", docs.sem_map("Summarise {text}", out="summary"))
     db.view("short", summaries.sem_filter("{summary} is short"))
@@ -107,8 +107,8 @@ def test_restrict_names_the_dependents_and_changes_nothing():
     db.close()
 
 
-def test_cascade_drops_dependents_and_keeps_what_was_paid_on_the_ledger():
-    db = scripted_db()
+def test_cascade_drops_dependents_and_keeps_what_was_paid_on_the_ledger(store_path):
+    db = scripted_db(store_path)
     docs = _docs(db)
     summaries = db.view("summaries", docs.sem_map("Summarise {text}", out="summary"))
     db.view("short", summaries.sem_filter("{summary} is short"))
@@ -127,8 +127,8 @@ def test_cascade_drops_dependents_and_keeps_what_was_paid_on_the_ledger():
     db.close()
 
 
-def test_drop_then_recreate_gives_a_fresh_view_that_recomputes():
-    db = scripted_db()
+def test_drop_then_recreate_gives_a_fresh_view_that_recomputes(store_path):
+    db = scripted_db(store_path)
     docs = _docs(db)
     view = db.view("v", docs.sem_map("Summarise {text}", out="s"))
     old = view.rows(fresh=True).rows
@@ -152,8 +152,8 @@ def test_drop_then_recreate_gives_a_fresh_view_that_recomputes():
     db.close()
 
 
-def test_drops_in_a_batch_commit_with_its_writes_or_not_at_all():
-    db = scripted_db()
+def test_drops_in_a_batch_commit_with_its_writes_or_not_at_all(store_path):
+    db = scripted_db(store_path)
     docs = _docs(db)
     db.table("notes", key="id", columns={"id": "int", "note": "text"})
     db.view("v", docs.sem_map("Summarise {text}", out="s"))
@@ -175,8 +175,8 @@ def test_drops_in_a_batch_commit_with_its_writes_or_not_at_all():
     db.close()
 
 
-def test_search_index_of_a_dropped_view_is_not_reused_by_a_new_one():
-    db = scripted_db()
+def test_search_index_of_a_dropped_view_is_not_reused_by_a_new_one(store_path):
+    db = scripted_db(store_path)
     docs = _docs(db, [{"id": 1, "text": "red apples"}, {"id": 2, "text": "green pears"}])
     view = db.view("idx", docs.sem_index("text"))
     assert [r["id"] for r in view.search("red apples", 1, fresh=True)] == [1]
@@ -202,9 +202,9 @@ class GatedLLM(ScriptedLLM):
         return super().complete(request)
 
 
-def test_a_drop_that_races_with_a_build_discards_the_build_and_maintenance_goes_on():
+def test_a_drop_that_races_with_a_build_discards_the_build_and_maintenance_goes_on(store_path):
     llm = GatedLLM()
-    db = scripted_db(llm=llm, background=True)
+    db = scripted_db(store_path, llm=llm, background=True)
     docs = _docs(db)
     db.view("v", docs.sem_map("Summarise {text}", out="s"))
     assert llm.waiting.wait(60)  # the maintenance thread is inside the build of the first "v"
@@ -231,8 +231,8 @@ def test_a_drop_that_races_with_a_build_discards_the_build_and_maintenance_goes_
     db.close()
 
 
-def test_a_subscriber_to_a_dropped_view_stops_cleanly():
-    db = scripted_db(background=True)
+def test_a_subscriber_to_a_dropped_view_stops_cleanly(store_path):
+    db = scripted_db(store_path, background=True)
     docs = _docs(db)
     view = db.view("v", docs.sem_map("Summarise {text}", out="s"))
     view.rows(fresh=True, timeout=60)
@@ -249,8 +249,8 @@ def test_a_subscriber_to_a_dropped_view_stops_cleanly():
     db.close()
 
 
-def test_the_subscribe_command_ends_with_an_error_when_another_process_drops_the_view(tmp_path):
-    path = str(tmp_path / "app.db")
+def test_the_subscribe_command_ends_with_an_error_when_another_process_drops_the_view(new_store_path):
+    path = new_store_path()
     db = scripted_db(path)
     docs = _docs(db)
     db.view("v", docs.sem_map("Summarise {text}", out="s"))

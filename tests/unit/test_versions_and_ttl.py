@@ -17,8 +17,8 @@ def docs_view(db: dm.Database, **table_options) -> dm.View:
     return db.view("v", docs.sem_map("Summarise {text}", out="s"))
 
 
-def test_every_commit_gets_the_next_version():
-    db = scripted_db()
+def test_every_commit_gets_the_next_version(store_path):
+    db = scripted_db(store_path)
     docs = db.table("docs", key="id")
     written = [docs.upsert({"id": 1, "text": "a"}), docs.upsert({"id": 2, "text": "b"}), docs.delete(1)]
     assert [w.version for w in written] == [1, 2, 3]
@@ -27,9 +27,9 @@ def test_every_commit_gets_the_next_version():
     assert db.version == 3
 
 
-def test_a_write_that_changes_nothing_makes_no_version_and_counts_it_unchanged():
+def test_a_write_that_changes_nothing_makes_no_version_and_counts_it_unchanged(store_path):
     clock = dm.ManualClock()
-    db = scripted_db(clock=clock)
+    db = scripted_db(store_path, clock=clock)
     docs = db.table("docs", key="id", columns={"id": "int", "text": "text"}, ttl="1 day")
     assert docs.upsert([{"id": 1, "text": "a"}, {"id": 2, "text": "b"}]) == dm.Written(1, inserted=2)
     assert docs.upsert({"id": 1, "text": "a"}) == dm.Written(None, unchanged=1)  # the same row again
@@ -47,8 +47,8 @@ def test_a_write_that_changes_nothing_makes_no_version_and_counts_it_unchanged()
     assert db.expire() == 2 and [r["id"] for r in docs.rows()] == [1]  # 2 and 3 expired; 1 was renewed
 
 
-def test_as_of_reads_an_older_version_and_history_keeps_every_version():
-    db = scripted_db()
+def test_as_of_reads_an_older_version_and_history_keeps_every_version(store_path):
+    db = scripted_db(store_path)
     view = docs_view(db)
     docs = db.table("docs")
     v1 = docs.upsert({"id": 1, "text": "first"}).version
@@ -64,17 +64,17 @@ def test_as_of_reads_an_older_version_and_history_keeps_every_version():
     assert [(h.valid_from, h.valid_to, h.row["text"]) for h in history] == [(v1, v2, "first"), (v2, v3, "second")]
 
 
-def test_as_of_ahead_of_the_view_is_refused():
-    db = scripted_db()
+def test_as_of_ahead_of_the_view_is_refused(store_path):
+    db = scripted_db(store_path)
     view = docs_view(db)
     db.table("docs").upsert({"id": 1, "text": "x"})
     with pytest.raises(dm.DeltamemError, match="ahead of it. Pass fresh=True"):
         view.rows(as_of=99)
 
 
-def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order():
+def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order(store_path):
     clock = dm.ManualClock()
-    db = scripted_db(clock=clock, background=True, poll_interval=0.05)
+    db = scripted_db(store_path, clock=clock, background=True, poll_interval=0.05)
     view = docs_view(db, ttl="1 day")
     docs = db.table("docs")
     docs.upsert({"id": 1, "text": "old", "ts": 0.0})
@@ -105,8 +105,8 @@ def test_subscribe_sees_inserts_updates_deletes_and_expiries_in_order():
     db.close()
 
 
-def test_background_maintenance_reports_lag_and_fresh_waits_for_it():
-    db = scripted_db(llm=ScriptedLLM(latency=0.2), background=True)
+def test_background_maintenance_reports_lag_and_fresh_waits_for_it(store_path):
+    db = scripted_db(store_path, llm=ScriptedLLM(latency=0.2), background=True)
     view = docs_view(db)
     version = db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)]).version
     stale = view.rows()
@@ -116,8 +116,8 @@ def test_background_maintenance_reports_lag_and_fresh_waits_for_it():
     db.close()
 
 
-def test_fresh_read_times_out_with_a_clear_error():
-    db = scripted_db(llm=ScriptedLLM(latency=1.0), background=True)
+def test_fresh_read_times_out_with_a_clear_error(store_path):
+    db = scripted_db(store_path, llm=ScriptedLLM(latency=1.0), background=True)
     view = docs_view(db)
     db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(3)])
     with pytest.raises(FreshnessTimeout, match='View "v" reflects version'):
@@ -125,9 +125,9 @@ def test_fresh_read_times_out_with_a_clear_error():
     db.close()
 
 
-def test_ttl_column_sets_when_a_row_expires():
+def test_ttl_column_sets_when_a_row_expires(store_path):
     clock = dm.ManualClock(start=1000.0)
-    db = scripted_db(clock=clock)
+    db = scripted_db(store_path, clock=clock)
     view = docs_view(db, ttl="10 s", ttl_column="ts")
     db.table("docs").upsert([{"id": 1, "text": "early", "ts": 995.0}, {"id": 2, "text": "late", "ts": 1005.0}])
     db.maintain()
@@ -138,9 +138,9 @@ def test_ttl_column_sets_when_a_row_expires():
     assert [r["id"] for r in db.table("docs").rows()] == [2]
 
 
-def test_a_rewrite_renews_the_ttl():
+def test_a_rewrite_renews_the_ttl(store_path):
     clock = dm.ManualClock()
-    db = scripted_db(clock=clock)
+    db = scripted_db(store_path, clock=clock)
     docs_view(db, ttl="1 day")
     docs = db.table("docs")
     docs.upsert({"id": 1, "text": "a"})
@@ -152,9 +152,9 @@ def test_a_rewrite_renews_the_ttl():
     assert db.expire() == 1
 
 
-def test_keep_mode_frees_state_but_keeps_outputs():
+def test_keep_mode_frees_state_but_keeps_outputs(store_path):
     clock = dm.ManualClock()
-    db = scripted_db(clock=clock)
+    db = scripted_db(store_path, clock=clock)
     view = docs_view(db, ttl="1 day", expire="keep")
     db.table("docs").upsert({"id": 1, "text": "a"})
     kept = view.rows(fresh=True).rows
@@ -167,9 +167,9 @@ def test_keep_mode_frees_state_but_keeps_outputs():
     assert [r["text"] for r in view.rows(fresh=True)] == ["b"]
 
 
-def test_retract_mode_retracts_outputs():
+def test_retract_mode_retracts_outputs(store_path):
     clock = dm.ManualClock()
-    db = scripted_db(clock=clock)
+    db = scripted_db(store_path, clock=clock)
     view = docs_view(db, ttl="1 day")
     db.table("docs").upsert({"id": 1, "text": "a"})
     db.maintain()
@@ -178,8 +178,8 @@ def test_retract_mode_retracts_outputs():
     assert view.rows(fresh=True).rows == []
 
 
-def test_a_view_can_read_a_view():
-    db = scripted_db()
+def test_a_view_can_read_a_view(store_path):
+    db = scripted_db(store_path)
     first = docs_view(db)
     second = db.view("w", first.sem_filter("{s} sounds good"))
     db.table("docs").upsert([{"id": i, "text": f"t{i}"} for i in range(12)])
@@ -189,8 +189,8 @@ def test_a_view_can_read_a_view():
     assert second.version == first.version == db.version
 
 
-def test_usage_reports_totals_by_view_and_operator_beside_full_recompute():
-    db = scripted_db()
+def test_usage_reports_totals_by_view_and_operator_beside_full_recompute(store_path):
+    db = scripted_db(store_path)
     docs_view(db)
     docs = db.table("docs")
     for i in range(4):

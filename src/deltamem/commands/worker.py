@@ -106,9 +106,9 @@ def worker(
         DEFAULT_LEASE_TIMEOUT, "--lease-timeout", help="Seconds without a heartbeat after which another worker "
                                                        "takes this one's views over."),
     claim_timeout: float = typer.Option(
-        DEFAULT_CLAIM_TIMEOUT, "--claim-timeout", help="Seconds after which a call another worker claimed and has "
-                                                       "not finished is presumed lost and paid here (a worker on "
-                                                       "another machine that died holds its claim until then)."),
+        DEFAULT_CLAIM_TIMEOUT, "--claim-timeout", help="Seconds without renewal after which a call another worker "
+                                                       "claimed is presumed lost and paid here (each worker renews "
+                                                       "its claims every third of this while it pays them)."),
     poll_interval: float = typer.Option(1.0, "--poll-interval", help="Seconds between looks for new versions."),
     status_every: float = typer.Option(5.0, "--status-every", help="Seconds between status lines (when something "
                                                                    "changed; a change of the views held at once)."),

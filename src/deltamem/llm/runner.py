@@ -20,9 +20,12 @@ Identical calls in one batch run once; the others are memo hits.
 
 Embeddings take the same path (``embed``), one text being one call: memo first (``embed_hash``), then claims, then
 one batch for every text the memo lacks and this runner claimed, retried with backoff; a batch that still fails is
-split in halves, each tried once, so a text the embedder always refuses fails alone and the others are paid. Each text gets its own ``paid``, ``memo`` or
-``failed`` entry, under the operator ``embedding_operator(op_id)`` (``"2:sem_index/embed"``), with the tokens the
-embedder counts (``count_tokens``, when it has one) and its share of the batch's seconds.
+split in halves, each tried once, so a text the embedder always refuses fails alone and the others are paid. Each
+text gets its own ``paid``, ``memo`` or ``failed`` entry, under the operator ``embedding_operator(op_id)``
+(``"2:sem_index/embed"``), with the tokens the embedder counts (``count_tokens``, when it has one) and its share of
+the batch's seconds.
+
+The claims a runner holds are renewed by its ``ClaimHeartbeat`` until they are recorded or released.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from deltamem.errors import BackendError
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import Completion, CompletionRequest, EmbeddingBackend, LLMBackend
-from deltamem.llm.claims import DEFAULT_CLAIM_TIMEOUT, claim_or_wait
+from deltamem.llm.claims import DEFAULT_CLAIM_TIMEOUT, ClaimHeartbeat, claim_or_wait
 from deltamem.llm.memo import call_hash, embed_hash, text_to_vector, vector_to_text
 from deltamem.store.base import CallCost, CallInFlight, CallRecord, LedgerEntry, Store
 
@@ -145,6 +148,7 @@ class CallRunner:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="deltamem-llm")
         self._deferred = threading.local()  # .records: this thread's records kept back by ``deferring_records``
         self._last_call_seconds = 0.0  # how long the backend took for the last call that returned
+        self._heartbeat = ClaimHeartbeat(store, interval=claim_timeout / 3, clock=clock)  # renews the claims held
 
     @property
     def backend(self) -> LLMBackend:
@@ -153,39 +157,50 @@ class CallRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._heartbeat.close()
 
     @contextmanager
-    def deferring_records(self) -> Iterator[list[CallRecord]]:
-        """Within the block, this thread's ledger records (a paid call's memo value with it) are kept back in the
-        list it yields, for the caller to write (``Store.record_calls``) when the block ends, with its own writes;
-        the block's later calls find those values as memo hits, and their claims are held until then. Records kept
-        back ``GROUP_COMMIT_SECONDS`` are written with the next ones, and when calls take that long each is written
-        as it returns, so a process killed inside the block loses little more paid work than outside it."""
+    def deferring_records(self) -> Iterator[None]:
+        """Within the block, this thread's ledger records (a paid call's memo value with it) are kept back and
+        written together when the block ends (before the caller's own writes that follow it); the block's later
+        calls find those values as memo hits, and their claims are held until then. Records kept back
+        ``GROUP_COMMIT_SECONDS`` are written with the next ones, and when calls take that long each is written as it
+        returns, so a process killed inside the block loses little more paid work than outside it."""
         records: list[CallRecord] = []
         self._deferred.records, self._deferred.since = records, None
         try:
-            yield records
+            yield
         finally:
             self._deferred.records = None
+            self._record(records)
 
     def _write(self, records: list[CallRecord]) -> None:
         deferred = getattr(self._deferred, "records", None)
         if deferred is None:
-            self.store.record_calls(records)
+            self._record(records)
             return
         now = time.monotonic()
         # Kept back for long enough, or the calls are slow (then the next one would keep these back for as long).
         if deferred and (now - self._deferred.since >= GROUP_COMMIT_SECONDS
                          or self._last_call_seconds >= GROUP_COMMIT_SECONDS):
-            self.store.record_calls([*deferred, *records])
+            self._record([*deferred, *records])
             deferred.clear()
             return
         if records and not deferred:
             self._deferred.since = now
         deferred.extend(records)
         if deferred and self._last_call_seconds >= GROUP_COMMIT_SECONDS:
-            self.store.record_calls(list(deferred))
+            self._record(list(deferred))
             deferred.clear()
+
+    def _record(self, records: Sequence[CallRecord]) -> None:
+        """``Store.record_calls``; the claims it ends need no more renewing."""
+        self.store.record_calls(records)
+        self._heartbeat.discard(r.entry.call_hash for r in records if r.entry.outcome in ("paid", "failed"))
+
+    def _release(self, call_hashes: Sequence[str]) -> None:
+        self.store.release_claims(call_hashes)
+        self._heartbeat.discard(call_hashes)
 
     def _deferred_memo(self, hashes: Sequence[str]) -> dict[str, Completion]:
         """Of ``hashes``, the memo values paid inside this thread's ``deferring_records`` block, not yet written."""
@@ -213,6 +228,7 @@ class CallRunner:
             claims = claim_or_wait(self.store, {
                 h: CallInFlight(now, version, view, operator, specs[h].reason, model, h) for h in pending
             }, stale_after=self.claim_timeout)
+            self._heartbeat.add(claims.claimed)
             for h, answer in claims.answered.items():  # in the memo, or paid by another process while this one waited
                 results[h] = CallResult(h, answer, None, memo_hit=True)
             if claims.claimed:
@@ -269,7 +285,7 @@ class CallRunner:
                 wait(waiting)  # the ones already running cannot be cancelled: what they paid is recorded
                 outcomes = {futures[f]: f.result() for f in waiting if not f.cancelled() and f.exception() is None}
                 self._record_paid(outcomes, claimed, specs, view, operator, version, results)
-                self.store.release_claims([h for h in claimed if h not in results])
+                self._release([h for h in claimed if h not in results])
                 raise
         return results
 
@@ -291,7 +307,7 @@ class CallRunner:
         finally:  # on an exception too: what was paid is recorded, and the claims of the rest are released
             self._record_paid(outcomes, claimed, specs, view, operator, version, results)
             if len(results) < len(claimed):
-                self.store.release_claims([h for h in claimed if h not in results])
+                self._release([h for h in claimed if h not in results])
         if self.progress:
             self.progress(f"{view}/{operator}", len(results), len(claimed))
 
@@ -348,6 +364,7 @@ class CallRunner:
         pending = list(to_pay)
         while pending:  # rounds: pay and record what this runner claimed, then wait for what others hold
             claims = claim_or_wait(self.store, dict.fromkeys(pending), stale_after=self.claim_timeout)
+            self._heartbeat.add(claims.claimed)
             values.update(claims.answered)  # in the memo, or paid by another process while this one waited
             claimed = list(claims.claimed)
             if claimed:
@@ -356,10 +373,10 @@ class CallRunner:
                 try:
                     paid = self._pay_embeddings(embedder, claimed, [to_pay[h][0] for h in claimed])
                     # One transaction for the batch: a commit (and its fsync) per text made bulk indexing crawl.
-                    self.store.record_calls([self._embedding_record(h, to_pay[h][1], value, "paid", model, view,
+                    self._record([self._embedding_record(h, to_pay[h][1], value, "paid", model, view,
                                                                     label, version) for h, value in paid.items()])
                 except BaseException:
-                    self.store.release_claims(claimed)
+                    self._release(claimed)
                     raise
                 values.update(paid)
                 paid_here.update(paid)
@@ -373,7 +390,7 @@ class CallRunner:
                 recorded.add(h)
             elif not isinstance(values[h], str):
                 hits.append(self._embedding_record(h, reason, values[h], "memo", model, view, label, version))
-        self.store.record_calls(hits)
+        self._record(hits)
         return [_embed_result(h, values[h], memo_hit=h not in paid_here) for h in hashes]
 
     def embed_or_raise(self, embedder: EmbeddingBackend, texts: Sequence[str], *, reasons: Sequence[str], view: str,

@@ -102,7 +102,13 @@ class Coordination(abc.ABC):
                     stale_after: float) -> CallClaims:
         """Claim each call hash of ``calls`` that the memo lacks and no live claim holds, for this store handle, in
         one transaction; a claimed call with a ``CallInFlight`` is also noted in flight (``begin_call``). A claim is
-        live unless its process is gone or it was taken more than ``stale_after`` seconds before ``now``."""
+        live unless its process is gone or it was taken, or last renewed, more than ``stale_after`` seconds before
+        ``now``."""
+
+    @abc.abstractmethod
+    def renew_claims(self, call_hashes: Iterable[str], *, now: float) -> None:
+        """Mark this store handle's claims on ``call_hashes`` as taken at ``now`` (its heartbeat); others' are left
+        alone."""
 
     @abc.abstractmethod
     def release_claims(self, call_hashes: Iterable[str]) -> None:

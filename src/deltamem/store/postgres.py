@@ -26,11 +26,12 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import JsonbLoader
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from deltamem.changes import ERROR_COLUMN, Row, RowKey
+from deltamem.errors import StoreUnavailable
 from deltamem.store.postgres_dialect import POSTGRES
-from deltamem.store.postgres_schema import WRITE_LOCK, connect_checked, create_or_upgrade, hide_password
+from deltamem.store.postgres_schema import WRITE_LOCK, connect_checked, create_or_upgrade, first_line, hide_password
 from deltamem.store.sql_coordination import new_claim_owner
 from deltamem.store.sql_dialect import Connection
 from deltamem.store.sql_positions import SqlSourcePositions
@@ -75,8 +76,9 @@ class PostgresStore(SqlSourcePositions, SqlStore):
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 create_or_upgrade(conn, dsn)
+        # ``timeout``: how long a checkout waits for a connection while the server is away, before StoreUnavailable.
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max_connections, kwargs=kwargs, configure=_configure,
-                                    open=True, name=f"deltamem {hide_password(dsn)}")
+                                    open=True, name=f"deltamem {hide_password(dsn)}", timeout=connect_timeout)
 
     def __repr__(self) -> str:
         return f"PostgresStore({hide_password(self.dsn)!r})"
@@ -88,17 +90,29 @@ class PostgresStore(SqlSourcePositions, SqlStore):
             with conn.transaction():
                 yield conn
             return
-        # In pipeline mode: a statement whose result is not read is sent without waiting for the server's answer,
-        # so a transaction of many writes costs a few round trips, not one per statement.
-        with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            if not durable:  # WAL flushed with the next durable commit (PostgreSQL's asynchronous commit)
-                conn.execute("SET LOCAL synchronous_commit TO OFF")
-            self._local.conn = conn
+        began = False
+        for attempt in range(2):  # a pooled connection the server dropped (it restarted) fails at once: once more
             try:
-                yield conn
-            finally:
-                self._local.conn = None
+                # In pipeline mode: a statement whose result is not read is sent without waiting for the server's
+                # answer, so a transaction of many writes costs a few round trips, not one per statement.
+                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    if not durable:  # WAL flushed with the next durable commit (PostgreSQL's asynchronous commit)
+                        conn.execute("SET LOCAL synchronous_commit TO OFF")
+                    began = True
+                    self._local.conn = conn
+                    try:
+                        yield conn
+                    finally:
+                        self._local.conn = None
+                return
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if began or attempt:
+                    raise self._unavailable(exc, "this write may not have been committed") from exc
+
+    def _unavailable(self, exc: Exception, what: str) -> StoreUnavailable:
+        return StoreUnavailable(f"PostgreSQL at '{hide_password(self.dsn)}' cannot be reached ({first_line(exc)}); "
+                                f"{what}, and everything committed before is kept: try again once it is back")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -110,8 +124,14 @@ class PostgresStore(SqlSourcePositions, SqlStore):
         conn = conn if conn is not None else getattr(self._local, "conn", None)
         if conn is not None:
             return conn.execute(sql, params).fetchall()
-        with self._pool.connection() as pooled:
-            return pooled.execute(sql, params).fetchall()
+        for attempt in range(2):  # a pooled connection the server dropped (it restarted) fails at once: once more
+            try:
+                with self._pool.connection() as pooled:
+                    return pooled.execute(sql, params).fetchall()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if attempt:
+                    raise self._unavailable(exc, "nothing was read") from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._pool.close()
@@ -141,3 +161,4 @@ class PostgresStore(SqlSourcePositions, SqlStore):
             "SELECT COUNT(*), COUNT(*) FILTER (WHERE COALESCE(jsonb_typeof(data -> %s::text), 'null') <> 'null') "
             "FROM view_rows WHERE view = %s AND valid_to IS NULL", (ERROR_COLUMN, view))[0]
         return total, failed
+

@@ -129,16 +129,16 @@ def connect_checked(dsn: str, **kwargs) -> psycopg.Connection:
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
-        raise ConfigError(f"Malformed PostgreSQL DSN '{shown}': {_first_line(error)}; write it as "
+        raise ConfigError(f"Malformed PostgreSQL DSN '{shown}': {first_line(error)}; write it as "
                           "postgresql://user:password@host:5432/dbname") from None
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as error:
-        raise ConfigError(f"Cannot connect to PostgreSQL at '{shown}': {_first_line(error)}; check that the server "
+        raise ConfigError(f"Cannot connect to PostgreSQL at '{shown}': {first_line(error)}; check that the server "
                           "is running and reachable there, and the DSN's user, password and database name") from None
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 

@@ -115,6 +115,16 @@ class SqlCoordination(Coordination):
                     busy.add(claim.call_hash)
         return answered, busy
 
+    def renew_claims(self, call_hashes: Iterable[str], *, now: float) -> None:
+        hashes = list(call_hashes)
+        if not hashes:
+            return
+        with self._write(durable=False) as conn:
+            for start in range(0, len(hashes), self.dialect.chunk):
+                condition, params = self.dialect.in_list("call_hash", hashes[start:start + self.dialect.chunk])
+                conn.execute(self.dialect.sql(f"UPDATE call_claims SET claimed_at = ? WHERE owner = ? AND {condition}"),
+                             (now, self.claim_owner, *params))
+
     def release_claims(self, call_hashes: Iterable[str]) -> None:
         hashes = list(call_hashes)
         if not hashes:
