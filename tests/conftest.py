@@ -9,40 +9,27 @@ with ``wal_level=logical`` for change data capture.
 from __future__ import annotations
 
 import itertools
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, throwaway_server
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    # Not under pytest's tmp_path: its parents are private to this user, and under root the server runs as postgres.
-    directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-"))
-    server = PostgresServer.start(directory)
-    try:
+    with throwaway_server("deltamem-pg-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def logical_postgres_server() -> Iterator[PostgresServer]:
     """A second throwaway server, with ``wal_level=logical``, for change data capture (``tests/unit/test_cdc.py``);
     a few replication slots, so that a test can use them all up."""
-    directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-logical-"))
-    server = PostgresServer.start(directory, {"wal_level": "logical", "max_replication_slots": "4",
-                                              "max_wal_senders": "4"})
-    try:
+    settings = {"wal_level": "logical", "max_replication_slots": "4", "max_wal_senders": "4"}
+    with throwaway_server("deltamem-pg-logical-", settings) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -18,6 +18,9 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +93,19 @@ class PostgresServer:
         """Start the stopped server again, on the same port with the same settings."""
         _run([find_binary("pg_ctl"), "-D", str(self.data), "-o", self.options, "-l",
               str(self.data.parent / "server.log"), "-w", "-t", "60", "start"], self.run_as)
+
+
+@contextmanager
+def throwaway_server(prefix: str, settings: dict[str, str] | None = None) -> Iterator[PostgresServer]:
+    """A server started in a new temporary directory, stopped and removed at the end. Not under pytest's tmp_path:
+    its parents are private to this user, and under root the server runs as postgres."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    server = PostgresServer.start(directory, settings)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run(command: list[str], run_as: str | None) -> None:

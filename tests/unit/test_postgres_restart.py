@@ -4,10 +4,7 @@ and nothing committed before is lost. The test starts (and restarts) its own ser
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,18 +12,13 @@ import deltamem as dm
 from deltamem.errors import MaintenanceError, StoreUnavailable
 from deltamem.llm import lazy_embedder, lazy_llm
 from deltamem.store.postgres import PostgresStore
-from tests.pg import PostgresServer
+from tests.pg import throwaway_server
 
 
 @pytest.fixture
 def own_server():
-    directory = Path(tempfile.mkdtemp(prefix="deltamem-pg-restart-"))
-    server = PostgresServer.start(directory)
-    try:
+    with throwaway_server("deltamem-pg-restart-") as server:  # its own: the test stops and starts it
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_writes_fail_clearly_while_the_server_is_down_and_everything_goes_on_after_it_restarts(own_server):

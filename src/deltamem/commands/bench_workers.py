@@ -75,8 +75,8 @@ def bench_workers(
         if k["signal"] == "SIGKILL":
             why = "on one machine a killed worker's leases are taken as soon as its pid is gone"
         else:
-            why = (f"a stopped worker's leases are taken when they expire, and a call it was paying when its claim is "
-                   f"{k['claim_timeout']:g} s old")
+            why = (f"a stopped worker's leases are taken when they expire, and a call it was paying when its claim has "
+                   f"gone {k['claim_timeout']:g} s without renewal")
         console.print(literal(
             f"{k['signal']} of 1 of {killed['workers']} workers mid-stream ({k['stream_changes_per_second']:.2f} "
             f"versions/s): its views {', '.join(k['views']) or '(none)'} continued after {continued} (lease "

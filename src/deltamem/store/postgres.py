@@ -124,10 +124,22 @@ class PostgresStore(SqlSourcePositions, SqlStore):
         conn = conn if conn is not None else getattr(self._local, "conn", None)
         if conn is not None:
             return conn.execute(sql, params).fetchall()
+        return self._query_all([(sql, params)])[0]
+
+    def _query_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+        """Run reads on one pooled connection, pipelined: one round trip for them all."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:  # in this thread's write transaction
+            cursors = [conn.execute(sql, params) for sql, params in statements]
+            return [cursor.fetchall() for cursor in cursors]
         for attempt in range(2):  # a pooled connection the server dropped (it restarted) fails at once: once more
             try:
                 with self._pool.connection() as pooled:
-                    return pooled.execute(sql, params).fetchall()
+                    if len(statements) == 1:
+                        return [pooled.execute(*statements[0]).fetchall()]
+                    with pooled.pipeline():
+                        cursors = [pooled.execute(sql, params) for sql, params in statements]
+                        return [cursor.fetchall() for cursor in cursors]
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if attempt:
                     raise self._unavailable(exc, "nothing was read") from exc

@@ -41,6 +41,18 @@ class SqlCoordination(Coordination):
         sql = self.dialect.sql(sql)
         return conn.execute(sql, params).fetchall() if conn is not None else self._query(sql, params)
 
+    def _read_all(self, statements: Sequence[tuple[str, Sequence[Any]]], conn: Connection | None) -> list[list[tuple]]:
+        """``_read`` of each statement, all sent before any result is read: one round trip where the store pipelines
+        (PostgreSQL), in ``conn``'s transaction when given, else as ``_query_all`` does."""
+        statements = [(self.dialect.sql(sql), params) for sql, params in statements]
+        if conn is None:
+            return self._query_all(statements)
+        cursors = [conn.execute(sql, params) for sql, params in statements]
+        return [cursor.fetchall() for cursor in cursors]
+
+    def _query_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+        return [self._query(sql, params) for sql, params in statements]
+
     # --- leases -------------------------------------------------------------------------------------------------------
     def hold_leases(self, owner: str, views: Sequence[str], *, now: float, timeout: float) -> set[str]:
         if not views:
@@ -107,9 +119,12 @@ class SqlCoordination(Coordination):
         busy: set[str] = set()
         for start in range(0, len(hashes), self.dialect.chunk):
             condition, params = self.dialect.in_list("call_hash", hashes[start:start + self.dialect.chunk])
-            for h, *memo in self._read(f"SELECT call_hash, {_MEMO_COLUMNS} FROM memo WHERE {condition}", params, conn):
+            memos, claims = self._read_all([(f"SELECT call_hash, {_MEMO_COLUMNS} FROM memo WHERE {condition}", params),
+                                            (f"SELECT {_CLAIM_COLUMNS} FROM call_claims WHERE {condition}", params)],
+                                           conn)
+            for h, *memo in memos:
                 answered[h] = Completion(*memo)
-            for record in self._read(f"SELECT {_CLAIM_COLUMNS} FROM call_claims WHERE {condition}", params, conn):
+            for record in claims:
                 claim = CallClaim(*record)
                 if claim.call_hash not in answered and _is_live(claim, now, stale_after):
                     busy.add(claim.call_hash)
