@@ -130,16 +130,16 @@ def test_a_claim_is_renewed_while_its_call_runs_so_a_call_longer_than_the_timeou
     from deltamem.llm.scripted import ScriptedLLM
 
     path = new_store_path()
-    slow, other = ScriptedLLM(latency=1.2), ScriptedLLM(latency=1.2)
-    first = CallRunner(open_store(path), slow, claim_timeout=0.3)  # renewed every 0.1 s while it pays
-    second = CallRunner(open_store(path), other, claim_timeout=0.3)
+    slow, other = ScriptedLLM(latency=2.0), ScriptedLLM(latency=2.0)
+    first = CallRunner(open_store(path), slow, claim_timeout=0.6)  # renewed every 0.2 s while it pays
+    second = CallRunner(open_store(path), other, claim_timeout=0.6)
     spec = CallSpec(CompletionRequest((Message("user", "Summarise the long document"),)), "insert")
     paying = threading.Thread(target=first.run, args=([spec],), kwargs={"view": "v", "operator": "1:sem_map",
                                                                         "version": 1})
     paying.start()
-    time.sleep(0.5)  # past the timeout since the claim was taken: only its renewals keep it live
+    time.sleep(1.0)  # past the timeout since the claim was taken: only its renewals keep it live
     (claim,) = first.store.get_claims()
-    assert claim.claimed_at > time.time() - 0.3
+    assert claim.claimed_at > time.time() - 0.6
     (result,) = second.run([spec], view="w", operator="1:sem_map", version=1)  # waits for the memo, pays nothing
     paying.join()
     assert result.memo_hit and slow.usage.calls == 1 and other.usage.calls == 0
