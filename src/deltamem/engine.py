@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -498,16 +498,9 @@ class Database:
         commit whose writes change nothing makes no version (see ``Written``). ``checked``: the definitions the
         writes were checked against (``Store.commit``)."""
         dropped = None
-        if not drops and not defs:  # a plain write touches no catalog cache: it may share a transaction with others
-            try:
-                version, changes = self._group_commit.commit(writes, self.clock.now(), checked=checked)
-            except (CatalogChanged, NoTable, NoView):  # another process changed the catalog: this one's was stale
-                self._reload_catalog()
-                raise
-            if version is not None:
-                self.maintainer.notify()
-            return Written.of(version, changes, len(writes)), None
-        with self._lock:
+        # A plain write touches no catalog cache, so it needs no lock here: writes of several threads then share a
+        # store transaction (``GroupCommit``).
+        with self._lock if drops or defs else nullcontext():
             try:
                 if drops:
                     note = "drop " + ", ".join(f"{kind} {name}" for kind, name in drops)
@@ -519,7 +512,8 @@ class Database:
                     changes = self.store.get_changes(version, version,
                                                      {w.table for w in writes} - set(dropped.tables))
                 else:
-                    version, changes = self.store.commit(writes, self.clock.now(), table_defs=defs, checked=checked)
+                    version, changes = self._group_commit.commit(writes, self.clock.now(), table_defs=defs,
+                                                                 checked=checked)
             except (CatalogChanged, NoTable, NoView):  # another process changed the catalog: this one's was stale
                 self._reload_catalog()
                 raise

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from deltamem.bench.workers import worker_command
 from deltamem.server.feed import parse_events
 
 VIEW_SQL = "CREATE CONTINUOUS VIEW digest AS SELECT id, writer, SEM_MAP('Summarise {text}') AS gist FROM events"
@@ -71,9 +72,8 @@ def free_port() -> int:
 
 
 def _start_worker(db: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "deltamem", "worker", db, "--llm", "test", "--embedder", "test",
-               "--poll-interval", "0.05"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(worker_command(db, "--poll-interval", "0.05"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _start_server(db: str, port: int, *, maintain: bool = True) -> subprocess.Popen:

@@ -82,6 +82,11 @@ def run_workers_bench(
     return report
 
 
+def worker_command(store: str, *options: str) -> list[str]:
+    """The command line of a ``deltamem worker`` process for ``store`` on the test backends, then ``options``."""
+    return [sys.executable, "-m", "deltamem", "worker", store, "--llm", "test", "--embedder", "test", *options]
+
+
 def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signals | None, views: int, changes: int,
          latency: float, max_concurrency: int, lease_timeout: float, claim_timeout: float, poll_interval: float,
          progress: Progress | None) -> dict:
@@ -91,11 +96,9 @@ def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signa
         docs = writer.table("docs", key="id", columns={"id": "int", "text": "text"})
         for i, view in enumerate(names):
             writer.view(view, docs.sem_map(f"View {i}: summarise {{text}}", out="s"))
-        command = [sys.executable, "-m", "deltamem", "worker", store, "--llm", "test", "--embedder", "test",
-                   "--llm-option", f"latency={latency}", "--max-concurrency", str(max_concurrency),
-                   "--lease-timeout", str(lease_timeout), "--claim-timeout", str(claim_timeout),
-                   "--poll-interval", str(poll_interval),
-                   "--status-every", "3600"]
+        command = worker_command(store, "--llm-option", f"latency={latency}", "--max-concurrency",
+                                 str(max_concurrency), "--lease-timeout", str(lease_timeout), "--claim-timeout",
+                                 str(claim_timeout), "--poll-interval", str(poll_interval), "--status-every", "3600")
         logs = [scratch / f"{name}-worker{n}.log" for n in range(count)]
         procs = [_start(command, log) for log in logs]
         try:

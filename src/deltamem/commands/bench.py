@@ -10,7 +10,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands.common import LLM, console, fail, task_reporter
+from deltamem.commands.common import LLM, comma_ints, console, fail, task_reporter
 
 
 def bench_rowwise(
@@ -88,10 +88,10 @@ def bench_operators(
     try:
         with Progress(console=console) as progress:
             result = run_operators_bench(
-                data_file=data_file, sizes=_ints(sizes, "sizes"), llm=llm, num_changes=changes, seed=seed,
+                data_file=data_file, sizes=comma_ints(sizes, "sizes"), llm=llm, num_changes=changes, seed=seed,
                 operators=[o.strip() for o in operators.split(",") if o.strip()], progress=task_reporter(progress))
         if index_sizes.strip():
-            result["index"] = run_index_bench(sizes=tuple(_ints(index_sizes, "index-sizes")))
+            result["index"] = run_index_bench(sizes=tuple(comma_ints(index_sizes, "index-sizes")))
             result["standing_search"] = run_standing_search_bench()
     except dm.DeltamemError as exc:
         fail(exc)
@@ -124,13 +124,6 @@ def bench_operators(
                       f"({r['saved']:.1%} saved)")
     if out:
         out.write_text(json.dumps(result, indent=2))
-
-
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        fail(dm.ConfigError(f"--{name} takes comma-separated integers, got {text!r}"))
 
 
 def bench_edit_stream(

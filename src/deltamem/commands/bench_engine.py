@@ -10,7 +10,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands.common import console, fail, task_reporter
+from deltamem.commands.common import comma_ints, console, fail, task_reporter
 
 
 def bench_engine(
@@ -29,10 +29,7 @@ def bench_engine(
 
     from deltamem.bench.engine import run_engine_bench
 
-    try:
-        sizes = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError:
-        fail(dm.ConfigError(f"--batches {batches!r} is not a comma-separated list of numbers"))
+    sizes = comma_ints(batches, "batches")
     try:
         with Progress(console=console, transient=True) as progress:
             result = run_engine_bench(changes=changes, batches=sizes, db=db, progress=task_reporter(progress))

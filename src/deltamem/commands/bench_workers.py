@@ -10,7 +10,7 @@ import typer
 from rich.table import Table as RichTable
 
 import deltamem as dm
-from deltamem.commands.common import console, fail, task_reporter
+from deltamem.commands.common import comma_ints, console, fail, task_reporter
 from deltamem.display import literal
 
 
@@ -41,10 +41,7 @@ def bench_workers(
 
     from deltamem.bench.workers import run_workers_bench
 
-    try:
-        counts = [int(w) for w in workers.split(",") if w.strip()]
-    except ValueError:
-        fail(dm.ConfigError(f"--workers {workers!r} is not a comma-separated list of numbers"))
+    counts = comma_ints(workers, "workers")
     try:
         with Progress(console=console, transient=True) as progress:
             result = run_workers_bench(db, workers=counts, views=views, changes=changes, latency=latency,

@@ -51,6 +51,15 @@ MAINTAIN_HERE = typer.Option(True, "--maintain/--no-maintain", help="Keep the vi
                                                                   "maintains them.")
 
 
+def comma_ints(text: str, option: str) -> list[int]:
+    """The integers of a comma-separated option value, or a clean exit naming ``--option``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fail(dm.ConfigError(f"--{option} takes comma-separated integers; {text!r} is not a comma-separated list "
+                            "of them"))
+
+
 def fail(exc: dm.DeltamemError) -> NoReturn:
     """Print ``exc`` as one unwrapped line on stderr and exit with status 1."""
     typer.echo(f"Error: {exc}", err=True)

@@ -435,14 +435,14 @@ class Store(Coordination, SourcePositions, abc.ABC):
     def get_state_cost(self, view: str) -> CallCost:
         """The summed cost of a view's stored values: what recomputing the view once, now, would cost."""
 
-    def commit_views(self, commits: Sequence[ViewCommit]) -> list[bool]:
-        """``commit_view`` of each of ``commits`` (one view's, versions ascending), in one transaction."""
-        with self.transaction():
-            return [self.commit_view(commit) for commit in commits]
+    def commit_view(self, commit: ViewCommit) -> bool:
+        """``commit_views`` of one commit."""
+        return self.commit_views([commit])[0]
 
     @abc.abstractmethod
-    def commit_view(self, commit: ViewCommit) -> bool:
-        """Apply one view's writes for one version and advance its applied version; return whether it did.
+    def commit_views(self, commits: Sequence[ViewCommit]) -> list[bool]:
+        """Apply one view's writes for each of ``commits`` (versions ascending) and advance its applied version, in
+        one transaction, as if each had been committed alone in turn; return, per commit, whether it was applied.
 
         A no-op (False) if that version is already applied, or if the view is gone or is another incarnation than
         ``commit.view_id``: then the work was for a view that has been dropped.

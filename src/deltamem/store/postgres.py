@@ -120,14 +120,14 @@ class PostgresStore(SqlSourcePositions, SqlStore):
             yield
 
     def _query(self, sql: str, params: Sequence[Any] = (), conn: psycopg.Connection | None = None) -> list[tuple]:
-        """Run one read in ``conn``, else in this thread's write transaction, else on a pooled connection."""
-        conn = conn if conn is not None else getattr(self._local, "conn", None)
+        """Run one read in ``conn``, else as ``_query_all`` does."""
         if conn is not None:
             return conn.execute(sql, params).fetchall()
         return self._query_all([(sql, params)])[0]
 
     def _query_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
-        """Run reads on one pooled connection, pipelined: one round trip for them all."""
+        """Run reads in this thread's write transaction, else on one pooled connection, pipelined: one round trip
+        for them all."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:  # in this thread's write transaction
             cursors = [conn.execute(sql, params) for sql, params in statements]

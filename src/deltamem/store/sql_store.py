@@ -272,9 +272,6 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
     def _view_commits(self) -> ViewCommitWriter:
         return ViewCommitWriter(self.dialect, row_column=self.row_column, row_id=self.row_id)
 
-    def commit_view(self, commit: ViewCommit) -> bool:
-        return self.commit_views([commit])[0]
-
     def commit_views(self, commits: Sequence[ViewCommit]) -> list[bool]:
         if not commits:
             return []
