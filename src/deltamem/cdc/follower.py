@@ -85,6 +85,7 @@ class Follower:
             raise
         self.source_name = _position_name(self._source, self.slot)
         self.position: str | None = None
+        self.applied = {"transactions": 0, "changes": 0, "versions": 0}  # by this follower's polls since it started
 
     # --- public API ---------------------------------------------------------------------------------------------
     def start(self) -> PollResult | None:
@@ -126,6 +127,10 @@ class Follower:
                 self.db.store.put_source_position(self.source_name, fresh[-1].commit_lsn)
             version = written.version
             self.position = fresh[-1].commit_lsn
+        # Counted here, next to the commit, so that a stop (SIGTERM) between polls reports what was applied.
+        self.applied["transactions"] += len(fresh)
+        self.applied["changes"] += len(changes)
+        self.applied["versions"] += version is not None
         # A poll of other tables' transactions stores nothing: the slot alone moves past them, and the stored
         # position, behind it, still skips only what is applied.
         self._source.advance(self.slot, transactions[-1].commit_lsn)

@@ -46,7 +46,6 @@ def cdc(
         fail(dm.ConfigError(f"Database file {db!r} does not exist"))
     restore_sigterm = stop_on_sigterm()
     database = follower = None
-    totals = {"transactions": 0, "changes": 0, "versions": 0}
     try:
         database = dm.connect(db, llm=llm, embedder=embedder, background=maintain and not once)
         if drop_slot:
@@ -63,17 +62,14 @@ def cdc(
                     console.print(literal(f"copied {result.changes} rows of {follower.table.shown} into {into} "
                                           f"(version {result.version}, position {result.position})"))
                     return
-                totals["transactions"] += result.transactions
-                totals["changes"] += result.changes
-                totals["versions"] += result.version is not None
-                status.update(literal(f"cdc {shown}: {_summary(totals)}, position {result.position}"))
+                status.update(literal(f"cdc {shown}: {_summary(follower.applied)}, position {result.position}"))
 
             follower.run(interval, once=once, on_poll=report)
-        console.print(literal(f"{shown}: {_summary(totals)}, position {follower.position}"))
+        console.print(literal(f"{shown}: {_summary(follower.applied)}, position {follower.position}"))
         if once and maintain:
             database.maintain()
     except KeyboardInterrupt:
-        console.print(literal(f"stopped: {_summary(totals)}"))
+        console.print(literal(f"stopped: {_summary(follower.applied if follower else {})}"))
     except dm.DeltamemError as exc:
         fail(exc)
     finally:
@@ -85,5 +81,5 @@ def cdc(
 
 
 def _summary(totals: dict[str, int]) -> str:
-    return (f"applied {totals['changes']} changes of {totals['transactions']} source transactions in "
-            f"{totals['versions']} versions")
+    return (f"applied {totals.get('changes', 0)} changes of {totals.get('transactions', 0)} source transactions in "
+            f"{totals.get('versions', 0)} versions")
