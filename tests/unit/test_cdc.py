@@ -27,6 +27,7 @@ from deltamem.cdc import Follower, follow
 from deltamem.cdc.decoding import UNCHANGED, parse_change, to_value
 from deltamem.cli import app
 from deltamem.errors import CDCError, ConfigError
+from deltamem.store.postgres_schema import SCHEMA_VERSION
 from tests.children import ENV
 
 
@@ -458,4 +459,4 @@ def test_a_postgres_store_of_schema_1_gains_the_positions_table_on_open(postgres
     finally:
         store.close()
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)

@@ -35,7 +35,7 @@ from deltamem.llm.base import EmbeddingBackend
 from deltamem.llm.runner import CallRunner
 from deltamem.operators.base import Operator
 from deltamem.operators.search import SemIndex
-from deltamem.operators.vectors import SCORE, check_k, decode_vector
+from deltamem.operators.vectors import SCORE, check_k
 from deltamem.store.base import StateEntry, Store
 
 # Measured with ``deltamem.bench.index`` (384-d): recall@10 of 1.0 at 100k clustered vectors (0.9998 at 10k), ~1.1 ms
@@ -288,7 +288,7 @@ class SearchIndexes:
                 raise ConfigError(f'View "{view}" holds embeddings from {entry.value["model"]!r}, but this database '
                                   f'embeds with {cached.model!r}; reopen it with the embedder that built the view')
             add_keys.append(key)
-            add_vectors.append(decode_vector(entry.value["vector"]))
+            add_vectors.append(np.asarray(entry.value["vector"]))
             cached.fingerprints[key] = entry.fingerprint
         for key in remove:
             cached.fingerprints.pop(key, None)

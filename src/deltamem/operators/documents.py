@@ -25,6 +25,7 @@ from deltamem.memory.strategies import ChunkChanges
 from deltamem.operators.base import OperatorContext
 from deltamem.operators.template import Template
 from deltamem.store.base import StateEntry
+from deltamem.store.state_vectors import Vector
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -107,7 +108,7 @@ class DocumentChunks:
                 chunk = Chunk(key, i, text)
                 vec = None if vectors is None else vectors[position]
                 position += 1
-                chunks.append({"ident": list(chunk.ident), "text": text, "vec": None if vec is None else vec.tolist()})
+                chunks.append({"ident": list(chunk.ident), "text": text, "vec": None if vec is None else Vector(vec)})
                 if chunk.ident in removed[part]:
                     del removed[part][chunk.ident]
                 else:
@@ -126,7 +127,7 @@ class DocumentChunks:
                 chunk = Chunk(key, c["ident"][1], c["text"])
                 part_docs.chunks.append(chunk)
                 if c["vec"] is not None:
-                    part_docs.vectors[chunk.ident] = np.asarray(c["vec"], dtype=np.float32)
+                    part_docs.vectors[chunk.ident] = np.asarray(c["vec"])
         changes = {part: ChunkChanges(removed[part], added[part], added_vectors[part])
                    for part in set(removed) | set(added)}
         return dict(docs), {part: c for part, c in changes.items() if c}

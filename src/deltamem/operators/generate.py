@@ -88,6 +88,7 @@ from deltamem.operators.documents import Chunk, DocumentChunks, Documents
 from deltamem.operators.template import Template
 from deltamem.reuse.answers import AnswerReuse, ReuseMatch, is_answered, with_checks
 from deltamem.store.base import Decision, StateEntry
+from deltamem.store.state_vectors import Vector
 
 NO_CHANGES = ChunkChanges({}, {}, {})
 STRATEGIES = ("auto", "skip", "patch", "verify", "regenerate", "append", "full", "full+prefix")
@@ -282,7 +283,7 @@ class GenerateOperator(MultiInputOperator):
             request = self.build_request(question, chunks)
             h = call_hash(model, request)
             value = {"chunks": [list(c.ident) for c in chunks], "kth": kth, "question": question,
-                     "question_vec": None if key not in question_vecs else question_vecs[key].tolist()}
+                     "question_vec": None if key not in question_vecs else Vector(question_vecs[key])}
             if key in reuse_vecs:
                 value.update(self.reuser.value_for(reuse_vecs[key], old))
                 # An answered question with this very prompt: the memo answers it exactly, no reuse decision needed.
@@ -544,7 +545,7 @@ class GenerateOperator(MultiInputOperator):
         for key, item in work.items():
             question, old = self.question.render(item.row), item.old
             if old is not None and old.value.get("question") == question and old.value.get("question_vec"):
-                vecs[key] = np.asarray(old.value["question_vec"], dtype=np.float32)
+                vecs[key] = np.asarray(old.value["question_vec"])
             else:
                 fresh.append((key, question))
         embedded = self._embed([q for _k, q in fresh], ctx)

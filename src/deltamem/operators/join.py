@@ -73,6 +73,7 @@ from deltamem.llm.runner import CallSpec
 from deltamem.operators.base import MultiInputOperator, OperatorContext
 from deltamem.operators.rowwise import SemFilter
 from deltamem.store.base import StateEntry
+from deltamem.store.state_vectors import Vector
 
 ROLES = ("left", "right")
 SUFFIX = "_right"  # appended to a right column whose name the output already has
@@ -185,7 +186,7 @@ class SemJoin(MultiInputOperator):
     State, under three op ids (``<op_id>/left``, ``<op_id>/right`` and ``<op_id>``)::
 
         <op_id>/left   {left key:  StateEntry(fingerprint=hash of its side text, input_row=the row,
-                                              value={"text": [str, ...] | None, "vec": [float, ...] | None})}
+                                              value={"text": [str, ...] | None, "vec": Vector | None})}
         <op_id>/right  {right key: (the same)}
         <op_id>        {pair key:  StateEntry(fingerprint=memo hash of the verdict call,
                                               input_row={"left": left key, "right": right key},
@@ -351,7 +352,7 @@ class SemJoin(MultiInputOperator):
         keys = sorted((k for k, e in side_rows.items() if e.value["text"] is not None), key=key_order)
         if self.candidates is None or not keys:
             return keys, None
-        return keys, np.asarray([side_rows[k].value["vec"] for k in keys], dtype=np.float64)
+        return keys, np.stack([np.asarray(side_rows[k].value["vec"], dtype=np.float64) for k in keys])
 
     def _candidates(self, entry: StateEntry, pool: tuple[list[RowKey], np.ndarray | None]) -> list[RowKey]:
         """The rows of the other side a probing row is compared with: all of them, or its m nearest (the pool is
@@ -374,10 +375,10 @@ class SemJoin(MultiInputOperator):
         # retries it.
         vectors = ctx.embed_or_raise(self.op_id, ["\n".join(entry.value["text"]) for _side, entry in todo],
                                      [reasons[(side, entry.key)] for side, entry in todo])
-        # Embedders return L2-normalised rows, so a dot product is the cosine. Their float32 values survive the JSON
-        # round trip exactly, so a stored vector scores as it did when fresh.
+        # Embedders return L2-normalised rows, so a dot product is the cosine. A stored ``Vector`` keeps the float32
+        # values exactly, so a stored vector scores as it did when fresh.
         for (side, entry), vector in zip(todo, np.asarray(vectors, dtype=np.float32), strict=True):
-            value = {**entry.value, "vec": vector.tolist()}
+            value = {**entry.value, "vec": Vector(vector)}
             rows[side][entry.key] = StateEntry(entry.key, entry.fingerprint, entry.input_row, value)
 
     def _output_of(self, pk: RowKey, rows: dict[str, dict[RowKey, StateEntry]],

@@ -52,15 +52,14 @@ from deltamem.operators.vectors import (
     check_column_name,
     check_has_column,
     check_k,
-    decode_vector,
     embedder_of,
-    encode_vector,
     rank,
     similarities,
     text_of,
     vector_fingerprint,
 )
 from deltamem.store.base import StateEntry
+from deltamem.store.state_vectors import Vector
 
 _TOP = RowKey(json.dumps("top"))  # the standing query and its current top k
 
@@ -71,7 +70,7 @@ class SemIndex(Operator):
     """Pass rows through unchanged and keep the embedding of ``column`` for each, for ``View.search``.
 
     State, under ``op_id``: per key whose current row reached this operator with a non-NULL ``column``,
-    ``StateEntry(key, vector_fingerprint(model, text), {}, {"model": model_id, "vector": base64 float32})``; no entry
+    ``StateEntry(key, vector_fingerprint(model, text), {}, {"model": model_id, "vector": Vector})``; no entry
     for other keys. The input row itself is not stored (the view holds it), except while the row's embedding fails:
     then the entry is ``StateEntry(key, fingerprint, row, None, error)``, the view's row shows ``_error``, and the
     next refresh embeds it again.
@@ -141,7 +140,7 @@ class SemIndex(Operator):
                 entry = StateEntry(delta.key, fingerprint, delta.after, None, result.error)
             else:
                 entry = StateEntry(delta.key, fingerprint, {}, {"model": embedder.model_id,
-                                                                "vector": encode_vector(result.vector)})
+                                                                "vector": Vector(result.vector)})
             ctx.put_state(self.op_id, entry)
             out.append(Delta(delta.key, before_out, self._output(delta.after, entry)))
         return out
@@ -166,7 +165,7 @@ class SemSearch(Operator):
 
     State: under ``op_id``, per candidate row (non-NULL ``column``), ``StateEntry(key, vector_fingerprint(model,
     text), row, {"score": s})``: only the score is kept, since the query never changes. Under ``op_id/top``, one
-    entry: ``{"model", "query_vec": base64, "members": [[key, score], ...]}``, the current top k, best first.
+    entry: ``{"model", "query_vec": Vector, "members": [[key, score], ...]}``, the current top k, best first.
     Invariant: ``members`` is the top ``k`` of the per-row entries by ``rank``; a member that a TTL ``keep`` freed
     leaves ``members`` (its output stays, see the module docstring).
 
@@ -240,9 +239,9 @@ class SemSearch(Operator):
             if before != after:
                 out.append(Delta(key, before, after))
         if top is None or list(new_members.items()) != list(members.items()) or query_vec is not None:
-            vec = query_vec if query_vec is not None else decode_vector(top.value["query_vec"])
+            vec = query_vec if query_vec is not None else np.asarray(top.value["query_vec"])
             model = top.value["model"] if query_vec is None else embedder_of(ctx, self.kind).model_id
-            value = {"model": model, "query_vec": encode_vector(vec),
+            value = {"model": model, "query_vec": Vector(vec),
                      "members": [[k, s] for k, s in new_members.items()]}
             ctx.put_state(self.top_op, StateEntry(_TOP, vector_fingerprint(model, self.query), {}, value))
         return out
@@ -273,7 +272,7 @@ class SemSearch(Operator):
             "refresh" if ctx.building else "insert" if old is None else "update" for _d, _t, _f, old in todo]
         vectors = ctx.embed_or_raise(self.op_id, ([self.query] if fresh_query else []) +
                                      [text for _d, text, _f, _o in todo], reasons)
-        query_vec = vectors[0] if fresh_query else decode_vector(top.value["query_vec"])
+        query_vec = vectors[0] if fresh_query else np.asarray(top.value["query_vec"])
         row_vecs = vectors[1:] if fresh_query else vectors
         if todo:
             sims = similarities(row_vecs, query_vec[None, :])[:, 0]

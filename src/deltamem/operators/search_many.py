@@ -39,15 +39,14 @@ from deltamem.operators.vectors import (
     check_column_name,
     check_has_column,
     check_k,
-    decode_vector,
     embedder_of,
-    encode_vector,
     rank,
     similarities,
     text_of,
     vector_fingerprint,
 )
 from deltamem.store.base import StateEntry, Store
+from deltamem.store.state_vectors import Vector
 
 QUERY_KEY = "query_key"  # the query's primary key, in ``sem_search_many`` rows
 DEFAULT_RADIUS = 0.7  # radians: a new query joins the nearest cluster whose leader is at most this far
@@ -202,7 +201,7 @@ class SemSearchMany(MultiInputOperator):
                 if role == "data":
                     v.new_vectors[key] = vector
                     ctx.put_state(self.data_op, StateEntry(key, fingerprint, v.after_rows[key],
-                                                           {"vector": encode_vector(vector)}))
+                                                           {"vector": Vector(vector)}))
                 else:
                     v.queries[key] = _Query(fingerprint, vector, -1, [], dirty=True)
         self._drop_rows(v)
@@ -223,14 +222,14 @@ class SemSearchMany(MultiInputOperator):
         cluster_entries = ctx.get_state(self.cluster_op, [encode_key(c) for c in stats["clusters"]])
         for cid in stats["clusters"]:
             value = cluster_entries[encode_key(cid)].value
-            clusters[cid] = _Cluster(decode_vector(value["centroid"]), value["radius"],
+            clusters[cid] = _Cluster(np.asarray(value["centroid"]), value["radius"],
                                      [RowKey(q) for q in value["members"]])
         member_of = {q: cid for cid, c in clusters.items() for q in c.members}
         entries = ctx.get_state(self.query_op, set(member_of) | {d.key for d in query_deltas})
         queries = {}
         for key, entry in entries.items():
             assert member_of.get(key) == entry.value["cluster"], "sem_search_many: a query is outside its cluster"
-            queries[key] = _Query(entry.fingerprint, decode_vector(entry.value["vector"]), entry.value["cluster"],
+            queries[key] = _Query(entry.fingerprint, np.asarray(entry.value["vector"]), entry.value["cluster"],
                                   [(RowKey(r), s) for r, s in entry.value["top"]])
         return _Version(queries, clusters, stats, {q: list(query.top) for q, query in queries.items()})
 
@@ -362,7 +361,7 @@ class SemSearchMany(MultiInputOperator):
         vectors: dict[RowKey, np.ndarray] = {}
         for (op, key), entry in ctx.store.get_all_state(ctx.view).items():  # as of the last version
             if op == self.data_op and key not in v.dropped:
-                vectors[key] = decode_vector(entry.value["vector"])
+                vectors[key] = np.asarray(entry.value["vector"])
                 if key not in v.after_rows:
                     v.loaded_rows[key] = entry.input_row
         vectors.update(v.new_vectors)  # this version's vectors: not in the store yet
@@ -424,7 +423,7 @@ class SemSearchMany(MultiInputOperator):
     def _save(self, v: _Version, ctx: OperatorContext) -> None:
         for q, query in v.queries.items():
             if query.dirty:
-                value = {"vector": encode_vector(query.vector), "cluster": query.cluster,
+                value = {"vector": Vector(query.vector), "cluster": query.cluster,
                          "top": [[r, s] for r, s in query.top]}
                 ctx.put_state(self.query_op, StateEntry(q, query.fingerprint, {}, value))
         for cid, cluster in list(v.clusters.items()):
@@ -434,7 +433,7 @@ class SemSearchMany(MultiInputOperator):
                 del v.clusters[cid]
                 ctx.delete_state(self.cluster_op, encode_key(cid))
                 continue
-            value = {"centroid": encode_vector(cluster.centroid), "radius": cluster.radius,
+            value = {"centroid": Vector(cluster.centroid), "radius": cluster.radius,
                      "members": list(cluster.members)}
             ctx.put_state(self.cluster_op, StateEntry(encode_key(cid), "", {}, value))
         stats = {**v.stats, "clusters": sorted(v.clusters)}

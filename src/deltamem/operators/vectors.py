@@ -2,13 +2,12 @@
 
     scores = similarities(row_vectors, query_vectors)   # float32 [rows, queries], the same whatever the batch
 
-Embeddings live in operator state (base64 float32), fingerprinted by the embedder's model id and the embedded text,
-so a row is embedded again only when that text changes. Hits are ranked best score first, then by key order.
+Embeddings live in operator state as ``store.state_vectors.Vector`` (binary in the store), fingerprinted by the
+embedder's model id and the embedded text, so a row is embedded again only when that text changes. Hits are ranked best score first, then by key order.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -35,15 +34,6 @@ def text_of(row: Row | None, column: str) -> str | None:
 def vector_fingerprint(model_id: str, text: str) -> str:
     """What a stored vector depends on: the embedder's model and the text."""
     return hashlib.sha256(f"{model_id}\n{text}".encode()).hexdigest()[:16]
-
-
-def encode_vector(vector: np.ndarray) -> str:
-    """A float32 vector as base64 text (a quarter of the JSON list's size, and exact)."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-def decode_vector(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
 
 
 def similarities(rows: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from deltamem.reuse.agreement import answers_agree
 from deltamem.reuse.policy import MIN_SIMILARITY, Check, ReusePolicy, ReuseVerdict
 from deltamem.reuse.rewrite import QuestionRewriter
 from deltamem.store.base import StateEntry
+from deltamem.store.state_vectors import Vector
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ class AnswerReuse:
         self.rewriter = rewriter or QuestionRewriter()
 
     def embed(self, ctx: OperatorContext, questions: Mapping[RowKey, str],
-              known: Mapping[RowKey, StateEntry | None]) -> dict[RowKey, tuple[str, list[float]]]:
+              known: Mapping[RowKey, StateEntry | None]) -> dict[RowKey, tuple[str, Vector]]:
         """Per key, its rewritten question and that text's vector (kept from ``known`` when the rewrite is the same,
         so a refresh that does not change the question embeds nothing)."""
-        out: dict[RowKey, tuple[str, list[float]]] = {}
+        out: dict[RowKey, tuple[str, Vector]] = {}
         fresh: list[tuple[RowKey, str]] = []
         for key, question in questions.items():
             rewritten = self.rewriter.rewrite(question)
@@ -68,7 +69,7 @@ class AnswerReuse:
         if fresh:
             vectors = ctx.embed_or_raise(self.op_id, [r for _k, r in fresh], ["update"] * len(fresh))
             for (key, rewritten), vec in zip(fresh, vectors):
-                out[key] = (rewritten, [float(x) for x in vec])
+                out[key] = (rewritten, Vector(vec))
         return out
 
     def candidates(self, answers: Mapping[RowKey, StateEntry], part_of) -> "ReuseCandidates":
@@ -76,7 +77,7 @@ class AnswerReuse:
         return ReuseCandidates(self, answers, part_of)
 
     @staticmethod
-    def value_for(reuse_vec: tuple[str, list[float]], old: StateEntry | None) -> dict:
+    def value_for(reuse_vec: tuple[str, Vector], old: StateEntry | None) -> dict:
         """What an answer keeps for reuse: its rewritten question, that text's vector, and the checks made against
         it while its question stays the same."""
         rewritten, vec = reuse_vec
@@ -133,10 +134,10 @@ class ReuseCandidates:
             if is_answered(answers[key]):
                 by_part.setdefault(part_of(answers[key].input_row), []).append(key)
         self.keys = by_part
-        self.vectors = {part: np.asarray([answers[k].value["reuse_vec"] for k in keys], dtype=np.float32)
+        self.vectors = {part: np.stack([np.asarray(answers[k].value["reuse_vec"]) for k in keys])
                         for part, keys in by_part.items()}
 
-    def match(self, ctx: OperatorContext, key: RowKey, rewritten: str, vec: Sequence[float],
+    def match(self, ctx: OperatorContext, key: RowKey, rewritten: str, vec: Vector,
               part: str) -> ReuseMatch | None:
         """The decision about the nearest answered entry of ``key`` in ``part`` at ``MIN_SIMILARITY`` or more (the
         first in key order on a tie), or None."""

@@ -17,12 +17,15 @@ import re
 import psycopg
 
 from deltamem.errors import ConfigError
+from deltamem.store.postgres_dialect import POSTGRES
+from deltamem.store.state_vectors import legacy_updates
 
-SCHEMA_VERSION = 2  # the PostgreSQL store's own line of versions (the SQLite store's is ``sqlite_schema``'s)
+SCHEMA_VERSION = 3  # the PostgreSQL store's own line of versions (the SQLite store's is ``sqlite_schema``'s)
 # Older PostgreSQL schemas this one upgrades in place on open, by creating the tables they lack (2 added
-# source_positions, for ``deltamem cdc``). A bump, unlike SQLite's, because an open of the current version creates
-# nothing (``create_or_upgrade`` returns at once).
-_UPGRADABLE: set[int] = {1}
+# source_positions, for ``deltamem cdc``; 3 keeps operator state's embeddings in op_state.vectors, and the upgrade
+# moves them there from the values). A bump, unlike SQLite's, because an open of the current version creates nothing
+# (``create_or_upgrade`` returns at once).
+_UPGRADABLE: set[int] = {1, 2}
 
 # The one advisory lock every writer takes first (``pg_advisory_xact_lock``): the store's version counter and its
 # read-modify-write catalog checks need writers serialised, as SQLite's ``BEGIN IMMEDIATE`` does. An advisory lock,
@@ -57,7 +60,7 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS changes_by_table ON changes (tbl, version);
 CREATE TABLE IF NOT EXISTS op_state (
     view TEXT COLLATE "C" NOT NULL, op TEXT COLLATE "C" NOT NULL, key TEXT COLLATE "C" NOT NULL,
-    fingerprint TEXT COLLATE "C" NOT NULL, input_row JSONB NOT NULL, value JSONB, error TEXT,
+    fingerprint TEXT COLLATE "C" NOT NULL, input_row JSONB NOT NULL, value JSONB, vectors BYTEA, error TEXT,
     calls BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL,
     seconds DOUBLE PRECISION NOT NULL, PRIMARY KEY (view, op, key));
 CREATE INDEX IF NOT EXISTS op_state_errors ON op_state (view, op) WHERE error IS NOT NULL;
@@ -156,6 +159,7 @@ def create_or_upgrade(conn: psycopg.Connection, dsn: str) -> None:
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    _move_vectors_out_of_values(conn)
     conn.execute("INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (name) DO UPDATE SET value = "
                  "excluded.value", (str(SCHEMA_VERSION),))
 
@@ -166,3 +170,17 @@ def _refusal(shown: str, version: int) -> str:
                 f"{SCHEMA_VERSION}: upgrade deltamem (pip install --upgrade deltamem) in every process that opens it")
     return (f"The PostgreSQL database '{shown}' has deltamem store schema {version}, which this deltamem (schema "
             f"{SCHEMA_VERSION}) cannot upgrade: open it with the deltamem release that wrote it and export its data")
+
+
+def _move_vectors_out_of_values(conn: psycopg.Connection) -> None:
+    """Give ``op_state`` of schema 2 or older its ``vectors`` column, and move each value's vectors there."""
+    found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'op_state' "
+                         "AND column_name = 'vectors' AND table_schema = current_schema()").fetchone()
+    if found:
+        return  # created just now, with it
+    conn.execute("ALTER TABLE op_state ADD COLUMN vectors BYTEA")
+    rows = conn.execute("SELECT view, op, key, value FROM op_state WHERE value IS NOT NULL").fetchall()
+    with conn.cursor() as cursor:
+        cursor.executemany("UPDATE op_state SET value = %s, vectors = %s WHERE view = %s AND op = %s AND key = %s",
+                           [(POSTGRES.encode(value), blob, view, op, key)
+                            for value, blob, view, op, key in legacy_updates(rows)])

@@ -37,6 +37,7 @@ from deltamem.store.sql_coordination import SqlCoordination
 from deltamem.store.sql_dialect import Connection
 from deltamem.store.sql_ledger import SqlLedger
 from deltamem.store.sql_view_commit import DECISION_COLUMNS, STATE_COLUMNS, ViewCommitWriter
+from deltamem.store.state_vectors import unpack_vectors
 
 # A view's full-recompute baseline, as ``view_defs`` and ``view_incarnations`` both store it.
 BASELINE_COLUMNS = ("refreshes, base_calls, base_prompt_tokens, base_output_tokens, base_seconds, nomemo_calls, "
@@ -260,9 +261,9 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
         return {(op, RowKey(record[0])): self._state_entry(record) for op, *record in found}
 
     def _state_entry(self, record: Sequence[Any]) -> StateEntry:
-        key, fingerprint, input_row, value, error, calls, prompt, output, seconds = record
+        key, fingerprint, input_row, value, vectors, error, calls, prompt, output, seconds = record
         decode = self.dialect.decode
-        return StateEntry(RowKey(key), fingerprint, decode(input_row), decode(value), error,
+        return StateEntry(RowKey(key), fingerprint, decode(input_row), unpack_vectors(decode(value), vectors), error,
                           CallCost(calls, prompt, output, seconds))
 
     def get_state_cost(self, view: str) -> CallCost:

@@ -25,8 +25,9 @@ from typing import Any
 from deltamem.changes import Row, RowKey
 from deltamem.store.base import CallCost, StateEntry, ViewCommit
 from deltamem.store.sql_dialect import Connection, Dialect
+from deltamem.store.state_vectors import pack_vectors
 
-STATE_COLUMNS = "key, fingerprint, input_row, value, error, calls, prompt_tokens, output_tokens, seconds"
+STATE_COLUMNS = "key, fingerprint, input_row, value, vectors, error, calls, prompt_tokens, output_tokens, seconds"
 DECISION_COLUMNS = ("view, key, version, strategy, reason, calls, prompt_tokens, reused_tokens, output_tokens, "
                     "seconds, evidence")
 _REFRESH_COST_COLUMNS = "view, version, calls, prompt_tokens, output_tokens, seconds"
@@ -117,10 +118,14 @@ class ViewCommitWriter:
         encode = self.dialect.encode
         self.dialect.executemany(conn, "DELETE FROM op_state WHERE view = ? AND op = ? AND key = ?",
                                  [(view, op, key) for (op, key), entry in state.items() if entry is None])
-        self.dialect.executemany(conn, self.dialect.upsert("op_state", f"view, op, {STATE_COLUMNS}", "view, op, key"), [
-            (view, op, e.key, e.fingerprint, encode(e.input_row), encode(e.value), e.error, e.cost.calls,
-             e.cost.prompt_tokens, e.cost.output_tokens, e.cost.seconds)
-            for (op, _key), e in state.items() if e is not None])
+        records = []
+        for (op, _key), e in state.items():
+            if e is not None:
+                value, vectors = pack_vectors(e.value)
+                records.append((view, op, e.key, e.fingerprint, encode(e.input_row), encode(value), vectors, e.error,
+                                e.cost.calls, e.cost.prompt_tokens, e.cost.output_tokens, e.cost.seconds))
+        self.dialect.executemany(conn, self.dialect.upsert("op_state", f"view, op, {STATE_COLUMNS}", "view, op, key"),
+                                 records)
 
     # --- rows -------------------------------------------------------------------------------------------------------
     def _write_rows(self, conn: Connection, view: str, commits: Sequence[ViewCommit]) -> None:

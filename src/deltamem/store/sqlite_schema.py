@@ -8,16 +8,22 @@ The tables are the store's whole state (see ``deltamem.store.sqlite``); a file i
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
-SCHEMA_VERSION = 6
+from deltamem.store.sql_dialect import dumps
+from deltamem.store.state_vectors import legacy_updates
+
+SCHEMA_VERSION = 7
 # Older schemas this one opens by adding what it lacks (3 added the refresh_costs table; its history starts there.
 # 4 added calls_in_flight, empty at the upgrade: a call of an older process is not there to be reported. 5 costs
 # the full-recompute baseline with the memo (``baseline_memo``) and keeps the old figure, every stored value at every
 # refresh, as ``nomemo_*``: at the upgrade ``nomemo_*`` start from ``base_*``, which counted that way until then.
 # 6 added view_leases, call_claims and meta's catalog_version, for several processes on one file: empty at the upgrade,
 # and a deltamem of schema 5 or older, which would maintain and pay without them, refuses the file from then on).
-_UPGRADABLE = {2, 3, 4, 5}
+# 7 keeps operator state's embeddings in op_state.vectors (``deltamem.store.state_vectors``); the upgrade moves them
+# there from the values, where they were base64 text or JSON lists.
+_UPGRADABLE = {2, 3, 4, 5, 6}
 _NO_MEMO_COLUMNS = ("nomemo_calls", "nomemo_prompt_tokens", "nomemo_output_tokens", "nomemo_seconds")
 _BASE_COLUMNS = ("base_calls", "base_prompt_tokens", "base_output_tokens", "base_seconds")
 
@@ -45,8 +51,8 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS changes_by_table ON changes (tbl, version);
 CREATE TABLE IF NOT EXISTS op_state (
     view TEXT NOT NULL, op TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, input_row TEXT NOT NULL,
-    value TEXT, error TEXT, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-    seconds REAL NOT NULL, PRIMARY KEY (view, op, key));
+    value TEXT, vectors BLOB, error TEXT, calls INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (view, op, key));
 CREATE INDEX IF NOT EXISTS op_state_errors ON op_state (view, op) WHERE error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS view_rows (
     view TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, valid_from INTEGER NOT NULL, valid_to INTEGER);
@@ -118,6 +124,7 @@ def create_or_upgrade(conn: sqlite3.Connection, path: str) -> None:
     elif int(found[0]) in _UPGRADABLE:
         for table in ("view_defs", "view_incarnations"):
             _add_no_memo_columns(conn, table)
+        _move_vectors_out_of_values(conn)
         conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
     elif int(found[0]) != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has store schema {found[0]}; this deltamem reads {SCHEMA_VERSION}")
@@ -137,3 +144,14 @@ def _add_no_memo_columns(conn: sqlite3.Connection, table: str) -> None:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind} NOT NULL DEFAULT 0")
     assignments = ", ".join(f"{new} = {old}" for new, old in zip(_NO_MEMO_COLUMNS, _BASE_COLUMNS, strict=True))
     conn.execute(f"UPDATE {table} SET {assignments}")
+
+
+def _move_vectors_out_of_values(conn: sqlite3.Connection) -> None:
+    """Give ``op_state`` of schema 6 or older its ``vectors`` column, and move each value's vectors there."""
+    if "vectors" in {row[1] for row in conn.execute("PRAGMA table_info(op_state)")}:
+        return  # created just now, with it
+    conn.execute("ALTER TABLE op_state ADD COLUMN vectors BLOB")
+    found = conn.execute("SELECT view, op, key, value FROM op_state WHERE value IS NOT NULL")
+    updates = legacy_updates((view, op, key, json.loads(value)) for view, op, key, value in found)
+    conn.executemany("UPDATE op_state SET value = ?, vectors = ? WHERE view = ? AND op = ? AND key = ?",
+                     [(dumps(value), blob, view, op, key) for value, blob, view, op, key in updates])
