@@ -15,7 +15,8 @@ from the next one, and the calls it had already paid come back from the memo.
 
 A backlog is brought up in passes where the view's operators allow it (``Operator.reads_state_through_context``):
 a pass computes several versions in order, each on the state the earlier ones left, then commits them in one store
-transaction, each still with its own rows in the history (``_apply_pass``).
+transaction, each still with its own rows in the history (``_apply_pass``). On a remote store the pass's calls are
+planned by a dry run and paid in one round before it is computed (``deltamem.pass_plan``).
 
 Several processes on one file share the views out: this maintainer works only on the views whose lease it holds
 (``deltamem.leases``), and a reader of a view another process maintains waits for that process's commits (the
@@ -33,13 +34,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from deltamem.changes import Delta, ExpireMode, RowKey, encode_key, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.leases import DEFAULT_LEASE_TIMEOUT, ViewLeases
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
+from deltamem.pass_plan import prepay_pass, worth_planning
 from deltamem.relation import Plan, build_operators, plan_inputs
 from deltamem.store.base import StateEntry, ViewCommit, ViewDef, get_plan_sources
 from deltamem.subscribe import Subscription
@@ -55,6 +57,15 @@ MAX_RETRY_DELAY = 60.0  # seconds: the longest a failing view waits for its next
 PASS_SECONDS = 0.05
 PASS_MAX_CHANGES = 5000
 LEASED_ELSEWHERE_POLL = 0.05  # seconds between looks, inline, at a view another process maintains
+
+
+@dataclass
+class _PassState:
+    """The view's state as the store held it when a pass began, read once a pass (``OperatorContext``'s
+    ``stored_failures`` and ``stored_state``)."""
+
+    failures: dict[str, list[StateEntry]] = field(default_factory=dict)
+    entries: dict[str, dict[RowKey, StateEntry | None]] = field(default_factory=dict)
 
 
 class _ViewGone(Exception):
@@ -371,15 +382,16 @@ class Maintainer:
 
     def _compute(
         self, definition: ViewDef, operators: list[Operator], version: int, inputs: dict[str, list[Delta]], *,
-        building: bool, pending: list[ViewCommit] | None = None,
-        stored_failures: dict[str, list[StateEntry]] | None = None,
+        building: bool, pending: list[ViewCommit] | None = None, stored: _PassState | None = None,
     ) -> ViewCommit:
         """What the view writes for ``version``, computed on the store's state plus ``pending`` (the earlier
         versions of this pass, not committed yet)."""
         name = definition.name
         commit = ViewCommit(name, version, view_id=definition.id, count_baseline=any(inputs.values()))
         ctx = OperatorContext(name, version, self.db.store, self.db.runner, commit, building=building,
-                              embedder=self.db._embedder, pending=pending or (), stored_failures=stored_failures)
+                              embedder=self.db._embedder, pending=pending or (),
+                              stored_failures=None if stored is None else stored.failures,
+                              stored_state=None if stored is None else stored.entries)
         first, rest = operators[0], operators[1:]
         deltas = first.apply_inputs(inputs, ctx) if isinstance(first, MultiInputOperator) else \
             first.apply(inputs.get("input", []), ctx)
@@ -396,17 +408,26 @@ class Maintainer:
         ``PASS_MAX_CHANGES``), then write them with two commits: the pass's calls (ledger, memo), then every
         version's view commit in one transaction, each version with its own outputs in the history. Return the index
         of the first version left. What a pass computed before an exception is still written, then the exception
-        raised."""
+        raised. On a remote store the pass's calls are planned and paid in one round first (``prepay_pass``)."""
         pending: list[ViewCommit] = []
-        stored_failures: dict[str, list[StateEntry]] = {}
+        stored = _PassState()
         started, changes, index = time.monotonic(), 0, first
         try:
             with self.db.runner.deferring_records():  # the pass's calls are written when it ends, first
-                while index < len(versions) and (not pending or (time.monotonic() - started < PASS_SECONDS
-                                                                 and changes < PASS_MAX_CHANGES)):
+                planned_end = first + prepay_pass(
+                    operators, versions[first:], by_version, view=definition.name, store=self.db.store,
+                    runner=self.db.runner, embedder=self.db._embedder, stored_failures=stored.failures,
+                    stored_state=stored.entries, max_seconds=PASS_SECONDS, max_changes=PASS_MAX_CHANGES,
+                ) if worth_planning(self.db.store, versions[first:], by_version) else 0
+                while index < len(versions):
+                    if planned_end > first:
+                        if index == planned_end:
+                            break  # the versions planned, every one: a prepaid call is taken where it is asked
+                    elif pending and (time.monotonic() - started >= PASS_SECONDS or changes >= PASS_MAX_CHANGES):
+                        break
                     inputs = by_version[versions[index]]
                     pending.append(self._compute(definition, operators, versions[index], inputs, building=False,
-                                                 pending=pending, stored_failures=stored_failures))
+                                                 pending=pending, stored=stored))
                     index += 1
                     changes += sum(len(deltas) for deltas in inputs.values())
         finally:  # after the calls, in a transaction of its own: paid calls are never lost with a view commit

@@ -30,8 +30,10 @@ The claims a runner holds are renewed by its ``ClaimHeartbeat`` until they are r
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -51,6 +53,7 @@ EMBED_SUFFIX = "/embed"
 # Calls paid in turn are committed together until this many seconds have passed since the last commit: one commit
 # (and fsync) per call made a fast backend's batches crawl, and a slower call is committed as soon as it returns.
 GROUP_COMMIT_SECONDS = 0.01
+RECENT_CALLS = 32  # calls whose times ``CallRunner.calls_payable_in`` takes the median of
 
 
 def embedding_operator(op_id: str) -> str:
@@ -93,6 +96,15 @@ class CallSpec:
     attribute_to: tuple[str, ...] | None = None
     blend: bool = False
     call_hash: str | None = None  # the memo hash of ``request`` on this runner's model, when the caller has it
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """A call and where it is made: the operator and version its ledger entry names (``CallRunner.prepay``)."""
+
+    spec: CallSpec
+    operator: str
+    version: int | None
 
 
 @dataclass(frozen=True)
@@ -145,9 +157,13 @@ class CallRunner:
         self.clock = clock
         self.sleep = sleep
         self.progress = progress
+        self.max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="deltamem-llm")
-        self._deferred = threading.local()  # .records: this thread's records kept back by ``deferring_records``
+        # This thread's ``deferring_records`` block: .records kept back; .prepaid, results ``prepay`` paid that no
+        # ``run`` has taken yet; .answered, memo values ``prepay`` found.
+        self._deferred = threading.local()
         self._last_call_seconds = 0.0  # how long the backend took for the last call that returned
+        self._recent_call_seconds: deque[float] = deque(maxlen=RECENT_CALLS)
         self._heartbeat = ClaimHeartbeat(store, interval=claim_timeout / 3, clock=clock)  # renews the claims held
 
     @property
@@ -168,11 +184,49 @@ class CallRunner:
         returns, so a process killed inside the block loses little more paid work than outside it."""
         records: list[CallRecord] = []
         self._deferred.records, self._deferred.since = records, None
+        self._deferred.prepaid, self._deferred.answered = {}, {}
         try:
             yield
         finally:
-            self._deferred.records = None
+            self._deferred.records = self._deferred.prepaid = self._deferred.answered = None
             self._record(records)
+
+    def calls_payable_in(self, seconds: float) -> int:
+        """About how many calls this runner settles in ``seconds``: from the median time of its recent calls (one
+        call that waited for the GIL or the network says little; one the memo answered for ``prepay`` took none) and
+        ``max_workers``; 1 before any (a slow backend must not be asked for a backlog's calls at once)."""
+        if not self._recent_call_seconds:
+            return 1
+        return max(1, int(seconds / max(statistics.median(self._recent_call_seconds), 1e-6) * self.max_workers))
+
+    def prepay(self, planned: Sequence[PlannedCall], *, view: str) -> None:
+        """Inside ``deferring_records``: claim the calls a pass will make in one round, pay those claimed, and keep
+        their results for the ``run`` that asks for each first, which takes it as paid there without a store round
+        trip (the ledger entry, written now, already names that run's operator and version). Memo values found are
+        kept for those runs too; a call that another process holds is left to its run.
+
+        The caller must plan only calls its runs will make: one paid here and never asked for is on the ledger as
+        paid, and no view holds its value."""
+        if not planned:
+            return
+        model = self.backend.model_id
+        by_hash: dict[str, PlannedCall] = {}
+        for call in planned:  # the first place each call is made is where it is paid
+            by_hash.setdefault(call.spec.call_hash or call_hash(model, call.spec.request), call)
+        taken = self._deferred_memo(list(by_hash))
+        wanted = {h: call for h, call in by_hash.items() if h not in taken and h not in self._deferred.prepaid}
+        if not wanted:
+            return
+        self._write([])
+        now = self.clock()
+        claims = self.store.claim_calls({h: CallInFlight(now, call.version, view, call.operator, call.spec.reason,
+                                                         model, h) for h, call in wanted.items()},
+                                        now=now, stale_after=self.claim_timeout)
+        self._heartbeat.add(claims.claimed)
+        self._deferred.answered.update(claims.answered)
+        self._recent_call_seconds.extend([0.0] * len(claims.answered))  # what a planned call costs: none here
+        if claims.claimed:
+            self._deferred.prepaid.update(self._pay_claimed(claims.claimed, wanted, view))
 
     def _write(self, records: list[CallRecord]) -> None:
         deferred = getattr(self._deferred, "records", None)
@@ -216,23 +270,30 @@ class CallRunner:
             return []  # before touching the backend: an empty build must not load a model
         model = self.backend.model_id
         hashes = [spec.call_hash or call_hash(model, spec.request) for spec in calls]
-        specs: dict[str, CallSpec] = {}  # per distinct call, the first spec that asks for it
+        specs: dict[str, PlannedCall] = {}  # per distinct call, the first spec that asks for it
         for spec, h in zip(calls, hashes, strict=True):
-            specs.setdefault(h, spec)
+            specs.setdefault(h, PlannedCall(spec, operator, version))
         results = {h: CallResult(h, answer, None, memo_hit=True)
                    for h, answer in self._deferred_memo(list(specs)).items()}
+        prepaid, answered = getattr(self._deferred, "prepaid", None), getattr(self._deferred, "answered", None)
+        for h in specs:
+            if prepaid and h in prepaid:
+                results[h] = prepaid.pop(h)  # paid for this run by ``prepay``, and recorded there
+            elif answered and h in answered and h not in results:
+                results[h] = CallResult(h, answered[h], None, memo_hit=True)
         pending = [h for h in specs if h not in results]
-        self._write([])  # records kept back long enough are written before more calls are paid
+        if pending:
+            self._write([])  # records kept back long enough are written before more calls are paid
         while pending:  # rounds: pay what this runner claimed, then wait for what others hold (never holding a claim)
             now = self.clock()
             claims = claim_or_wait(self.store, {
-                h: CallInFlight(now, version, view, operator, specs[h].reason, model, h) for h in pending
+                h: CallInFlight(now, version, view, operator, specs[h].spec.reason, model, h) for h in pending
             }, stale_after=self.claim_timeout)
             self._heartbeat.add(claims.claimed)
             for h, answer in claims.answered.items():  # in the memo, or paid by another process while this one waited
                 results[h] = CallResult(h, answer, None, memo_hit=True)
             if claims.claimed:
-                results.update(self._pay_claimed(claims.claimed, specs, view, operator, version))
+                results.update(self._pay_claimed(claims.claimed, specs, view))
             pending = list(claims.busy)
         # Each call this runner did not pay itself is a memo hit, if it has a value: also a repeat, in this batch,
         # of a call it paid (its caller must not count it as paid twice).
@@ -250,8 +311,8 @@ class CallRunner:
         self._write(hits)
         return out
 
-    def _pay_claimed(self, claimed: dict[str, int | None], specs: dict[str, CallSpec], view: str, operator: str,
-                     version: int | None) -> dict[str, CallResult]:
+    def _pay_claimed(self, claimed: dict[str, int | None], specs: dict[str, PlannedCall],
+                     view: str) -> dict[str, CallResult]:
         """Pay the calls this runner claimed, up to ``max_concurrency`` at once, and record them by group commit:
         each time the main thread wakes for a returned call it records, in one transaction, every call that has
         returned since its last commit (so a slow backend's calls are each committed as they return, and a fast
@@ -260,20 +321,20 @@ class CallRunner:
         An exception other than ``BackendError`` (a bug, an interrupt) still records the calls that returned, then
         releases the claims of the others but leaves their in-flight notes: they may have been paid, and the next
         process reports them as interrupted."""
-        label = f"{view}/{operator}"
+        label = f"{view}/{specs[next(iter(claimed))].operator}"
         results: dict[str, CallResult] = {}
         if self.progress:
             self.progress(label, 0, len(claimed))
         if len(claimed) == 1 or not self.backend.capabilities.concurrent:
-            self._pay_in_turn(claimed, specs, view, operator, version, results)
+            self._pay_in_turn(claimed, specs, view, label, results)
         else:
-            futures = {self._pool.submit(self._complete, specs[h]): h for h in claimed}
+            futures = {self._pool.submit(self._complete, specs[h].spec): h for h in claimed}
             waiting = set(futures)
             try:
                 while waiting:
                     returned, waiting = wait(waiting, return_when=FIRST_COMPLETED)
                     outcomes = {futures[f]: f.result() for f in returned if f.exception() is None}
-                    self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                    self._record_paid(outcomes, claimed, specs, view, results)
                     for future in returned:
                         future.result()  # re-raises what a call raised other than BackendError, once its
                         # siblings that returned are recorded
@@ -284,13 +345,13 @@ class CallRunner:
                     future.cancel()
                 wait(waiting)  # the ones already running cannot be cancelled: what they paid is recorded
                 outcomes = {futures[f]: f.result() for f in waiting if not f.cancelled() and f.exception() is None}
-                self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                self._record_paid(outcomes, claimed, specs, view, results)
                 self._release([h for h in claimed if h not in results])
                 raise
         return results
 
-    def _pay_in_turn(self, claimed: dict[str, int | None], specs: dict[str, CallSpec], view: str, operator: str,
-                     version: int | None, results: dict[str, CallResult]) -> None:
+    def _pay_in_turn(self, claimed: dict[str, int | None], specs: dict[str, PlannedCall], view: str, label: str,
+                     results: dict[str, CallResult]) -> None:
         """``_pay_claimed`` in the caller's thread, one call at a time (no concurrency to gain): the calls that
         returned are committed together once ``GROUP_COMMIT_SECONDS`` have passed since the last commit, so a call
         that takes that long is committed as soon as it returns."""
@@ -298,18 +359,18 @@ class CallRunner:
         last_commit = time.monotonic()
         try:
             for h in claimed:
-                outcomes[h] = self._complete(specs[h])
+                outcomes[h] = self._complete(specs[h].spec)
                 if time.monotonic() - last_commit >= GROUP_COMMIT_SECONDS:
-                    self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+                    self._record_paid(outcomes, claimed, specs, view, results)
                     outcomes, last_commit = {}, time.monotonic()
                     if self.progress:
-                        self.progress(f"{view}/{operator}", len(results), len(claimed))
+                        self.progress(label, len(results), len(claimed))
         finally:  # on an exception too: what was paid is recorded, and the claims of the rest are released
-            self._record_paid(outcomes, claimed, specs, view, operator, version, results)
+            self._record_paid(outcomes, claimed, specs, view, results)
             if len(results) < len(claimed):
                 self._release([h for h in claimed if h not in results])
         if self.progress:
-            self.progress(f"{view}/{operator}", len(results), len(claimed))
+            self.progress(label, len(results), len(claimed))
 
     def _complete(self, spec: CallSpec) -> Completion | str:
         """Ask the backend for ``spec``, retrying a ``BackendError`` with backoff: the completion, or the last error.
@@ -327,15 +388,15 @@ class CallRunner:
             return f"{error} (after {self.retry.attempts} attempts)"
         finally:
             self._last_call_seconds = time.monotonic() - started
+            self._recent_call_seconds.append(self._last_call_seconds)
 
     def _record_paid(self, outcomes: dict[str, Completion | str], claimed: dict[str, int | None],
-                     specs: dict[str, CallSpec], view: str, operator: str, version: int | None,
-                     results: dict[str, CallResult]) -> None:
+                     specs: dict[str, PlannedCall], view: str, results: dict[str, CallResult]) -> None:
         """One transaction for ``outcomes``: ``paid`` (memo too, when exact) or ``failed`` entries that end their
         claims and in-flight notes; their results go into ``results``."""
         records = []
         for h, outcome in outcomes.items():
-            spec = specs[h]
+            spec, operator, version = specs[h].spec, specs[h].operator, specs[h].version
             if isinstance(outcome, str):
                 entry = LedgerEntry(self.clock(), version, view, operator, spec.reason, self.backend.model_id,
                                     "failed", 0, 0, 0, 0.0, h, outcome)

@@ -38,13 +38,23 @@ class OperatorContext:
     # The commits of this view's earlier versions computed in the same pass and not yet in the store, oldest first:
     # the state reads see their writes (only operators with ``reads_state_through_context`` are run so).
     pending: Sequence[ViewCommit] = ()
-    # Per operator, its failed state as the store held it when the pass began, shared by the pass's contexts: the
-    # store's copy cannot change during a pass (the view's maintainer is its only writer).
+    # Per operator, its failed state and the entries read so far (None: no entry) as the store held them when the
+    # pass began, shared by the pass's contexts: the store's copy cannot change during a pass (the view's maintainer
+    # is its only writer), so each is read from the store once a pass.
     stored_failures: dict[str, list[StateEntry]] | None = None
+    stored_state: dict[str, dict[RowKey, StateEntry | None]] | None = None
 
     def get_state(self, op_id: str, keys: Iterable[RowKey]) -> dict[RowKey, StateEntry]:
         keys = list(keys)
-        found = self.store.get_state(self.view, op_id, keys)
+        if self.stored_state is None:
+            found = self.store.get_state(self.view, op_id, keys)
+        else:
+            known = self.stored_state.setdefault(op_id, {})
+            missing = [key for key in dict.fromkeys(keys) if key not in known]
+            if missing:
+                read = self.store.get_state(self.view, op_id, missing)
+                known.update({key: read.get(key) for key in missing})
+            found = {key: entry for key in keys if (entry := known[key]) is not None}
         if self.pending:
             wanted = set(keys)
             for commit in self.pending:

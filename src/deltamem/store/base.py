@@ -15,7 +15,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from deltamem.changes import Change, ColumnType, ExpireMode, Row, RowKey, RowWrite
 from deltamem.errors import DependentViews, NoTable, NoView, did_you_mean
@@ -315,6 +315,10 @@ class LedgerTotals:
 class Store(Coordination, SourcePositions, abc.ABC):
     """One database of deltamem state. Implementations are safe to share between the threads of one process, and
     several processes may open one store (see ``deltamem.store.coordination``)."""
+
+    # True when each statement is a round trip over a network: maintenance then spends CPU to save round trips
+    # (it plans a pass's calls and claims them in one round: ``deltamem.pass_plan``).
+    remote: ClassVar[bool] = False
 
     # --- catalog ----------------------------------------------------------------------------------------------
     @abc.abstractmethod

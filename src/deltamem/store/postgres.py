@@ -59,6 +59,7 @@ class PostgresStore(SqlSourcePositions, SqlStore):
     exactly while this thread has a write transaction open, holding the advisory write lock, on that connection."""
 
     dialect = POSTGRES
+    remote = True
     row_column = "data"  # "row" is a reserved word in PostgreSQL
     view_def_order = "seq"
     row_id = "id"
