@@ -9,7 +9,8 @@ from typing import Any
 
 import deltamem as dm
 from deltamem.llm.base import Attribution, BackendCapabilities
-from deltamem.llm.runner import RetryPolicy, is_embedding_operator
+from deltamem.llm.embedding_runs import is_embedding_operator
+from deltamem.llm.runner import RetryPolicy
 from deltamem.llm.scripted import ScriptedLLM
 from deltamem.operators.rowwise import PASSTHROUGH
 

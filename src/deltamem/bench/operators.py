@@ -31,7 +31,7 @@ import deltamem as dm
 from deltamem.bench.datasets import load_corpus
 from deltamem.errors import ConfigError
 from deltamem.llm import lazy_embedder, lazy_llm
-from deltamem.llm.runner import is_embedding_operator
+from deltamem.llm.embedding_runs import is_embedding_operator
 
 OPERATORS = ("sem_agg", "sem_topk", "sem_join", "sem_search")
 # What each kind of figure is, as the JSON and the printed table label it: ours are measured, LOTUS's are not.

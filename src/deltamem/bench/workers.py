@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import deltamem as dm
 from deltamem.engine import check_max_concurrency
 from deltamem.leases import is_member_lease
-from deltamem.llm.runner import is_embedding_operator
+from deltamem.llm.embedding_runs import is_embedding_operator
 from deltamem.store import is_postgres_dsn
 
 Progress = Callable[[str, int, int], None]

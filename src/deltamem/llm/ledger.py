@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from deltamem.llm.runner import is_embedding_operator
+from deltamem.llm.embedding_runs import is_embedding_operator
 from deltamem.store.base import Baseline, CallCost, LedgerTotals
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from deltamem.changes import Delta, Row, RowKey
 from deltamem.llm import LazyBackend
 from deltamem.llm.base import EmbeddingBackend
-from deltamem.llm.runner import CallResult, CallRunner, CallSpec, EmbedResult
+from deltamem.llm.embedding_runs import EmbedResult
+from deltamem.llm.runner import CallResult, CallRunner, CallSpec
 from deltamem.store.base import StateEntry, Store, ViewCommit
 
 

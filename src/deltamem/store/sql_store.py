@@ -279,10 +279,10 @@ class SqlStore(SqlLedger, SqlCoordination, Store):
         view = commits[0].view
         assert all(c.view == view for c in commits), "store: commit_views takes the commits of one view"
         with self._write() as conn:
-            found = conn.execute(self.dialect.sql("SELECT applied_version FROM view_defs WHERE name = ?"),
-                                 (view,)).fetchone()
-            view_id = self._view_id(conn, view) if found is not None else None
-            applied = found[0] if found is not None else None
+            found = conn.execute(self.dialect.sql(
+                "SELECT d.applied_version, i.id FROM view_defs d LEFT JOIN view_incarnations i ON i.name = d.name "
+                "AND i.dropped_version IS NULL WHERE d.name = ?"), (view,)).fetchone()
+            applied, view_id = found if found is not None else (None, None)
             done = [found is not None and (c.view_id is None or view_id == c.view_id)  # else dropped since
                     and c.version > (applied if applied is not None else -1) for c in commits]  # else applied
             if any(done):

@@ -71,9 +71,19 @@ class ViewCommitWriter:
         for commit in commits:
             state.update(_final_writes(commit))
         total = self._state_cost_before(conn, view, applied, view_id)
-        stored = self._stored_costs(conn, view, state)
+        # Three reads, all sent before any result is read: one round trip where the store pipelines (PostgreSQL).
+        keys = list(dict.fromkeys(key for commit in commits for key in commit.outputs))
+        reads = [self._stored_costs_reads(view, state), self._known_calls_reads(commits),
+                 self._current_rows_reads(view, keys)]
+        cursors = [[conn.execute(self.dialect.sql(sql), params) for sql, params in group] for group in reads]
+        stored_found, known_found, current_found = [[row for c in group for row in c.fetchall()] for group in cursors]
+        stored = {(op, RowKey(key)): self.dialect.cost(*cost) for op, key, *cost in stored_found}
+        known_calls: dict[str, bool] = {}
+        for h, in_baseline in known_found:
+            known_calls[h] = known_calls.get(h, False) or bool(in_baseline)
+        current_rows = {RowKey(key): _RowSpan(self.dialect.decode(row), row_id=row_id)
+                        for row_id, key, row in current_found}
         charged: set[str] = set()
-        known_calls = self._known_calls(conn, commits)
         refreshes: list[tuple] = []
         full_sum = no_memo_sum = CallCost()
         current = dict(stored)  # (op, key) -> the cost of the value stored there as of the version being replayed
@@ -90,7 +100,7 @@ class ViewCommitWriter:
                 full_sum, no_memo_sum = full_sum + full, no_memo_sum + total
         self._state_costs[view] = _StateCost(view_id, commits[-1].version, total)
         self._write_state(conn, view, state)
-        self._write_rows(conn, view, commits)
+        self._write_rows(conn, view, commits, current_rows)
         self.dialect.executemany(
             conn, f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(d.view, d.key, d.version, d.strategy, d.reason, d.calls, d.prompt_tokens, d.reused_tokens,
@@ -128,11 +138,12 @@ class ViewCommitWriter:
                                  records)
 
     # --- rows -------------------------------------------------------------------------------------------------------
-    def _write_rows(self, conn: Connection, view: str, commits: Sequence[ViewCommit]) -> None:
-        """Per version in order, close the current row of each output key whose row changed and open its new one;
-        a row opened and closed within these versions is inserted with both ends."""
-        keys = list(dict.fromkeys(key for commit in commits for key in commit.outputs))
-        current: dict[RowKey, _RowSpan | None] = dict(self._current_rows(conn, view, keys))
+    def _write_rows(self, conn: Connection, view: str, commits: Sequence[ViewCommit],
+                    current_rows: dict[RowKey, _RowSpan]) -> None:
+        """Per version in order, close the current row of each output key whose row changed and open its new one
+        (``current_rows``: the open rows of those keys before); a row opened and closed within these versions is
+        inserted with both ends."""
+        current: dict[RowKey, _RowSpan | None] = dict(current_rows)
         closed: list[tuple[int, Any]] = []
         opened: list[tuple[RowKey, _RowSpan]] = []
         for commit in commits:
@@ -153,15 +164,14 @@ class ViewCommitWriter:
             conn, f"INSERT INTO view_rows (view, key, {self.row_column}, valid_from, valid_to) VALUES (?, ?, ?, ?, ?)",
             [(view, key, self.dialect.encode(span.row), span.valid_from, span.valid_to) for key, span in opened])
 
-    def _current_rows(self, conn: Connection, view: str, keys: list[RowKey]) -> dict[RowKey, _RowSpan]:
-        out: dict[RowKey, _RowSpan] = {}
+    def _current_rows_reads(self, view: str, keys: list[RowKey]) -> list[tuple[str, tuple]]:
+        """The reads of the open rows of ``keys``: rows of ``(row id, key, row)``."""
+        reads = []
         for start in range(0, len(keys), self.dialect.chunk):
             condition, params = self.dialect.in_list("key", keys[start:start + self.dialect.chunk])
-            for row_id, key, row in conn.execute(self.dialect.sql(
-                    f"SELECT {self.row_id}, key, {self.row_column} FROM view_rows WHERE view = ? AND {condition} "
-                    "AND valid_to IS NULL"), (view, *params)).fetchall():
-                out[RowKey(key)] = _RowSpan(self.dialect.decode(row), row_id=row_id)
-        return out
+            reads.append((f"SELECT {self.row_id}, key, {self.row_column} FROM view_rows WHERE view = ? "
+                          f"AND {condition} AND valid_to IS NULL", (view, *params)))
+        return reads
 
     # --- the baselines ----------------------------------------------------------------------------------------------
     def _state_cost_before(self, conn: Connection, view: str, applied: int | None, view_id: int | None) -> CallCost:
@@ -170,34 +180,31 @@ class ViewCommitWriter:
             return cached.total
         return self.state_cost(conn, lambda q, p, c: c.execute(self.dialect.sql(q), p).fetchall(), view)
 
-    def _stored_costs(self, conn: Connection, view: str, touched: Iterable[StateKey]) -> dict[StateKey, CallCost]:
-        """The cost of each stored value among ``touched``, before these commits."""
+    def _stored_costs_reads(self, view: str, touched: Iterable[StateKey]) -> list[tuple[str, tuple]]:
+        """The reads of the cost of each stored value among ``touched``, before these commits: rows of ``(op, key,
+        calls, prompt_tokens, output_tokens, seconds)``."""
         by_op: dict[str, list[RowKey]] = {}
         for op, key in touched:
             by_op.setdefault(op, []).append(key)
-        out: dict[StateKey, CallCost] = {}
+        reads = []
         for op, keys in by_op.items():
             for start in range(0, len(keys), self.dialect.chunk):
                 condition, params = self.dialect.in_list("key", keys[start:start + self.dialect.chunk])
-                for key, calls, prompt, output, seconds in conn.execute(self.dialect.sql(
-                        f"SELECT key, calls, prompt_tokens, output_tokens, seconds FROM op_state WHERE view = ? "
-                        f"AND op = ? AND {condition}"), (view, op, *params)).fetchall():
-                    out[(op, RowKey(key))] = self.dialect.cost(calls, prompt, output, seconds)
-        return out
+                reads.append((f"SELECT op, key, calls, prompt_tokens, output_tokens, seconds FROM op_state "
+                              f"WHERE view = ? AND op = ? AND {condition}", (view, op, *params)))
+        return reads
 
-    def _known_calls(self, conn: Connection, commits: Sequence[ViewCommit]) -> dict[str, bool]:
-        """Of the hashes the counted commits' stored values were paid with: True for those a full recompute already
-        paid (the baseline memo), False for those only the memo holds."""
+    def _known_calls_reads(self, commits: Sequence[ViewCommit]) -> list[tuple[str, tuple]]:
+        """The reads of the hashes the counted commits' stored values were paid with: rows of ``(hash, 1)`` for
+        those a full recompute already paid (the baseline memo), ``(hash, 0)`` for those the memo holds."""
         hashes = sorted({e.fingerprint for commit in commits if commit.count_baseline
                          for _op, e in commit.state_puts if e.cost.calls > 0 and e.error is None})
-        known: dict[str, bool] = {}
+        reads = []
         for start in range(0, len(hashes), self.dialect.chunk):
             condition, params = self.dialect.in_list("call_hash", hashes[start:start + self.dialect.chunk])
-            for h, in_baseline in conn.execute(self.dialect.sql(
-                    f"SELECT call_hash, 1 FROM baseline_memo WHERE {condition} UNION ALL "
-                    f"SELECT call_hash, 0 FROM memo WHERE {condition}"), (*params, *params)).fetchall():
-                known[h] = known.get(h, False) or bool(in_baseline)
-        return known
+            reads.append((f"SELECT call_hash, 1 FROM baseline_memo WHERE {condition} UNION ALL "
+                          f"SELECT call_hash, 0 FROM memo WHERE {condition}", (*params, *params)))
+        return reads
 
     @staticmethod
     def _full_recompute_cost(commit: ViewCommit, known: dict[str, bool], charged: set[str]) -> CallCost:
