@@ -295,14 +295,6 @@ class ComposeOperator(MultiInputOperator):
                           "provenance": provenance})
         return {"decomposition": {"pattern": v["pattern"], "bases": bases}}
 
-    def to_plan(self) -> dict[str, Any]:
-        base = self.base
-        return {"op": self.kind, "prompt": self.prompt, "retrieve": base.retrieve, "strategy": base.strategy,
-                "refresh": base.refresh, "question": self.question.text, "document": self.document.text,
-                "out": self.out, "max_tokens": self.max_tokens, "shadow": base.shadow,
-                "append_budget": base.append_budget, "partition": self.partition,
-                "decompose": {d.pattern: [t.text for t in d.bases] for d in self.decompositions}}
-
     # --- Internal helpers -----------------------------------------------------------------------------------------
     def _asked_of(self, entry: StateEntry) -> _Asked:
         v = entry.value

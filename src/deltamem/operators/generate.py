@@ -583,10 +583,3 @@ class GenerateOperator(MultiInputOperator):
         if "reused_from" in entry.value:  # its answer and provenance are its source's
             described["reuse"] = {"reused_from": decode_key(entry.value["reused_from"]), **entry.value["reuse"]}
         return described
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "prompt": self.prompt, "retrieve": self.retrieve, "strategy": self.strategy,
-                "refresh": self.refresh, "question": self.question.text, "document": self.document.text,
-                "out": self.out, "max_tokens": self.max_tokens, "shadow": self.shadow,
-                "append_budget": self.append_budget, "reuse": self.reuse, "max_error": self.max_error,
-                "reuse_check": self.reuse_check}

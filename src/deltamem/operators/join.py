@@ -227,10 +227,6 @@ class SemJoin(MultiInputOperator):
     def check_columns_by_role(self, columns: Mapping[str, Sequence[str]], *, where: str) -> None:
         self.template.check(columns, where=where)
 
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.template.text, "candidates": self.candidates,
-                "max_tokens": self.max_tokens}
-
     # --- maintenance --------------------------------------------------------------------------------------------
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
         state = ctx.store.get_all_state(ctx.view)  # read once: both sides and the verdicts live there

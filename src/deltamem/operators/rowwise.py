@@ -67,10 +67,6 @@ class RowwiseOperator(Operator):
     def derive(self, row: Row, value: Any, error: str | None) -> Row | None:
         """The output row for an input row, given its stored value (``None``: the row is not in the output)."""
 
-    @abc.abstractmethod
-    def to_plan(self) -> dict[str, Any]:
-        """The JSON this operator is rebuilt from (without its input)."""
-
     # --- shared maintenance -------------------------------------------------------------------------------------
     def output_for(self, row: Row | None, entry: StateEntry | None) -> Row | None:
         if row is None or entry is None:
@@ -160,10 +156,6 @@ class SemFilter(RowwiseOperator):
             return {**row, ERROR_COLUMN: error}
         return dict(row) if value else None
 
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.template.text, "default": self.default,
-                "max_tokens": self.max_tokens}
-
 
 class SemMap(RowwiseOperator):
     """Add column ``out``: the model's answer to the instruction for each row."""
@@ -189,9 +181,6 @@ class SemMap(RowwiseOperator):
     def derive(self, row: Row, value: Any, error: str | None) -> Row | None:
         result = {**row, self.out: value}
         return {**result, ERROR_COLUMN: error} if error is not None else result
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.template.text, "out": self.out, "max_tokens": self.max_tokens}
 
 
 class SemExtract(RowwiseOperator):
@@ -225,10 +214,6 @@ class SemExtract(RowwiseOperator):
         value = value or {}
         result = {**row, **{name: value.get(name) for name in self.fields}}
         return {**result, ERROR_COLUMN: error} if error is not None else result
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.template.text, "fields": self.fields,
-                "max_tokens": self.max_tokens}
 
 
 # --- parsing -------------------------------------------------------------------------------------------------------

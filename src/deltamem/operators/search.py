@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -151,9 +151,6 @@ class SemIndex(Operator):
         if row is None or entry is None or entry.error is None:
             return row
         return {**row, ERROR_COLUMN: entry.error}
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.column}
 
 
 # --- sem_search -------------------------------------------------------------------------------------------------------
@@ -284,6 +281,3 @@ class SemSearch(Operator):
     @staticmethod
     def _strip(row: Row) -> Row:
         return {c: v for c, v in row.items() if c != SCORE}
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.query, "k": self.k, "column": self.column}

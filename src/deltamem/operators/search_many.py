@@ -439,9 +439,3 @@ class SemSearchMany(MultiInputOperator):
         stats = {**v.stats, "clusters": sorted(v.clusters)}
         if v.stats_dirty or stats["clusters"] != v.stats["clusters"]:
             ctx.put_state(self.stats_op, StateEntry(_STATS, "", {}, stats))
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "k": self.k, "column": self.column, "query_column": self.query_column,
-                "radius": self.radius}
-
-

@@ -56,7 +56,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from deltamem.changes import ERROR_COLUMN, Delta, Row, RowKey, key_order
 from deltamem.errors import SchemaError, TemplateError
@@ -151,9 +151,6 @@ class SemTopK(Operator):
 
     def output_columns(self, input_columns: Sequence[str]) -> tuple[str, ...]:
         return (*[c for c in input_columns if c != RANK_COLUMN], RANK_COLUMN)
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.template.text, "k": self.k, "max_tokens": self.max_tokens}
 
     # --- prompt and parse ---------------------------------------------------------------------------------------
     def item_text(self, row: Row) -> str:

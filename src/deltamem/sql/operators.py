@@ -70,10 +70,6 @@ class SqlWhere(_RowFunction):
         return row if row.get(ERROR_COLUMN) is not None or is_true(self._test(row)) else None
 
 
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.condition}
-
-
 class SqlProject(_RowFunction):
     """Keep, rename and reorder columns: ``instruction`` is a select list of columns, e.g. ``"id, title AS name"``."""
 
@@ -111,10 +107,6 @@ class SqlProject(_RowFunction):
         if row.get(ERROR_COLUMN) is not None:
             projected[ERROR_COLUMN] = row[ERROR_COLUMN]  # the failure stays visible whatever is selected
         return projected
-
-
-    def to_plan(self) -> dict[str, Any]:
-        return {"op": self.kind, "instruction": self.select_list}
 
 
 SQL_OPERATORS: dict[str, type[Operator]] = {op.kind: op for op in (SqlWhere, SqlProject)}

@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from deltamem.changes import ERROR_COLUMN, Row, RowKey
 from deltamem.errors import StoreUnavailable
 from deltamem.store.postgres_dialect import POSTGRES
-from deltamem.store.postgres_schema import WRITE_LOCK, connect_checked, create_or_upgrade, first_line, hide_password
+from deltamem.store.postgres_schema import WRITE_LOCK, connect_checked, create_or_upgrade, one_line, hide_password
 from deltamem.store.sql_coordination import new_claim_owner
 from deltamem.store.sql_dialect import Connection
 from deltamem.store.sql_positions import SqlSourcePositions
@@ -112,7 +112,7 @@ class PostgresStore(SqlSourcePositions, SqlStore):
                     raise self._unavailable(exc, "this write may not have been committed") from exc
 
     def _unavailable(self, exc: Exception, what: str) -> StoreUnavailable:
-        return StoreUnavailable(f"PostgreSQL at '{hide_password(self.dsn)}' cannot be reached ({first_line(exc)}); "
+        return StoreUnavailable(f"PostgreSQL at '{hide_password(self.dsn)}' cannot be reached ({one_line(exc)}); "
                                 f"{what}, and everything committed before is kept: try again once it is back")
 
     @contextmanager

@@ -132,18 +132,20 @@ def connect_checked(dsn: str, **kwargs) -> psycopg.Connection:
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
-        raise ConfigError(f"Malformed PostgreSQL DSN '{shown}': {first_line(error)}; write it as "
+        raise ConfigError(f"Malformed PostgreSQL DSN '{shown}': {one_line(error)}; write it as "
                           "postgresql://user:password@host:5432/dbname") from None
     try:
         return psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as error:
-        raise ConfigError(f"Cannot connect to PostgreSQL at '{shown}': {first_line(error)}; check that the server "
+        raise ConfigError(f"Cannot connect to PostgreSQL at '{shown}': {one_line(error)}; check that the server "
                           "is running and reachable there, and the DSN's user, password and database name") from None
 
 
-def first_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
+    """``error``'s message on one line: libpq's cause ("Connection refused") and its hint ("Is the server running
+    ...?") are on lines of their own."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return "; ".join(lines) if lines else type(error).__name__
 
 
 def create_or_upgrade(conn: psycopg.Connection, dsn: str) -> None:
