@@ -9,12 +9,13 @@ model (SQL ``WHERE``/``SELECT``: no calls), then that one, whose calls are recor
 placeholder). The runner then claims and pays them all at once (``CallRunner.prepay``), and the real computation of
 the pass takes each result where it first asks for it, as paid there.
 
-Invariant: every planned call is one the real computation makes, at the same version and operator, and the first
-place a call is planned is the first place it is made. The dry run sees the same inputs and the same state as the
-real one, except for the values of the calls it planned; an operator reads a value only for a key it has just
-asked about, a placeholder is not retried as a failure, and a row changed again asks for its new call.
-The calls of the operators after the planned one depend on its values: they are not planned, and are made by the
-real computation as before.
+Invariant: every planned call is made by the real computation, first at the version and operator where it was
+planned. The dry run sees the real inputs and state, and differs only where a planned call's value would be read:
+there a placeholder stands in. Whether the planned operator calls for a row depends on the row's prompt and the
+fingerprint of its stored entry, never on a value, so it asks what the real run asks (a row asked again for the same
+prompt is planned once, and a placeholder is not retried as a failure; a call that really fails is retried by the
+real run, unplanned). The calls of the operators after it depend on its values: they are not planned, and the real
+computation makes them as before.
 """
 
 from __future__ import annotations
