@@ -357,17 +357,19 @@ class Maintainer:
         if latest <= applied:
             return
         by_version = self._source_deltas(inputs, applied + 1, latest)
-        has_failures = any(store.get_failed_state(name, op.op_id) for op in operators)
-        if has_failures and latest not in by_version:
+        failed = {op.op_id: store.get_failed_state(name, op.op_id) for op in operators}
+        if any(failed.values()) and latest not in by_version:
             by_version[latest] = {}  # refresh at the latest version so that failed calls are retried
         versions = sorted(by_version)
         passes = all(op.reads_state_through_context for op in operators)
+        stored = _PassState(failures=failed)  # the first pass reads them no more; later ones read the store anew
         done = 0
         while done < len(versions):
             if not self.leases.still_held(name):
                 return  # taken over by another process (this one stalled past the lease): it goes on from here
             if passes:
-                done = self._apply_pass(definition, operators, versions, done, by_version)
+                done = self._apply_pass(definition, operators, versions, done, by_version, stored)
+                stored = _PassState()
             else:
                 self._apply(definition, operators, versions[done], by_version[versions[done]], building=False)
                 done += 1
@@ -403,14 +405,14 @@ class Maintainer:
         return commit
 
     def _apply_pass(self, definition: ViewDef, operators: list[Operator], versions: list[int], first: int,
-                    by_version: dict[int, dict[str, list[Delta]]]) -> int:
+                    by_version: dict[int, dict[str, list[Delta]]], stored: _PassState) -> int:
         """Compute ``versions[first]`` and as many after it as fit in one pass (``PASS_SECONDS``,
         ``PASS_MAX_CHANGES``), then write them with two commits: the pass's calls (ledger, memo), then every
         version's view commit in one transaction, each version with its own outputs in the history. Return the index
         of the first version left. What a pass computed before an exception is still written, then the exception
-        raised. On a remote store the pass's calls are planned and paid in one round first (``prepay_pass``)."""
+        raised. On a remote store the pass's calls are planned and paid in one round first (``prepay_pass``).
+        ``stored`` is the pass's cache of the store's state (empty, or with the failures the caller just read)."""
         pending: list[ViewCommit] = []
-        stored = _PassState()
         started, changes, index = time.monotonic(), 0, first
         try:
             with self.db.runner.deferring_records():  # the pass's calls are written when it ends, first
