@@ -15,12 +15,13 @@ PostgreSQL give the same results, and pgvector's type holds one vector per colum
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from typing import Any
 
 import numpy as np
+
+from deltamem.llm.memo import text_to_vector
 
 _HEADER = struct.Struct("<I")  # the length of the JSON header: [[path, length], ...], path a list of keys/indices
 
@@ -63,10 +64,10 @@ class Vector:
 
 def pack_vectors(value: Any) -> tuple[Any, bytes | None]:
     """``value`` with every ``Vector`` replaced by None, and the vectors as bytes (None when it holds none)."""
+    if not _holds_vector(value):  # most values: every state write passes here, so no copy of them is made
+        return value, None
     found: list[tuple[list, Vector]] = []
     stripped = _strip(value, [], found)
-    if not found:
-        return value, None
     header = json.dumps([[path, len(vector)] for path, vector in found]).encode()
     return stripped, b"".join([_HEADER.pack(len(header)), header, *(vector.to_bytes() for _path, vector in found)])
 
@@ -88,6 +89,14 @@ def unpack_vectors(value: Any, blob: bytes | None) -> Any:
             parent = parent[step]
         parent[path[-1]] = vector
     return value
+
+
+def _holds_vector(value: Any) -> bool:
+    if isinstance(value, Vector):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_vector(v) for v in value.values())
+    return isinstance(value, list) and any(_holds_vector(v) for v in value)
 
 
 def _strip(value: Any, path: list, found: list[tuple[list, Vector]]) -> Any:
@@ -126,7 +135,7 @@ def upgrade_legacy_value(op_id: str, value: Any) -> Any:
 
 def _legacy_vector(stored: Any) -> Any:
     if isinstance(stored, str):
-        return Vector(np.frombuffer(base64.b64decode(stored), dtype="<f4"))
+        return Vector(text_to_vector(stored))
     if isinstance(stored, list) and stored and all(isinstance(x, (int, float)) for x in stored):
         return Vector(stored)
     return stored
