@@ -54,7 +54,9 @@ from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
 from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
+from deltamem.operators.shard_union import ShardUnion
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
+from deltamem.shards import check_shards, is_shard_view, parent_view, shard_plans, shard_view_names
 from deltamem.store.base import ChangeRow, Dropped, LedgerEntry, Store, TableDef, ViewDef
 from deltamem.subscribe import Subscription
 from deltamem.table_defs import check_row, expires_at, make_table_def
@@ -257,18 +259,23 @@ class Database:
                 raise SchemaError(f"View name {name!r} is not an identifier")
             if "op" not in relation.plan:
                 raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
+            shards = shard_plans(relation.plan) if relation.plan["op"] == ShardUnion.kind else []
             try:
-                definition = self.store.put_view_def(ViewDef(name, relation.plan))
+                with self.store.transaction():  # a sharded view is created with its shard views, or not at all
+                    defined = [self.store.put_view_def(ViewDef(shard, plan)) for shard, plan in shards]
+                    definition = self.store.put_view_def(ViewDef(name, relation.plan))
             except AlreadyExists:  # another process created the name since this one last read the catalog
                 self._reload_catalog()
                 raise
+            self._views.update({d.name: d for d in defined})
             self._views[name] = definition
         self.maintainer.notify()
         return View(self, name)
 
     def views(self) -> list[str]:
+        """The views' names, in creation order (a sharded view's shard views are not listed: they are its parts)."""
         self._refresh_catalog()
-        return list(self._views)
+        return [name for name in self._views if not is_shard_view(name)]
 
     def drop_table(self, name: str, *, cascade: bool = False) -> Dropped | None:
         """Drop table ``name`` with its rows and change log, as one commit; the name is free again at once. Views
@@ -297,16 +304,21 @@ class Database:
             if name not in self._views:
                 if name in self._tables:
                     raise NoView(f'"{name}" is a table, not a view; drop it with drop_table({name!r})')
-                raise NoView(f'View "{name}" does not exist.' + did_you_mean(name, self._views))
-        return self._drop("view", name, cascade)
+                raise NoView(f'View "{name}" does not exist.' + did_you_mean(name, self.views()))
+            if is_shard_view(name):
+                raise SchemaError(f'"{name}" is a shard of view "{parent_view(name)}": drop that view')
+            plan = self._views[name].plan
+        return self._drop("view", name, cascade, parts=plan["views"] if plan.get("op") == ShardUnion.kind else ())
 
-    def _drop(self, kind: str, name: str, cascade: bool) -> Dropped | None:
+    def _drop(self, kind: str, name: str, cascade: bool, parts: Sequence[str] = ()) -> Dropped | None:
+        """Drop ``name`` and ``parts`` (a sharded view's shard views) in one commit, or with the enclosing batch."""
+        drops = [(kind, name), *(("view", part) for part in parts)]
         batch = getattr(self._batches, "current", None)
         if batch is None:
-            return self._commit([], [], drops=[(kind, name)], cascade=cascade)[1]
+            return self._commit([], [], drops=drops, cascade=cascade)[1]
         if batch.cascade is not None and batch.cascade != cascade:
             raise ConfigError("The drops of one batch share one cascade setting; drop in two batches instead")
-        batch.drops.append((kind, name))
+        batch.drops.extend(drops)
         batch.cascade = cascade
         return None
 
@@ -345,6 +357,7 @@ class Database:
         max_error: float = 0.02,
         reuse_check: float = 0.1,
         decompose: Mapping[str, Sequence[str]] | str | None = None,
+        shards: int = 1,
     ) -> View:
         """A continuous ``LLM_GENERATE`` view: one answer (column ``out``) per ``context`` row, from ``data_source``.
 
@@ -357,8 +370,11 @@ class Database:
         ``retrieve``, ``strategy`` and ``refresh``; ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
         a close answered one's answer, with a measured rate of wrong reuses under ``max_error``; ``reuse_check`` of
         the reuses are checked with a real call); ``deltamem.operators.compose`` for ``decompose`` (composite
-        questions answered from shared base questions).
+        questions answered from shared base questions). ``shards=n`` (with ``partition``) splits the view into ``n``
+        shards by partition value, each maintained under its own lease, so that ``n`` workers share it
+        (``deltamem.shards``).
         """
+        check_shards(shards, partition, view=name)
         roles = {"context": context, "data_source": data_source}
         for role, table in roles.items():
             if not isinstance(table, Table) or table._db is not self:
@@ -386,6 +402,8 @@ class Database:
         operator = build_operators(plan)[0]  # validates the parameters
         operator.question.check(context.columns, where=f"CONTEXT table {context.name!r}")
         operator.document.check(data_source.columns, where=f"DATA_SOURCE table {data_source.name!r}")
+        if shards > 1:
+            plan = ShardUnion.plan(plan, shard_view_names(name, shards))
         return self.view(name, Relation(self, plan))
 
     def _table_def(self, name: str) -> TableDef:
@@ -521,6 +539,8 @@ class Database:
                 self._tables[definition.name] = definition
             for name in (*dropped.tables, *dropped.views) if dropped else ():
                 self._forget(name)
+            if dropped:  # a sharded view's shard views are its parts, not views of their own to report
+                dropped = replace(dropped, views=tuple(name for name in dropped.views if not is_shard_view(name)))
         if version is not None:
             self.maintainer.notify()  # also wakes readers waiting on a dropped view, so that they fail at once
         return Written.of(version, changes, len(writes)), dropped

@@ -17,7 +17,9 @@ leases, ``shared`` being the views not held by a live owner without fair share (
 background, a reader catching up inline: they keep what they take). It gives up what it holds beyond its share (the
 last of ``views``), so a worker that starts while others hold every view gets its share within a pass or two of
 theirs. The share bounds what a member *takes*, never which views are maintained: the live members' shares add up
-to at least every shared view. Member leases are rows of ``store.get_leases()`` too; ``is_member_lease`` tells them
+to at least every shared view. Views that pay no model calls (a sharded view's union of its shards:
+``deltamem.shards``) are shared out the same way but apart, so four workers on a view of four shards hold one shard
+each. Member leases are rows of ``store.get_leases()`` too; ``is_member_lease`` tells them
 from view leases.
 
 NOTE(leases): a single version that takes longer than ``timeout`` to compute can outlive its lease; then a second
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from deltamem.store.base import Store
 from deltamem.store.coordination import ViewLease
@@ -69,9 +71,11 @@ class ViewLeases:
         # whenever the store did not renew it (``Store.hold_leases``), and only its expiry frees a live owner's lease.
         self._sure_until: dict[str, float] = {}
 
-    def hold(self, views: Iterable[str]) -> set[str]:
+    def hold(self, views: Iterable[str], *, light: Collection[str] = ()) -> set[str]:
         """Take or renew the leases of ``views`` that are free, stale or already this owner's; return those held.
-        Under ``fair_share``, ``views`` is every view to share out, and at most this owner's share of them is held."""
+        Under ``fair_share``, ``views`` is every view to share out, and at most this owner's share of them is held;
+        those also in ``light`` (views that pay no model calls: a sharded view's union of its shards) are shared out
+        apart, so that holding one never takes the place of a view with calls to pay."""
         views = list(views)
         if not self.fair_share:
             return self._hold(views)
@@ -79,18 +83,27 @@ class ViewLeases:
         leases = {lease.view: lease for lease in self.store.get_leases()}
         members = {self.owner} | {lease.owner for lease in leases.values() if is_member_lease(lease)
                                   and _is_live(lease, now)}
+        wanted, extra = [], []
+        for group in ([view for view in views if view not in light], [view for view in views if view in light]):
+            keep, give_up = self._share_of(group, leases, members, now)
+            wanted += keep
+            extra += give_up
+        if extra:
+            self.release(extra)  # keeps the first ones: the same choice each pass, so no view goes to and fro
+        self._forget_gone_members(leases.values(), now)
+        return self._hold_as_member(wanted)
+
+    def _share_of(self, views: list[str], leases: dict[str, ViewLease], members: set[str],
+                  now: float) -> tuple[list[str], list[str]]:
+        """Of ``views``, those this member should hold (what it holds, up to its share, then free ones) and those it
+        holds beyond its share."""
         elsewhere = sum(1 for view in views if view in leases and leases[view].owner not in members
                         and _is_live(leases[view], now))  # held by owners without a share: not to be shared out
         share = math.ceil((len(views) - elsewhere) / len(members))
         mine = [view for view in views if view in leases and leases[view].owner == self.owner]
-        if len(mine) > share:
-            self.release(mine[share:])  # keeps the first ones: the same choice each pass, so no view goes to and fro
-            mine = mine[:share]
         free = [view for view in views if view not in mine
                 and (view not in leases or leases[view].owner != self.owner and not _is_live(leases[view], now))]
-        self._forget_gone_members(leases.values(), now)
-        wanted = mine + free[:max(0, share - len(mine))]
-        return self._hold_as_member(wanted)
+        return mine[:share] + free[:max(0, share - len(mine))], mine[share:]
 
     def _hold_as_member(self, views: list[str]) -> set[str]:
         """``_hold`` of ``views`` that also takes or renews this owner's member lease, in the same store call."""

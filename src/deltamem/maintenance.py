@@ -41,8 +41,10 @@ from deltamem.changes import Delta, ExpireMode, RowKey, encode_key, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.leases import DEFAULT_LEASE_TIMEOUT, ViewLeases
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
+from deltamem.operators.shard_union import ShardUnion
 from deltamem.pass_plan import prepay_pass, worth_planning
 from deltamem.relation import Plan, build_operators, plan_inputs
+from deltamem.shards import ShardFilter
 from deltamem.store.base import StateEntry, ViewCommit, ViewDef, get_plan_sources
 from deltamem.subscribe import Subscription
 
@@ -218,7 +220,9 @@ class Maintainer:
         if not self.background:  # only the views behind: a fresh read of fresh views writes nothing
             latest = self.db.store.get_latest_version()
             wanted = [name for name in wanted if self._applied(name) < latest]
-        held = self.leases.hold(wanted) if self.maintains else set()
+        # A sharded view's union of its shards pays no calls: shared out apart from the views that do.
+        light = {name for name in wanted if (found := self.db._views.get(name)) and found.plan["op"] == ShardUnion.kind}
+        held = self.leases.hold(wanted, light=light) if self.maintains else set()
         for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
             definition = self.db._views.get(name)
             if definition is None or name not in held:
@@ -468,8 +472,10 @@ class Maintainer:
         by_view = {view: store.get_view_rows(view, version) for view in views}  # views keep every version
         rows_by_role = {role: (by_table if source["source"] == "table" else by_view)[source["name"]]
                         for role, source in inputs.items()}
+        shards = {role: ShardFilter.of(source) for role, source in inputs.items()}
         return version, {
-            role: [Delta(key, None, rows[key]) for key in sorted(rows, key=key_order)]
+            role: [Delta(key, None, rows[key]) for key in sorted(rows, key=key_order)
+                   if shards[role] is None or shards[role].holds(rows[key])]
             for role, rows in rows_by_role.items()
         }
 
@@ -477,6 +483,7 @@ class Maintainer:
         store = self.db.store
         by_version: dict[int, dict[str, list[Delta]]] = defaultdict(lambda: defaultdict(list))
         tables: dict[str, list[str]] = defaultdict(list)  # a table read twice (a self-join) feeds both roles
+        shards = {role: ShardFilter.of(source) for role, source in inputs.items()}
         for role, source in inputs.items():
             if source["source"] == "table":
                 tables[source["name"]].append(role)
@@ -484,7 +491,9 @@ class Maintainer:
             forget = change.expire_mode is ExpireMode.KEEP
             delta = Delta(change.key, change.before, change.after, forget=forget)
             for role in tables[change.table]:
-                by_version[change.version][role].append(delta)
+                seen = delta if shards[role] is None else shards[role].delta(delta)
+                if seen is not None:
+                    by_version[change.version][role].append(seen)
         for role, source in inputs.items():
             if source["source"] != "view":
                 continue

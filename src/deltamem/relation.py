@@ -20,6 +20,7 @@ from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
 from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
+from deltamem.operators.shard_union import ShardUnion
 from deltamem.store.base import ChangeRow, HistoryEntry
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def plan_inputs(plan: Plan) -> dict[str, Plan]:
     roles (``context``/``data_source`` for ``llm_generate``, ``left``/``right`` for ``sem_join``, ...) otherwise."""
     head, _chain = split_plan(plan)
     if "op" in head:
-        return {role: head[role] for role in _head_class(head).roles}
+        return {role: head[role] for role in _head_class(head).roles_of(head)}
     return {"input": head}
 
 
@@ -57,7 +58,8 @@ def build_operators(plan: Plan) -> list[Operator]:
     operators: list[Operator] = []
     if "op" in head:
         cls = _head_class(head)
-        params = {k: v for k, v in head.items() if k != "op" and k not in cls.roles}
+        roles = cls.roles_of(head)
+        params = {k: v for k, v in head.items() if k != "op" and k not in roles}
         operators.append(cls(f"1:{cls.kind}", **params))
     for node in chain:
         cls = chain_operator(node["op"])
@@ -98,6 +100,9 @@ class Relation:
         return columns
 
     def describe(self) -> str:
+        head, _chain = split_plan(self.plan)
+        if head.get("op") == ShardUnion.kind:
+            return f"{Relation(self._db, head['of']).describe()} in {len(head['views'])} shards"
         inputs = plan_inputs(self.plan)
         ops = "".join(f" -> {op.kind}" for op in build_operators(self.plan))
         if "input" in inputs:
@@ -303,7 +308,9 @@ class View(Relation):
         the sentences in its prompt with their document versions, the attention attribution of its output sentences
         to them, and the key spans it copies) and its decision log. ``key`` as ``history`` takes it; every key in
         the report (the decisions', the documents') is such a value too, so it prints once-encoded as JSON."""
-        self._db._view_def(self.name)
+        plan = self._db._view_def(self.name).plan
+        if plan.get("op") == ShardUnion.kind:
+            return self._explain_in_shards(key, plan["views"])
         row_key = encode_key(plain(key))
         all_state = self._db.store.get_all_state(self.name)
         state = {op: entry for (op, k), entry in all_state.items() if k == row_key}
@@ -325,6 +332,17 @@ class View(Relation):
             "dependencies": {op: d for op, d in dependencies.items() if d is not None},
             "decisions": [{**asdict(d), "key": decode_key(d.key)} for d in decisions],
         }
+
+    def _explain_in_shards(self, key: Any, shards: list[str]) -> dict[str, Any]:
+        """``explain`` of a sharded view: the report of the shard view that has ``key``, naming it (``shard``)."""
+        for shard in shards:
+            try:
+                report = View(self._db, shard).explain(key)
+            except NoRow:
+                continue
+            return {**report, "shard": shard}
+        raise NoRow(f'View "{self.name}" has no output, state or decision for key {key!r} in any of its '
+                    f"{len(shards)} shards")
 
     @property
     def version(self) -> int | None:

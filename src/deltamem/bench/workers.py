@@ -4,8 +4,8 @@ calls paid twice (must be none), and one worker killed with SIGKILL mid-stream.
     report = run_workers_bench("postgresql://bench@localhost/bench", workers=[1, 2, 4], views=8, changes=100)
 
 Each run gets a fresh store (a new PostgreSQL database on the DSN's server, or a new SQLite file), one table and
-``views`` ``sem_map`` views over it, each with its own instruction, so one change costs one call per view. This
-process only writes (``background=False``, it never maintains). The workers run the test backend with a fixed
+``views`` ``sem_map`` views over it, each with its own instruction, so one change costs one call per view; or, with
+``shards``, one ``LLM_GENERATE`` view in that many shards (``deltamem.bench.worker_loads``). This process only writes (``background=False``, it never maintains). The workers run the test backend with a fixed
 ``latency`` per call and ``max_concurrency`` calls at once each (1 by default, so that one worker's throughput is
 bounded by the latency and the scale-out is measurable); a worker maintains its views one after another.
 
@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import deltamem as dm
+from deltamem.bench.worker_loads import SemMapViews, ShardedAnswers, Workload
 from deltamem.engine import check_max_concurrency
 from deltamem.leases import is_member_lease
 from deltamem.llm.embedding_runs import is_embedding_operator
@@ -49,13 +50,15 @@ BALANCE_TIMEOUT = 60.0  # seconds for the workers to take their shares of the vi
 def run_workers_bench(
     db: str | None = None, *, workers: list[int], views: int = 8, changes: int = 100, latency: float = 0.1,
     max_concurrency: int = 1, lease_timeout: float = 10.0, claim_timeout: float = 10.0, poll_interval: float = 0.1,
-    kill_workers: int | None = None, kill_signal: str = "KILL", progress: Progress | None = None,
+    kill_workers: int | None = None, kill_signal: str = "KILL", shards: int = 0, partitions: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the scale-out for each count in ``workers``, then the kill run with ``kill_workers`` (default: the largest
     count, when at least 2; 0 skips it), whose worker gets ``kill_signal``: ``KILL``, or ``STOP`` for one that stops
     answering, as a worker killed on another machine looks (its pid cannot be checked). ``db``: a ``postgresql://``
     DSN (fresh databases are created on its server and dropped after), a SQLite path prefix (``<db>-w<N>.db`` files,
-    replaced), or None (temporary SQLite files)."""
+    replaced), or None (temporary SQLite files). ``shards``: instead of ``views`` views, one ``LLM_GENERATE`` view
+    partitioned into that many shards, over ``partitions`` partitions (``ShardedAnswers``)."""
     if views < 1 or changes < 3 or min(workers, default=1) < 1 or not (workers or kill_workers):
         raise dm.ConfigError("--views must be at least 1, --changes at least 3, and --workers positive counts")
     if kill_signal not in ("KILL", "STOP"):
@@ -64,18 +67,22 @@ def run_workers_bench(
     if kill_workers is None:
         kill_workers = max(workers) if max(workers) >= 2 else 0
     kill_with = signal.SIGKILL if kill_signal == "KILL" else signal.SIGSTOP
-    settings = dict(views=views, changes=changes, latency=latency, max_concurrency=max_concurrency,
-                    lease_timeout=lease_timeout, claim_timeout=claim_timeout, poll_interval=poll_interval)
-    report: dict[str, Any] = {"store": _store_kind(db), **settings, "runs": [], "kill": None}
+    if partitions is not None and partitions < 1:
+        raise dm.ConfigError(f"--partitions must be a positive count, got {partitions}")
+    workload: Workload = ShardedAnswers(shards, partitions) if shards else SemMapViews(views)
+    settings = dict(changes=changes, latency=latency, max_concurrency=max_concurrency, lease_timeout=lease_timeout,
+                    claim_timeout=claim_timeout, poll_interval=poll_interval)
+    report: dict[str, Any] = {"store": _store_kind(db), "workload": workload.describe(), "views": views,
+                              "shards": shards, **settings, "runs": [], "kill": None}
     with tempfile.TemporaryDirectory(prefix="deltamem-workers-") as scratch:
         for count in workers:
             with _fresh_store(db, f"w{count}", Path(scratch)) as store:
-                report["runs"].append(_run(store, count, Path(scratch), f"w{count}", kill=None, progress=progress,
-                                           **settings))
+                report["runs"].append(_run(store, count, Path(scratch), f"w{count}", workload, kill=None,
+                                           progress=progress, **settings))
         if kill_workers >= 2:
             with _fresh_store(db, f"kill{kill_workers}", Path(scratch)) as store:
-                report["kill"] = _run(store, kill_workers, Path(scratch), f"kill{kill_workers}", kill=kill_with,
-                                      progress=progress, **settings)
+                report["kill"] = _run(store, kill_workers, Path(scratch), f"kill{kill_workers}", workload,
+                                      kill=kill_with, progress=progress, **settings)
     base = next((r for r in report["runs"] if r["workers"] == 1), None)
     for run in report["runs"]:
         run["speedup"] = None if base is None else run["calls_per_second"] / base["calls_per_second"]
@@ -87,31 +94,30 @@ def worker_command(store: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "deltamem", "worker", store, "--llm", "test", "--embedder", "test", *options]
 
 
-def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signals | None, views: int, changes: int,
-         latency: float, max_concurrency: int, lease_timeout: float, claim_timeout: float, poll_interval: float,
-         progress: Progress | None) -> dict:
-    names = [f"v{i}" for i in range(views)]
+def _run(store: str, count: int, scratch: Path, name: str, workload: "Workload", *, kill: signal.Signals | None,
+         changes: int, latency: float, max_concurrency: int, lease_timeout: float, claim_timeout: float,
+         poll_interval: float, progress: Progress | None) -> dict:
+    names = workload.view_names()
     writer = dm.connect(store, llm="test", embedder="test", background=False)  # writes only: it never maintains
     try:
-        docs = writer.table("docs", key="id", columns={"id": "int", "text": "text"})
-        for i, view in enumerate(names):
-            writer.view(view, docs.sem_map(f"View {i}: summarise {{text}}", out="s"))
+        docs = workload.create(writer)
         command = worker_command(store, "--llm-option", f"latency={latency}", "--max-concurrency",
                                  str(max_concurrency), "--lease-timeout", str(lease_timeout), "--claim-timeout",
                                  str(claim_timeout), "--poll-interval", str(poll_interval), "--status-every", "3600")
         logs = [scratch / f"{name}-worker{n}.log" for n in range(count)]
         procs = [_start(command, log) for log in logs]
+        killed: dict[str, Any] | None = None
         try:
-            shares = _wait_for_shares(writer.store, names, procs, logs)
+            held = _wait_for_shares(writer.store, names, workload.light_names(), procs, logs)
             start_version = writer.store.get_latest_version()
+            _wait_until(writer.store, names, start_version, procs, logs)  # built: the stream's calls come after
             started = time.time()
-            killed: dict[str, Any] | None = None
-            pace = None if kill is None else KILL_PACE * (count - 1) * max_concurrency / latency / views
+            pace = None if kill is None else KILL_PACE * (count - 1) * max_concurrency / latency / workload.calls
             label = f"{count} worker{'s' if count != 1 else ''}" + ("" if kill is None else f", one {kill.name}ed")
             for j in range(changes):
                 if pace is not None:
                     time.sleep(max(0.0, started + j / pace - time.time()))
-                version = docs.upsert(_change(j, changes)).version
+                version = docs.upsert(workload.change(j, changes)).version
                 if kill is not None and killed is None and j >= changes // 3:
                     killed = _kill(writer.store, procs[0], kill)
                 if killed is not None:
@@ -119,12 +125,12 @@ def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signa
                 if j % 10 == 0:  # the progress bar reads every view's version: not at each commit
                     _report(progress, label, writer.store, names, start_version, version, changes)
             last = writer.store.get_latest_version()
-            deadline = time.time() + 120 + 3 * changes * views * latency / max_concurrency
+            deadline = time.time() + 120 + 3 * changes * workload.calls * latency / max_concurrency
             while True:
                 _report(progress, label, writer.store, names, start_version, last, changes)
                 if killed is not None:
                     _note_continued(writer.store, killed)
-                if min(writer.store.get_applied_version(n) or -1 for n in names) >= last and \
+                if min(_applied(writer.store, n) for n in names) >= last and \
                         (killed is None or len(killed["continued_after"]) == len(killed["views"])):
                     break
                 if time.time() > deadline:
@@ -138,7 +144,9 @@ def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signa
             exits = [proc.wait(60) for proc in procs]
     finally:
         writer.close()
-    run = {"workers": count, "shares_at_start": shares, "versions": changes, **_check(store, names, started),
+    shares = [len(views) for views in held]
+    run = {"workers": count, "shares_at_start": shares, "versions": changes, **_check(store, workload, started),
+           "speedup_bound": workload.speedup_bound(held, changes),
            "seconds": drained, "worker_exits": exits}
     run["calls_per_second"] = run["calls"] / drained
     if killed is not None:
@@ -150,7 +158,7 @@ def _run(store: str, count: int, scratch: Path, name: str, *, kill: signal.Signa
     return run
 
 
-def _check(store: str, names: list[str], started: float) -> dict[str, Any]:
+def _check(store: str, workload: "Workload", started: float) -> dict[str, Any]:
     """What the ledger says of the run (calls paid in the stream, call hashes paid more than once, calls left
     interrupted) and whether every view equals a from-scratch recompute."""
     log = logging.getLogger("deltamem")
@@ -167,15 +175,9 @@ def _check(store: str, names: list[str], started: float) -> dict[str, Any]:
         return {"calls": sum(1 for e in paid if e.ts >= started),
                 "paid_twice": sum(1 for n in times.values() if n > 1), "paid_twice_share": _share(times),
                 "interrupted": sum(1 for e in ledger if e.outcome == "interrupted"),
-                "equal_to_recompute": _equals_recompute(checker, names)}
+                "equal_to_recompute": workload.equals_recompute(checker)}
     finally:
         checker.close()
-
-
-def _change(j: int, changes: int) -> dict:
-    """The stream's ``j``-th change: inserts of new rows for the first 60%, then updates of those rows."""
-    rows = max(1, changes * 3 // 5)
-    return {"id": j % rows, "text": f"document {j % rows}, revision {j // rows}"}
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
@@ -186,21 +188,39 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_for_shares(store, names: list[str], procs: list[subprocess.Popen], logs: list[Path]) -> list[int]:
-    """Wait until every view is leased and each worker holds its fair share (at most ``ceil(views / workers)``, and
-    so at least one view each when there are enough); return the views each worker holds."""
-    share = math.ceil(len(names) / len(procs))
+def _wait_for_shares(store, names: list[str], light: list[str], procs: list[subprocess.Popen],
+                     logs: list[Path]) -> list[list[str]]:
+    """Wait until every view is leased and each worker holds its fair share of the views with calls to pay (at most
+    ``ceil(views / workers)``, and so at least one each when there are enough; ``light``: those without, shared
+    apart); return the views with calls each worker holds."""
+    share = math.ceil((len(names) - len(light)) / len(procs))
     deadline = time.time() + BALANCE_TIMEOUT
     while True:
-        by_pid = Counter(lease.pid for lease in store.get_leases() if not is_member_lease(lease))
-        counts = [by_pid.get(proc.pid, 0) for proc in procs]
-        if sum(counts) == len(names) and max(counts) <= share:
-            return counts
+        leases = [lease for lease in store.get_leases() if not is_member_lease(lease)]
+        held = [sorted(lease.view for lease in leases if lease.pid == proc.pid and lease.view not in light)
+                for proc in procs]
+        counts = [len(views) for views in held]
+        if len(leases) == len(names) and max(counts) <= share:
+            return held
         dead = [proc.args for proc in procs if proc.poll() is not None]
         if dead or time.time() > deadline:
             raise dm.DeltamemError(f"the workers did not share the {len(names)} views out within {BALANCE_TIMEOUT:g} "
                                    f"s (views held per worker: {counts}; exited: {len(dead)}).{_tails(logs)}")
         time.sleep(0.05)
+
+
+def _wait_until(store, names: list[str], version: int, procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    """Wait until every view reflects ``version``."""
+    deadline = time.time() + BALANCE_TIMEOUT
+    while min(_applied(store, n) for n in names) < version:
+        if any(proc.poll() is not None for proc in procs) or time.time() > deadline:
+            raise dm.DeltamemError(f"the views were not built within {BALANCE_TIMEOUT:g} s.{_tails(logs)}")
+        time.sleep(0.05)
+
+
+def _applied(store, view: str) -> int:
+    applied = store.get_applied_version(view)
+    return -1 if applied is None else applied
 
 
 def _tails(logs: list[Path]) -> str:
@@ -235,20 +255,6 @@ def _report(progress: Progress | None, label: str, store, names: list[str], star
 
 def _share(times: Counter) -> float:
     return 0.0 if not times else sum(1 for n in times.values() if n > 1) / len(times)
-
-
-def _equals_recompute(db: dm.Database, names: list[str]) -> bool:
-    """Whether every view's rows equal those a fresh in-memory database computes from the table's final rows."""
-    fresh = dm.connect(":memory:", llm="test", embedder="test", background=False)
-    try:
-        docs = fresh.table("docs", key="id", columns={"id": "int", "text": "text"})
-        docs.upsert(list(db.store.get_rows("docs").values()))
-        for i, name in enumerate(names):
-            fresh.view(name, docs.sem_map(f"View {i}: summarise {{text}}", out="s"))
-        fresh.maintain()
-        return all(db.store.get_view_rows(n) == fresh.store.get_view_rows(n) for n in names)
-    finally:
-        fresh.close()
 
 
 def _store_kind(db: str | None) -> str:

@@ -20,6 +20,10 @@ def bench_workers(
                                                   "files); default: temporary SQLite files."),
     workers: str = typer.Option("1,2,4", help="Comma-separated worker counts, one run each."),
     views: int = typer.Option(8, help="sem_map views over the one table: each change costs one call per view."),
+    shards: int = typer.Option(0, help="Instead of --views: one LLM_GENERATE view in this many shards, one call per "
+                                       "change; the workers share its shards."),
+    partitions: Optional[int] = typer.Option(None, help="With --shards: the view's partitions (one question each; "
+                                                        "default 8 per shard); the stream spreads over them."),
     changes: int = typer.Option(100, help="Versions committed per run (one row each)."),
     latency: float = typer.Option(0.1, help="Seconds per call of the workers' test backend."),
     max_concurrency: int = typer.Option(1, "--max-concurrency", help="Calls each worker runs at once."),
@@ -47,21 +51,24 @@ def bench_workers(
             result = run_workers_bench(db, workers=counts, views=views, changes=changes, latency=latency,
                                        max_concurrency=max_concurrency, lease_timeout=lease_timeout,
                                        claim_timeout=claim_timeout, kill_workers=kill, kill_signal=kill_signal.upper(),
-                                       progress=task_reporter(progress))
+                                       shards=shards, partitions=partitions, progress=task_reporter(progress))
     except dm.DeltamemError as exc:
         fail(exc)
     console.print(literal(
-        f"store: {result['store']}; test backend, {latency:g} s per call; {views} views, {changes} versions per run; "
+        f"store: {result['store']}; test backend, {latency:g} s per call; {result['workload']}, {changes} versions "
+        "per run; "
         f"max concurrency {max_concurrency} per worker, so one worker pays at most {max_concurrency / latency:g} "
-        "calls/s and the scale-out is measurable"))
+        "calls/s and the scale-out is measurable; bound: the stream's calls over those of the busiest worker's "
+        "views (shards get unequal parts of a stream: partitions hash to them)"))
     table = RichTable(title="bench workers · calls/s while a backlog drains")
-    for column in ("workers", "views held at start", "calls", "seconds", "calls/s", "vs 1 worker", "paid twice",
+    held = "shards held at start" if shards else "views held at start"
+    for column in ("workers", held, "calls", "seconds", "calls/s", "vs 1 worker", "bound", "paid twice",
                    "= recompute"):
         table.add_column(column, justify="right")
     for r in result["runs"]:
         speedup = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         table.add_row(str(r["workers"]), "/".join(map(str, r["shares_at_start"])), str(r["calls"]),
-                      f"{r['seconds']:.1f}", f"{r['calls_per_second']:.1f}", speedup,
+                      f"{r['seconds']:.1f}", f"{r['calls_per_second']:.1f}", speedup, f"{r['speedup_bound']:.2f}x",
                       f"{r['paid_twice_share']:.0%}", "yes" if r["equal_to_recompute"] else "NO")
     if result["runs"]:
         console.print(table)

@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from deltamem.llm.embedding_runs import is_embedding_operator
+from deltamem.shards import is_shard_view, parent_view
 from deltamem.store.base import Baseline, CallCost, LedgerTotals
 
 
@@ -99,16 +100,24 @@ class Usage(CostTotals):
         usage = cls()
         by_view: dict[str, CostTotals] = defaultdict(CostTotals)
         by_operator: dict[tuple[str, str], CostTotals] = defaultdict(CostTotals)
-        for row in ledger:
+        for row in ledger:  # a shard view's under its sharded view (``deltamem.shards``)
             usage.add(row)
-            by_view[row.view].add(row)
-            by_operator[(row.view, row.operator)].add(row)
+            by_view[parent_view(row.view)].add(row)
+            by_operator[(parent_view(row.view), row.operator)].add(row)
         usage.by_view = dict(by_view)
         usage.by_operator = dict(by_operator)
-        usage.full_recompute = {
-            view: FullRecompute(b.refreshes, b.cost, once_now.get(view, CallCost()), b.no_memo)
-            for view, b in baselines.items()
-        }
+        # A sharded view's baseline is its shards' summed: its own (the union's) pays nothing and would count each
+        # version once more.
+        sharded = {parent_view(view) for view in baselines if is_shard_view(view)}
+        summed: dict[str, Baseline] = defaultdict(Baseline)
+        now: dict[str, CallCost] = defaultdict(CallCost)
+        for view, baseline in baselines.items():
+            if view not in sharded:
+                summed[parent_view(view)] += baseline
+        for view, cost in once_now.items():
+            now[parent_view(view)] += cost
+        usage.full_recompute = {view: FullRecompute(b.refreshes, b.cost, now[view], b.no_memo)
+                                for view, b in summed.items()}
         return usage
 
     @property

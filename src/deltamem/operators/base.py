@@ -148,6 +148,11 @@ class MultiInputOperator(Operator):
 
     roles: ClassVar[tuple[str, ...]]
 
+    @classmethod
+    def roles_of(cls, head: Mapping[str, object]) -> tuple[str, ...]:
+        """The input names of the plan node ``head``: ``roles``, unless the operator's inputs vary in number."""
+        return cls.roles
+
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         raise TypeError(f"{type(self).__name__} takes named inputs: call apply_inputs")
 

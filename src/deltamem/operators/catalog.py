@@ -19,13 +19,14 @@ from deltamem.operators.join import SemJoin
 from deltamem.operators.rowwise import SemExtract, SemFilter, SemMap
 from deltamem.operators.search import SemIndex, SemSearch
 from deltamem.operators.search_many import SemSearchMany
+from deltamem.operators.shard_union import ShardUnion
 from deltamem.operators.topk import SemTopK
 
 CHAIN_OPERATORS: dict[str, type[Operator]] = {
     op.kind: op for op in (SemFilter, SemMap, SemExtract, SemTopK, SemAgg, SemIndex, SemSearch)
 }
 HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {
-    op.kind: op for op in (GenerateOperator, ComposeOperator, SemJoin, SemSearchMany)
+    op.kind: op for op in (GenerateOperator, ComposeOperator, SemJoin, SemSearchMany, ShardUnion)
 }
 
 _REGISTERED_BY = {"sql_where": "deltamem.sql.operators", "sql_project": "deltamem.sql.operators"}

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from deltamem.changes import ERROR_COLUMN, Row
 from deltamem.errors import DependentViews, NoView, PrimaryKeyError
 from deltamem.ingest import Record, load_file
+from deltamem.operators.base import MultiInputOperator
+from deltamem.operators.shard_union import ShardUnion
 from deltamem.relation import Relation, build_operators, split_plan
 from deltamem.sql.catalog import CATALOG_COLUMNS, CATALOG_TABLE, SEQUENCE_COLUMN, Catalog, Source
 from deltamem.sql.dialect import Statement, parse
@@ -409,13 +411,17 @@ def _explain(db: "Database", plan: ExplainPlan) -> Result:
 
 
 def _graph(plan: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """One row per operator, head first: its id, what it reads, and its parameters."""
+    """One row per operator, head first: its id, what it reads, and its parameters. A sharded view's rows are
+    those of the plan each shard runs, then the union of its shard views."""
     head, nodes = split_plan(plan)
+    if head.get("op") == ShardUnion.kind:
+        return [*_graph(head["of"]), (ShardUnion.kind, ", ".join(head["views"]),
+                                      f"shards={len(head['views'])}, partition={head['of']['partition']!r}")]
     operators = build_operators(plan)
     rows = []
     if "op" in head:
         first = operators[0]
-        roles = getattr(first, "roles", ())
+        roles = type(first).roles_of(head) if isinstance(first, MultiInputOperator) else ()
         inputs = ", ".join(f"{role}: {head[role]['source']} {head[role]['name']}" for role in roles)
         rows.append((first.op_id, inputs, _parameters(head, skip=("op", *roles))))
         previous, operators = first.op_id, operators[1:]

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from deltamem.changes import Change, ColumnType, ExpireMode, Row, RowKey, RowWrite
 from deltamem.errors import DependentViews, NoTable, NoView, did_you_mean
 from deltamem.llm.base import Completion
+from deltamem.shards import is_shard_view
 from deltamem.store.coordination import Coordination
 from deltamem.store.positions import SourcePositions
 
@@ -124,12 +125,14 @@ def resolve_drop(tables: Sequence[str], views: Sequence[str], *, cascade: bool, 
                 reached.add(("view", name))
                 reads[name] = hit[0]
                 grew = True
+    shown = {view: read for view, read in reads.items() if not is_shard_view(view)}  # a shard's view is named
     if reads and not cascade:
         named = ", ".join(f'{kind} "{name}"' for kind, name in [*(("table", t) for t in tables),
-                                                                 *(("view", v) for v in views)])
+                                                                 *(("view", v) for v in views
+                                                                   if not is_shard_view(v))])
         detail = ", ".join(f'view "{view}" reads {kind} "{name}"' for view, (kind, name) in
-                           sorted(reads.items(), key=lambda item: list(plans).index(item[0])))
-        dependents = tuple(view for view in plans if view in reads)
+                           sorted(shown.items(), key=lambda item: list(plans).index(item[0])))
+        dependents = tuple(view for view in plans if view in shown)
         raise DependentViews(f"Cannot drop {named} because other views depend on it: {detail}", dependents)
     return [name for name in plans if ("view", name) in reached]
 
