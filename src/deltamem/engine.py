@@ -54,7 +54,7 @@ from deltamem.memory.vector_index import SearchIndexes
 from deltamem.operators.base import Operator
 from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
-from deltamem.operators.shard_union import ShardUnion
+from deltamem.operators.shard_union import ShardUnion, is_shard_union
 from deltamem.relation import Plan, Relation, Table, View, ViewRows, build_operators, plan_inputs
 from deltamem.shards import check_shards, is_shard_view, parent_view, shard_plans, shard_view_names
 from deltamem.store.base import ChangeRow, Dropped, LedgerEntry, Store, TableDef, ViewDef
@@ -259,7 +259,7 @@ class Database:
                 raise SchemaError(f"View name {name!r} is not an identifier")
             if "op" not in relation.plan:
                 raise SchemaError(f"View {name!r} needs at least one operator over {relation.describe()}")
-            shards = shard_plans(relation.plan) if relation.plan["op"] == ShardUnion.kind else []
+            shards = shard_plans(relation.plan) if is_shard_union(relation.plan) else []
             try:
                 with self.store.transaction():  # a sharded view is created with its shard views, or not at all
                     defined = [self.store.put_view_def(ViewDef(shard, plan)) for shard, plan in shards]
@@ -308,7 +308,7 @@ class Database:
             if is_shard_view(name):
                 raise SchemaError(f'"{name}" is a shard of view "{parent_view(name)}": drop that view')
             plan = self._views[name].plan
-        return self._drop("view", name, cascade, parts=plan["views"] if plan.get("op") == ShardUnion.kind else ())
+        return self._drop("view", name, cascade, parts=plan["views"] if is_shard_union(plan) else ())
 
     def _drop(self, kind: str, name: str, cascade: bool, parts: Sequence[str] = ()) -> Dropped | None:
         """Drop ``name`` and ``parts`` (a sharded view's shard views) in one commit, or with the enclosing batch."""

@@ -41,7 +41,7 @@ from deltamem.changes import Delta, ExpireMode, RowKey, encode_key, key_order
 from deltamem.errors import FreshnessTimeout, MaintenanceError, NoView
 from deltamem.leases import DEFAULT_LEASE_TIMEOUT, ViewLeases
 from deltamem.operators.base import MultiInputOperator, Operator, OperatorContext
-from deltamem.operators.shard_union import ShardUnion
+from deltamem.operators.shard_union import is_shard_union
 from deltamem.pass_plan import prepay_pass, worth_planning
 from deltamem.relation import Plan, build_operators, plan_inputs
 from deltamem.shards import ShardFilter
@@ -221,7 +221,7 @@ class Maintainer:
             latest = self.db.store.get_latest_version()
             wanted = [name for name in wanted if self._applied(name) < latest]
         # A sharded view's union of its shards pays no calls: shared out apart from the views that do.
-        light = {name for name in wanted if (found := self.db._views.get(name)) and found.plan["op"] == ShardUnion.kind}
+        light = {name for name in wanted if (found := self.db._views.get(name)) and is_shard_union(found.plan)}
         held = self.leases.hold(wanted, light=light) if self.maintains else set()
         for name in list(self.db._views):  # creation order is a topological order: a view reads older ones
             definition = self.db._views.get(name)

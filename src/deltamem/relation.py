@@ -20,7 +20,7 @@ from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.catalog import HEAD_OPERATORS, chain_operator
 from deltamem.operators.compose import ComposeOperator
 from deltamem.operators.generate import GenerateOperator
-from deltamem.operators.shard_union import ShardUnion
+from deltamem.operators.shard_union import is_shard_union
 from deltamem.store.base import ChangeRow, HistoryEntry
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Relation:
 
     def describe(self) -> str:
         head, _chain = split_plan(self.plan)
-        if head.get("op") == ShardUnion.kind:
+        if is_shard_union(head):
             return f"{Relation(self._db, head['of']).describe()} in {len(head['views'])} shards"
         inputs = plan_inputs(self.plan)
         ops = "".join(f" -> {op.kind}" for op in build_operators(self.plan))
@@ -309,7 +309,7 @@ class View(Relation):
         to them, and the key spans it copies) and its decision log. ``key`` as ``history`` takes it; every key in
         the report (the decisions', the documents') is such a value too, so it prints once-encoded as JSON."""
         plan = self._db._view_def(self.name).plan
-        if plan.get("op") == ShardUnion.kind:
+        if is_shard_union(plan):
             return self._explain_in_shards(key, plan["views"])
         row_key = encode_key(plain(key))
         all_state = self._db.store.get_all_state(self.name)

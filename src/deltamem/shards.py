@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltamem.changes import Delta, Row
+from deltamem.errors import SchemaError
 
 SHARD_MARK = "#"  # view names are identifiers, so no view a user names has it
 MAX_SHARDS = 256
@@ -50,8 +51,6 @@ def parent_view(name: str) -> str:
 
 def check_shards(shards: object, partition: str | None, *, view: str) -> int:
     """``shards`` as a count, or ``SchemaError`` naming what is wrong (only a partitioned view has shards)."""
-    from deltamem.errors import SchemaError
-
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise SchemaError(f"{view!r}: shards must be an integer from 1 to {MAX_SHARDS}, got {shards!r}")
     if shards > 1 and partition is None:

@@ -252,3 +252,12 @@ def test_a_paraphrase_finds_a_pattern_declared_in_other_words_and_never_one_of_t
     assert set(bases(db)) - before == {"base[\"films\"]: which film was released more recently, heat or alien?"}
     p2 = view.explain("p2")["dependencies"][COMPOSE]["decomposition"]
     assert p2["pattern"] is None  # "more recently" is the other direction: answered over the documents
+
+
+def test_composites_in_shards_equal_them_unsharded(db):
+    sharded, plain = compose(db, shards=2), compose(db, name="plain")
+    assert sharded.rows(fresh=True).rows == plain.rows(fresh=True).rows
+    db.table("films").upsert({"doc_id": "alien", "topic": "films", "text": "Alien was released in 1980."})
+    db.table("questions").upsert({"qid": "q3", "topic": "remakes", "question": "Which film came out first, Heat "
+                                                                              "or Up?"})  # to the other partition
+    assert sharded.rows(fresh=True).rows == plain.rows(fresh=True).rows

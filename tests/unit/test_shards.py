@@ -97,6 +97,23 @@ def test_bad_shards_are_refused_naming_what_is_wrong_and_create_nothing(options,
         assert db.store.get_view_defs() == []
 
 
+def test_a_sharded_view_is_declared_again_unchanged_or_refused_and_goes_on_after_a_restart(tmp_path):
+    path = str(tmp_path / "s.db")
+    with scripted_db(path) as db:
+        _answers(db, 3).rows(fresh=True)
+        assert _answers(db, 3).name == "answers"  # the same definition: the view it is
+        with pytest.raises(dm.DeltamemError, match='View "answers" exists with another definition'):
+            _answers(db, 2)
+    with scripted_db(path) as db:  # another process, later
+        assert db.views() == ["answers"]
+        db.table("docs").upsert({"doc_id": "d1", "text": "Part 1 had snow.", "part": 5})
+        rows = db.view("answers").rows(fresh=True).rows
+        with scripted_db() as fresh:
+            _tables(fresh)
+            fresh.table("docs").upsert({"doc_id": "d1", "text": "Part 1 had snow.", "part": 5})
+            assert rows == _answers(fresh, 1).rows(fresh=True).rows
+
+
 def test_sql_creates_and_explains_a_sharded_view():
     with scripted_db() as db:
         _tables(db)

@@ -21,6 +21,11 @@ def shard_roles(count: int) -> tuple[str, ...]:
     return tuple(f"shard{index}" for index in range(count))
 
 
+def is_shard_union(plan: Mapping[str, Any]) -> bool:
+    """Whether ``plan`` is a sharded view's: the union of its shard views."""
+    return plan.get("op") == ShardUnion.kind
+
+
 class ShardUnion(MultiInputOperator):
     kind = "shard_union"
     roles: ClassVar[tuple[str, ...]] = ()  # one per shard: ``roles_of`` a plan
@@ -46,8 +51,8 @@ class ShardUnion(MultiInputOperator):
 
     def apply_inputs(self, inputs: dict[str, list[Delta]], ctx: OperatorContext) -> list[Delta]:
         merged: dict[RowKey, list] = {}
-        for role in self.roles_of({"views": self.views}):
-            for delta in inputs.get(role, ()):
+        for deltas in inputs.values():  # one list per shard
+            for delta in deltas:
                 sides = merged.setdefault(delta.key, [None, None])
                 sides[0] = sides[0] if delta.before is None else delta.before
                 sides[1] = sides[1] if delta.after is None else delta.after

@@ -25,7 +25,7 @@ from deltamem.changes import ERROR_COLUMN, Row
 from deltamem.errors import DependentViews, NoView, PrimaryKeyError
 from deltamem.ingest import Record, load_file
 from deltamem.operators.base import MultiInputOperator
-from deltamem.operators.shard_union import ShardUnion
+from deltamem.operators.shard_union import ShardUnion, is_shard_union
 from deltamem.relation import Relation, build_operators, split_plan
 from deltamem.sql.catalog import CATALOG_COLUMNS, CATALOG_TABLE, SEQUENCE_COLUMN, Catalog, Source
 from deltamem.sql.dialect import Statement, parse
@@ -414,7 +414,7 @@ def _graph(plan: dict[str, Any]) -> list[tuple[Any, ...]]:
     """One row per operator, head first: its id, what it reads, and its parameters. A sharded view's rows are
     those of the plan each shard runs, then the union of its shard views."""
     head, nodes = split_plan(plan)
-    if head.get("op") == ShardUnion.kind:
+    if is_shard_union(head):
         return [*_graph(head["of"]), (ShardUnion.kind, ", ".join(head["views"]),
                                       f"shards={len(head['views'])}, partition={head['of']['partition']!r}")]
     operators = build_operators(plan)
