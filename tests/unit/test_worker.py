@@ -243,16 +243,21 @@ def test_the_worker_command_refuses_bad_options(tmp_path):
     assert option.exit_code == 1 and "Did you mean 'latency'" in option.output
 
 
-def test_bench_workers_runs_small_and_pays_no_call_twice(tmp_path):
+@pytest.mark.parametrize(("workload", "described", "calls"), [
+    (["--views", "2"], "2 sem_map views", 24),
+    (["--shards", "2"], "one LLM_GENERATE view in 2 shards", 12),  # the workers share one view's shards
+])
+def test_bench_workers_runs_small_and_pays_no_call_twice(tmp_path, workload, described, calls):
     out = tmp_path / "w.json"
-    result = CliRunner().invoke(app, ["bench", "workers", "--workers", "1,2", "--views", "2", "--changes", "12",
+    result = CliRunner().invoke(app, ["bench", "workers", "--workers", "1,2", *workload, "--changes", "12",
                                       "--latency", "0.05", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "store: sqlite (temporary files)" in " ".join(result.output.split())
+    assert f"store: sqlite (temporary files); test backend, 0.05 s per call; {described}" in \
+        " ".join(result.output.split())
     report = json.loads(out.read_text())
     assert [r["workers"] for r in report["runs"]] == [1, 2]
     for run in [*report["runs"], report["kill"]]:
-        assert run["paid_twice"] == 0 and run["equal_to_recompute"]
+        assert run["paid_twice"] == 0 and run["equal_to_recompute"] and run["calls"] == calls
     assert report["runs"][1]["shares_at_start"] == [1, 1]
     assert report["kill"]["kill"]["seconds_to_continue"] is not None
 
