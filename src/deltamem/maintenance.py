@@ -411,15 +411,15 @@ class Maintainer:
     def _apply_pass(self, definition: ViewDef, operators: list[Operator], versions: list[int], first: int,
                     by_version: dict[int, dict[str, list[Delta]]], stored: _PassState) -> int:
         """Compute ``versions[first]`` and as many after it as fit in one pass (``PASS_SECONDS``,
-        ``PASS_MAX_CHANGES``), then write them with two commits: the pass's calls (ledger, memo), then every
-        version's view commit in one transaction, each version with its own outputs in the history. Return the index
+        ``PASS_MAX_CHANGES``), then write them in one store transaction (``_commit_pass``): the pass's calls (ledger,
+        memo), then every version's view commit, each version with its own outputs in the history. Return the index
         of the first version left. What a pass computed before an exception is still written, then the exception
         raised. On a remote store the pass's calls are planned and paid in one round first (``prepay_pass``).
         ``stored`` is the pass's cache of the store's state (empty, or with the failures the caller just read)."""
         pending: list[ViewCommit] = []
         started, changes, index = time.monotonic(), 0, first
-        try:
-            with self.db.runner.deferring_records():  # the pass's calls are written when it ends, first
+        with self.db.runner.deferring_records():  # the pass's calls are written when it ends, first
+            try:
                 planned_end = first + prepay_pass(
                     operators, versions[first:], by_version, view=definition.name, store=self.db.store,
                     runner=self.db.runner, embedder=self.db._embedder, stored_failures=stored.failures,
@@ -436,12 +436,29 @@ class Maintainer:
                                                  pending=pending, stored=stored))
                     index += 1
                     changes += sum(len(deltas) for deltas in inputs.values())
-        finally:  # after the calls, in a transaction of its own: paid calls are never lost with a view commit
-            if pending:
-                applied = self.db.store.commit_views(pending)
-                for commit, done in zip(pending, applied, strict=True):  # outside the transaction: readers wait on
-                    self._committed(commit, done)  # ``_changed`` while they read the store
+            finally:
+                self._commit_pass(pending)
         return index
+
+    def _commit_pass(self, pending: list[ViewCommit]) -> None:
+        """Write a pass: its calls kept back so far, then its view commits, in one store transaction (one durable
+        commit, not two). The view commits run in a nested one (a savepoint), so a view commit that raises still
+        leaves the calls written: paid calls are never lost with a view commit."""
+        if not pending:  # nothing computed (the first version raised): only calls to write, if any
+            self.db.runner.write_deferred()
+            return
+        failure: Exception | None = None
+        applied: list[bool] = []
+        with self.db.store.transaction():
+            self.db.runner.write_deferred()
+            try:
+                applied = self.db.store.commit_views(pending)
+            except Exception as exc:  # noqa: BLE001 - raised once the calls are committed
+                failure = exc
+        if failure is not None:
+            raise failure
+        for commit, done in zip(pending, applied, strict=True):  # outside the transaction: readers wait on
+            self._committed(commit, done)  # ``_changed`` while they read the store
 
     def _commit(self, commit: ViewCommit) -> None:
         self._committed(commit, self.db.store.commit_view(commit))

@@ -23,15 +23,18 @@ import numpy as np
 from deltamem.llm.base import CompletionRequest
 
 
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # made once: a key is hashed per call asked
+
+
 def call_hash(model_id: str, request: CompletionRequest) -> str:
     payload = {"model": model_id, "request": request.to_json()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_KEY_JSON.encode(payload).encode()).hexdigest()
 
 
 def embed_hash(model_id: str, text: str) -> str:
     """The memo key of embedding ``text``; its payload has no ``request``, so it never equals a completion's key."""
     payload = {"model": model_id, "embed": text}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_KEY_JSON.encode(payload).encode()).hexdigest()
 
 
 def vector_to_text(vector: np.ndarray) -> str:

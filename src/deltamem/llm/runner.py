@@ -172,6 +172,13 @@ class CallRunner(EmbeddingRuns):
             self._deferred.records = self._deferred.prepaid = self._deferred.answered = None
             self._record(records)
 
+    def write_deferred(self) -> None:
+        """Inside ``deferring_records``: write the records kept back so far now (in the caller's transaction, when it
+        holds one), so that the caller's writes that follow may share that transaction."""
+        records = self._deferred.records
+        self._record(list(records))
+        records.clear()
+
     def calls_payable_in(self, seconds: float) -> int:
         """About how many calls this runner settles in ``seconds``: from the median time of its recent calls (one
         call that waited for the GIL or the network says little; one the memo answered for ``prepay`` took none) and

@@ -27,7 +27,7 @@ contains ``poison`` with a ``BackendError``, then answers normally.
 from __future__ import annotations
 
 import dataclasses
-
+import functools
 import hashlib
 import json
 import re
@@ -52,6 +52,11 @@ _PAIRWISE = re.compile(
 
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
+
+
+@functools.lru_cache(maxsize=4096)  # answers reuse a few words: a token's id is worked out once
+def _token_id(token: str) -> int:
+    return int.from_bytes(_digest("token:" + token)[:3], "big")
 
 
 def count_scripted_tokens(text: str) -> int:
@@ -97,7 +102,7 @@ class ScriptedLLM:
             text, finish = " ".join(words[: request.max_tokens]), "length"
         else:
             finish = "stop"
-        ids = tuple(int.from_bytes(_digest("token:" + t)[:3], "big") for t in _TOKEN.findall(text))
+        ids = tuple(_token_id(t) for t in _TOKEN.findall(text))
         completion = Completion(
             text=text,
             prompt_tokens=sum(count_scripted_tokens(m.content) + 4 for m in request.messages),

@@ -22,16 +22,21 @@ class Connection(Protocol):
     def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
 
 
+# One encoder each, made once: ``json.dumps`` with options builds an encoder per call, a cost paid per stored value.
+_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+_IN_ORDER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Sorted-key JSON, as both stores write it. allow_nan=False: JSON has no NaN or Infinity, and SQLite's
     json_extract rejects them on every later read."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _SORTED.encode(value)
 
 
 def dumps_in_order(value: Any) -> str:
     """JSON in ``value``'s own key order: a view's plan, which every process then shows (EXPLAIN, SHOW) as its author
     wrote it."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _IN_ORDER.encode(value)
 
 
 class Dialect:
