@@ -523,10 +523,13 @@ class GenerateOperator(MultiInputOperator):
             if source is None:
                 continue
             old, new = before.get(source), answers.get(source)
-            if new is not None and old is not None and all(
+            # A source stays one only while its answer came from a call: one that now reuses another's answer (its
+            # question changed to one with the same rewriting) is no source, so its reuses are decided again.
+            answered = new is not None and new.error is None and "reused_from" not in (new.value or {})
+            if answered and old is not None and all(
                     new.value.get(n) == old.value.get(n) for n in ("text", "chunks", "rewritten")):
                 continue  # the source's answer and provenance are as they were
-            if new is not None and old is not None and new.error is None and new.value.get("text") == entry.value[
+            if answered and old is not None and new.value.get("text") == entry.value[
                     "text"] and new.value.get("rewritten") == old.value.get("rewritten"):
                 followed = {**entry.value, "chunks": new.value.get("chunks"), "kth": new.value.get("kth")}
                 answers[key] = StateEntry(key, entry.fingerprint, entry.input_row, followed, None)
