@@ -145,6 +145,13 @@ class Relation:
         ``db.view(name, table.sem_index("text")).search(query, k)`` answers ad-hoc queries."""
         return self._chain({"op": "sem_index", "instruction": column})
 
+    def sem_graph(self, instruction: str, *, synonym_threshold: float = 0.9, max_tokens: int = 256) -> "Relation":
+        """A knowledge graph of these rows as passages (``instruction`` renders one): one extraction call per
+        passage; one row per node, fact edge and synonymy edge, each with the passages that assert it
+        (``deltamem.operators.graph``)."""
+        return self._chain({"op": "sem_graph", "instruction": instruction, "synonym_threshold": synonym_threshold,
+                            "max_tokens": max_tokens})
+
     def sem_search_many(self, queries: "Relation", *, k: int, column: str, query_column: str = "query") -> "Relation":
         """Standing vector searches, one per row of ``queries``: for each, the ``k`` rows of this relation whose
         ``column`` is most similar to its ``query_column``; keyed by (query key, row key), with column ``score``.

@@ -122,6 +122,9 @@ class ScriptedLLM:
         if pair:  # checked first: an item's text may itself contain "True or False"
             return "A" if _digest("rank:" + pair.group(1)) >= _digest("rank:" + pair.group(2)) else "B"
         everything = "\n".join(m.content for m in request.messages)
+        if "[subject, relation, object]" in everything:  # sem_graph's open information extraction
+            passage = next(m.content for m in request.messages if m.content.startswith("Passage:\n"))
+            return json.dumps(_extract(passage.removeprefix("Passage:\n")))
         digest = _digest(everything)
         if "True or False" in everything:
             return "True" if digest[0] % 2 == 0 else "False"
@@ -130,6 +133,23 @@ class ScriptedLLM:
             names = [k.strip(" '\"`") for k in re.split(r",|\band\b", keys.group(1)) if k.strip(" '\"`")]
             return json.dumps({name: _phrase(_digest(name + everything), 2) for name in names})
         return self.phrases[digest[0] % len(self.phrases)] if self.phrases else _phrase(digest, 3)
+
+
+_ENTITY = re.compile(r"[A-Z][\w-]*(?: [A-Z][\w-]*)*")
+
+
+def _extract(passage: str) -> dict:
+    """An extraction a careful reader could make: the capitalised names of each sentence are its entities, and the
+    words between its first two names relate them."""
+    entities: list[str] = []
+    triples: list[list[str]] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", passage):
+        found = list(_ENTITY.finditer(sentence))
+        entities += [m.group(0) for m in found]
+        if len(found) >= 2:
+            between = sentence[found[0].end():found[1].start()].strip(" ,;:") or "is related to"
+            triples.append([found[0].group(0), between, found[1].group(0)])
+    return {"entities": entities, "triples": triples}
 
 
 def _phrase(digest: bytes, num_words: int) -> str:

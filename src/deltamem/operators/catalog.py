@@ -14,6 +14,7 @@ import importlib
 from deltamem.operators.agg import SemAgg
 from deltamem.operators.base import MultiInputOperator, Operator
 from deltamem.operators.compose import ComposeOperator
+from deltamem.operators.graph import SemGraph
 from deltamem.operators.generate import GenerateOperator
 from deltamem.operators.join import SemJoin
 from deltamem.operators.rowwise import SemExtract, SemFilter, SemMap
@@ -23,7 +24,7 @@ from deltamem.operators.shard_union import ShardUnion
 from deltamem.operators.topk import SemTopK
 
 CHAIN_OPERATORS: dict[str, type[Operator]] = {
-    op.kind: op for op in (SemFilter, SemMap, SemExtract, SemTopK, SemAgg, SemIndex, SemSearch)
+    op.kind: op for op in (SemFilter, SemMap, SemExtract, SemTopK, SemAgg, SemIndex, SemSearch, SemGraph)
 }
 HEAD_OPERATORS: dict[str, type[MultiInputOperator]] = {
     op.kind: op for op in (GenerateOperator, ComposeOperator, SemJoin, SemSearchMany, ShardUnion)

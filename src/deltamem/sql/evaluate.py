@@ -24,7 +24,8 @@ from deltamem.sql.errors import BindError, NotSupported
 
 Row = Mapping[str, Any]
 Compiled = Callable[[Row], Any]
-SEMANTIC_FUNCTIONS = ("SEM_FILTER", "SEM_MAP", "SEM_EXTRACT", "SEM_AGG", "SEM_RANK", "SEM_MATCH", "SEM_SEARCH")
+SEMANTIC_FUNCTIONS = ("SEM_FILTER", "SEM_MAP", "SEM_EXTRACT", "SEM_AGG", "SEM_RANK", "SEM_MATCH", "SEM_SEARCH",
+                      "SEM_GRAPH")
 
 
 class Bound(exp.Expression):

@@ -8,6 +8,8 @@ How SQL maps onto operators, in the order the chain applies them:
 =====================================  ==========================================================================
 ``FROM t`` / ``FROM v`` / subquery     the table, the view, or the subquery's own chain
 ``FROM SEM_SEARCH(t, 'q', k)``         ``t.sem_search('q', k=k, column=...)`` (column: 4th argument, else ``text``)
+``FROM SEM_GRAPH(t, '{text}')``        ``t.sem_graph('{text}', synonym_threshold=..., max_tokens=...)``: the graph's
+                                       rows (``deltamem.operators.graph``)
 ``JOIN u ON SEM_MATCH('{a:left}..')``  ``t.sem_join(u, ...)``; other ON terms filter the joined rows
 ``WHERE`` plain terms                  one ``sql_where`` (``deltamem.sql.operators``), before any model call
 ``WHERE SEM_FILTER('...')``            ``sem_filter``, one per top-level AND term, in the order written
@@ -173,7 +175,8 @@ def plan_relation(select: exp.Expr, catalog: Catalog) -> RelationPlan:
 def _plan_from(select: exp.Select, catalog: Catalog) -> tuple[_Chain, _Scope, list[exp.Expr]]:
     source = select.args.get("from_")
     if source is None:
-        raise NotSupported("A continuous view needs FROM: a table, a view, a subquery or SEM_SEARCH(...)")
+        raise NotSupported("A continuous view needs FROM: a table, a view, a subquery, SEM_SEARCH(...) or "
+                           "SEM_GRAPH(...)")
     node = source.this
     joins = select.args.get("joins") or []
     if len(joins) > 1:
@@ -189,11 +192,26 @@ def _plan_from(select: exp.Select, catalog: Catalog) -> tuple[_Chain, _Scope, li
         return chain, scope, []
     if isinstance(node, exp.Table) and isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "SEM_SEARCH":
         return _plan_search(node, catalog)
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "SEM_GRAPH":
+        return _plan_graph(node, catalog)
     table = _table_source(node, catalog)
     columns = catalog.columns(table)
     chain = _Chain(table, columns, f'{table.kind} "{table.name}"')
     names = {c: c for c in columns}
     return chain, _Scope(columns, {table.name: names, node.alias_or_name: names}, set(), chain.where), []
+
+
+def _plan_graph(node: exp.Table, catalog: Catalog) -> tuple[_Chain, _Scope, list[exp.Expr]]:
+    call = node.this
+    positional, options = _arguments(call, ("source", "passage"), {"synonym_threshold": float, "max_tokens": int},
+                                     constants=False)
+    if not isinstance(positional[0], exp.Column):
+        raise NotSupported(f"SEM_GRAPH's first argument names a table or view, not {positional[0].sql()!r}")
+    source = catalog.resolve(positional[0].name)
+    chain = _Chain(source, catalog.columns(source), f'{source.kind} "{source.name}"')
+    chain.push(Step("sem_graph", _template(constant(positional[1], what="SEM_GRAPH's passage template")), options))
+    names = {c: c for c in chain.columns}
+    return chain, _Scope(chain.columns, {source.name: names, node.alias_or_name: names}, set(), chain.where), []
 
 
 def _table_source(node: exp.Expr, catalog: Catalog) -> Source:
