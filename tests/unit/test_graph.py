@@ -130,7 +130,8 @@ def test_the_graph_and_its_node_vectors_survive_a_restart_on_both_stores(new_sto
     with scripted_db(path) as db:  # another process: the names' vectors come from the store, not embedded again
         db.table("passages").upsert({"pid": "b", "text": "Lovelace met Babbage in London."})
         rows = db.view("graph").rows(fresh=True).rows
-        embedded = [e for e in db.store.get_ledger("graph") if is_embedding_operator(e.operator) and e.outcome == "paid"]
+        embedded = [e for e in db.store.get_ledger("graph")
+                    if is_embedding_operator(e.operator) and e.outcome == "paid"]
     with scripted_db() as fresh:
         passages, graph = _graph(fresh)
         passages.upsert([{"pid": "a", "text": "Ada Lovelace worked with Charles Babbage."},
