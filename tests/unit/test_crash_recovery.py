@@ -32,9 +32,9 @@ CHILD = textwrap.dedent(
         if change == 3:
             docs.delete(i % 7)
         else:
-            docs.upsert({"id": i % 7, "text": f"text {i % 11}", "tag": str(i)})
+            docs.upsert({"id": i % 7, "text": f"text {i % 97}", "tag": str(i)})
         print(i, flush=True)
-        time.sleep(0.005)  # writes outpace maintenance (two 20 ms calls a change), so the view lags when killed
+        time.sleep(0.005)  # writes outpace maintenance (two 20 ms calls a change, few from the memo: 97 texts)
     """
 )
 
@@ -45,7 +45,7 @@ def expected_rows(num_changes: int) -> dict[int, dict]:
         if i % 5 == 3:
             rows.pop(i % 7, None)
         else:
-            rows[i % 7] = {"id": i % 7, "text": f"text {i % 11}", "tag": str(i)}
+            rows[i % 7] = {"id": i % 7, "text": f"text {i % 97}", "tag": str(i)}
     return rows
 
 
