@@ -138,3 +138,15 @@ def test_the_graph_and_its_node_vectors_survive_a_restart_on_both_stores(new_sto
                          {"pid": "b", "text": "Lovelace met Babbage in London."}])
         assert rows == graph.rows(fresh=True).rows
     assert len(embedded) == 2 + 3  # ada lovelace, charles babbage; then lovelace, babbage, london: each name once
+
+
+def test_a_passage_edited_to_other_columns_keeps_asking_again_after_a_malformed_reply():
+    llm = GarblingLLM({"Garbled": "not json"})
+    with scripted_db(llm=llm) as db:
+        passages = db.table("passages", key="pid", columns={**PASSAGES, "tag": "text"})
+        graph = db.view("graph", passages.sem_graph("{text}"))
+        passages.upsert({"pid": "g", "text": "Garbled Ada lived in London.", "tag": "x"})
+        graph.rows(fresh=True)
+        llm.replies.clear()
+        passages.upsert({"pid": "g", "text": "Garbled Ada lived in London.", "tag": "y"})  # the same passage text
+        assert {r["kind"] for r in graph.rows(fresh=True).rows} == {"node", "edge"}

@@ -29,6 +29,9 @@ failure      an extraction that fails, or that the model returns malformed (not 
              refresh asks again
 ===========  =======================================================================================================
 
+A TTL ``keep`` expiry (a ``forget``) is a delete for the graph: a node or edge never outlives the passages that
+assert it.
+
 State, per operator (keys are JSON arrays, so none collides with a passage key, a JSON scalar): per passage key its
 extraction (``value = {"entities", "triples"}``, or ``error``); per graph row its current output (``value = {"row"}``),
 with the name's vector for a node. A passage whose extraction failed keeps ``{"malformed": n}``, the malformed
@@ -151,7 +154,9 @@ class SemGraph(Operator):
                     graph.put(StateEntry(delta.key, h, delta.after, old.value, None, old.cost))
                 continue
             graph.withdraw(delta.key, old)
-            asked.append((delta.key, delta.after, h, 0))
+            # The same text as a malformed extraction: asked with the note, or the memo would give it back again.
+            malformed = (old.value or {}).get("malformed", 0) if old is not None and old.fingerprint == h else 0
+            asked.append((delta.key, delta.after, h, malformed))
         touched = {d.key for d in deltas}
         for failed in [e for e in state.values() if e.error is not None and e.key not in touched]:
             graph.withdraw(failed.key, failed)  # asked again: its error row leaves, whatever the answer
