@@ -49,14 +49,13 @@ def parent_view(name: str) -> str:
     return name.partition(SHARD_MARK)[0]
 
 
-def check_shards(shards: object, partition: str | None, *, view: str) -> int:
-    """``shards`` as a count, or ``SchemaError`` naming what is wrong (only a partitioned view has shards)."""
+def check_shards(shards: object, partition: str | None, *, view: str) -> None:
+    """Raise ``SchemaError`` naming what is wrong with ``shards`` (a count; only a partitioned view has shards)."""
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise SchemaError(f"{view!r}: shards must be an integer from 1 to {MAX_SHARDS}, got {shards!r}")
     if shards > 1 and partition is None:
         raise SchemaError(f"{view!r}: shards={shards} needs partition=<column>: a view is sharded by the value of "
                           "its partition column")
-    return shards
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,12 @@ class Workload(Protocol):
         whole stream's calls over those of the busiest worker."""
 
 
+def _document(j: int, changes: int) -> dict:
+    """The stream's ``j``-th document: new ones for the first 60% of ``changes``, then revisions of those."""
+    rows = max(1, changes * 3 // 5)
+    return {"id": j % rows, "text": f"document {j % rows}, revision {j // rows}"}
+
+
 def _bound(loads: dict[str, int], held: list[list[str]]) -> float:
     busiest = max(sum(loads.get(view, 0) for view in views) for views in held)
     return sum(loads.values()) / busiest if busiest else 1.0
@@ -70,8 +76,7 @@ class SemMapViews:
         return docs
 
     def change(self, j: int, changes: int) -> dict:
-        rows = max(1, changes * 3 // 5)
-        return {"id": j % rows, "text": f"document {j % rows}, revision {j // rows}"}
+        return _document(j, changes)
 
     def speedup_bound(self, held: list[list[str]], changes: int) -> float:
         return _bound(dict.fromkeys(self.view_names(), changes), held)
@@ -114,9 +119,8 @@ class ShardedAnswers:
         return docs
 
     def change(self, j: int, changes: int) -> dict:
-        rows = max(1, changes * 3 // 5)
-        row = j % rows
-        return {"id": row, "part": row % self.partitions, "text": f"document {row}, revision {j // rows}"}
+        document = _document(j, changes)
+        return {**document, "part": document["id"] % self.partitions}
 
     def speedup_bound(self, held: list[list[str]], changes: int) -> float:
         """Partitions hash to shards unevenly (``deltamem.shards.shard_of``), so a shard may get more of the stream

@@ -5,7 +5,8 @@ calls paid twice (must be none), and one worker killed with SIGKILL mid-stream.
 
 Each run gets a fresh store (a new PostgreSQL database on the DSN's server, or a new SQLite file), one table and
 ``views`` ``sem_map`` views over it, each with its own instruction, so one change costs one call per view; or, with
-``shards``, one ``LLM_GENERATE`` view in that many shards (``deltamem.bench.worker_loads``). This process only writes (``background=False``, it never maintains). The workers run the test backend with a fixed
+``shards``, one ``LLM_GENERATE`` view in that many shards (``deltamem.bench.worker_loads``). This process only writes
+(``background=False``, it never maintains). The workers run the test backend with a fixed
 ``latency`` per call and ``max_concurrency`` calls at once each (1 by default, so that one worker's throughput is
 bounded by the latency and the scale-out is measurable); a worker maintains its views one after another.
 
@@ -236,20 +237,20 @@ def _kill(store, proc: subprocess.Popen, kill: signal.Signals) -> dict[str, Any]
     at = time.time()
     if kill is signal.SIGKILL:
         proc.wait()  # reaped at once: a zombie's pid would still look alive
-    return {"views": views, "at": at, "applied": {v: store.get_applied_version(v) or -1 for v in views},
+    return {"views": views, "at": at, "applied": {v: _applied(store, v) for v in views},
             "continued_after": {}}
 
 
 def _note_continued(store, killed: dict[str, Any]) -> None:
     for view in killed["views"]:
-        if view not in killed["continued_after"] and (store.get_applied_version(view) or -1) > killed["applied"][view]:
+        if view not in killed["continued_after"] and _applied(store, view) > killed["applied"][view]:
             killed["continued_after"][view] = time.time() - killed["at"]
 
 
 def _report(progress: Progress | None, label: str, store, names: list[str], start: int, last: int,
             changes: int) -> None:
     if progress is not None:
-        done = sum(max(0, min(last, store.get_applied_version(n) or -1) - start) for n in names)
+        done = sum(max(0, min(last, _applied(store, n)) - start) for n in names)
         progress(label, min(done, changes * len(names)), changes * len(names))
 
 
