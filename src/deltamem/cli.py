@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 import deltamem as dm
 from deltamem.commands import bench, bench_context, bench_engine, bench_kv, sql, streams
 from deltamem.commands.common import EMBEDDER, LLM, console, fail, open_db
+from deltamem.commands.bench_graph import bench_graph
 from deltamem.commands.bench_workers import bench_workers
 from deltamem.commands.cdc import cdc
 from deltamem.commands.worker import worker
@@ -239,3 +240,4 @@ bench_app.command("context-stream")(bench_context.bench_context_stream)
 bench_app.command("engine")(bench_engine.bench_engine)
 bench_app.command("serve")(bench_serve)
 bench_app.command("workers")(bench_workers)
+bench_app.command("graph")(bench_graph)

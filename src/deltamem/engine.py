@@ -31,6 +31,7 @@ from deltamem.changes import (
     encode_key,
     key_order,
 )
+from deltamem.cost_model import choose_retrieval
 from deltamem.errors import (
     AlreadyExists,
     CatalogChanged,
@@ -344,6 +345,7 @@ class Database:
         context: Table,
         data_source: Table,
         retrieve: int | str = "all",
+        k: int | None = None,
         strategy: str = "auto",
         refresh: str = "on_change",
         question: str | None = None,
@@ -367,7 +369,8 @@ class Database:
         recompute; ``append_budget`` caps an output's delta log in tokens; with ``partition``, a column of both tables,
         an answer reads only the documents with its own value there (a conversation's history, a question's
         paragraphs), and a document change reaches only those answers. See ``deltamem.operators.generate`` for
-        ``retrieve``, ``strategy`` and ``refresh``; ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
+        ``retrieve`` (``"all"``, a number of sentences, ``"graph"`` with ``k`` passages, or ``"auto"``: the cheapest
+        of the three by ``deltamem.cost_model``, chosen now and kept), ``strategy`` and ``refresh``; ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
         a close answered one's answer, with a measured rate of wrong reuses under ``max_error``; ``reuse_check`` of
         the reuses are checked with a real call); ``deltamem.operators.compose`` for ``decompose`` (composite
         questions answered from shared base questions). ``shards=n`` (with ``partition``) splits the view into ``n``
@@ -387,7 +390,14 @@ class Database:
                 "prompt": prompt, "retrieve": retrieve, "strategy": strategy, "refresh": refresh,
                 "question": question, "document": document, "out": out, "max_tokens": max_tokens,
                 "shadow": shadow, "append_budget": append_budget, "partition": partition}
+        if k is not None:  # stored only when set: the plans of views made before graph retrieval stay as they were
+            plan["k"] = k
+        if retrieve == "auto":
+            plan = choose_retrieval(self, name, plan)
         if decompose is not None:
+            if retrieve in ("graph", "auto") or k is not None:
+                raise SchemaError(f"{name!r}: retrieve={retrieve!r} and decompose cannot be combined yet; "
+                                  "decompose's base questions retrieve sentences (retrieve='all' or a number)")
             if reuse != "off":
                 raise SchemaError(f"{name!r}: reuse={reuse!r} and decompose cannot be combined; composites already "
                                   "share their base answers")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from deltamem.changes import Row, Written, decode_key, encode_key, key_order
+from deltamem.cost_model import Estimate, estimate, generate_head, inputs_for, retrieval_of
 from deltamem.errors import ConfigError, NoRow, SchemaError
 from deltamem.frames import frame_rows, is_frame, plain, to_frame
 from deltamem.operators.base import MultiInputOperator, Operator
@@ -358,6 +359,16 @@ class View(Relation):
             return {**report, "shard": shard}
         raise NoRow(f'View "{self.name}" has no output, state or decision for key {key!r} in any of its '
                     f"{len(shards)} shards")
+
+    def estimate(self) -> Estimate:
+        """What maintaining this ``LLM_GENERATE`` view costs with each retrieval (all, dense, graph) at the rates its
+        history measured, and which is cheapest (``deltamem.cost_model``)."""
+        plan = self._db._view_def(self.name).plan
+        head = generate_head(plan)
+        if head is None:
+            raise SchemaError(f'View "{self.name}" is not an LLM_GENERATE view; only those have a retrieval to '
+                              "estimate")
+        return estimate(inputs_for(self._db, head), retrieval_of(head))
 
     @property
     def version(self) -> int | None:

@@ -9,7 +9,7 @@ import pytest
 from deltamem.errors import SchemaError, TemplateError
 from deltamem.llm.embedding_runs import is_embedding_operator
 from deltamem.llm.scripted import ScriptedLLM
-from deltamem.operators.graph import MAX_NAME, parse_extraction
+from deltamem.operators.graph import MAX_MALFORMED, MAX_NAME, parse_extraction
 from tests.helpers import scripted_db
 
 PASSAGES = {"pid": "text", "text": "text"}
@@ -150,3 +150,21 @@ def test_a_passage_edited_to_other_columns_keeps_asking_again_after_a_malformed_
         llm.replies.clear()
         passages.upsert({"pid": "g", "text": "Garbled Ada lived in London.", "tag": "y"})  # the same passage text
         assert {r["kind"] for r in graph.rows(fresh=True).rows} == {"node", "edge"}
+
+
+def test_a_passage_malformed_max_times_is_not_asked_again_until_it_changes():
+    llm = GarblingLLM({"Garbled": "not json"})
+    with scripted_db(llm=llm) as db:
+        passages, graph = _graph(db)
+        passages.upsert({"pid": "g", "text": "Garbled Ada lived in London."})
+        graph.rows(fresh=True)
+        for _ in range(MAX_MALFORMED + 2):
+            db.refresh()
+            graph.rows(fresh=True)
+        asked = [e for e in db.store.get_ledger("graph") if not is_embedding_operator(e.operator)]
+        assert len(asked) == MAX_MALFORMED
+        error = next(r for r in graph.rows().rows if r["kind"] == "error")["_error"]
+        assert f"after {MAX_MALFORMED} malformed replies, asked again only when the passage changes" in error
+        llm.replies.clear()
+        passages.upsert({"pid": "g", "text": "Garbled Ada lived in Paris."})
+        assert not [r for r in graph.rows(fresh=True).rows if r["kind"] == "error"]

@@ -119,7 +119,7 @@ def test_sql_creates_and_explains_a_sharded_view():
                     "DATA_SOURCE = docs, PARTITION = 'part', SHARDS = 2)")
         assert len(execute(db, "SELECT * FROM answers").rows) == 6
         graph = execute(db, "EXPLAIN VIEW answers").rows
-        assert [row[0] for row in graph] == ["1:llm_generate", "shard_union"]
+        assert [row[0] for row in graph][:2] == ["1:llm_generate", "shard_union"]  # then the cost estimate
         assert graph[1][1:] == ("answers#0, answers#1", "shards=2, partition='part'")
         assert "CASCADE dropped view answers" in execute(db, "DROP TABLE docs CASCADE").status
 

@@ -39,6 +39,11 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
+def whole(text: str) -> list[str]:
+    """A document as one chunk (none when it is blank)."""
+    return [text.strip()] if text.strip() else []
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -74,11 +79,13 @@ class DocumentChunks:
     operator does not retrieve."""
 
     def __init__(self, docs_op: str, document: Template, partition: str | None,
-                 embed: Callable[[list[str], OperatorContext], np.ndarray | None]):
+                 embed: Callable[[list[str], OperatorContext], np.ndarray | None],
+                 split: Callable[[str], list[str]] = split_sentences):
         self.docs_op = docs_op
         self.document = document
         self.partition = partition
         self.embed = embed
+        self.split = split  # a document's chunks: its sentences, or (graph retrieval) the whole passage
 
     def part_of(self, row: Row) -> str:
         """The partition an output or a document belongs to (all in one when there is no ``partition``)."""
@@ -98,7 +105,7 @@ class DocumentChunks:
                 removed[old.value["part"]].update({tuple(c["ident"]): c["text"] for c in old.value["chunks"]})
                 ctx.delete_state(self.docs_op, delta.key)
             if delta.after is not None and not delta.forget:
-                sentences = split_sentences(self.document.render(delta.after))
+                sentences = self.split(self.document.render(delta.after))
                 new_texts.append((delta.key, self.part_of(delta.after), sentences))
         vectors = self.embed([s for _key, _part, sentences in new_texts for s in sentences], ctx)
         position = 0

@@ -4,9 +4,12 @@
 
 Documents are split into sentences (chunks that keep their document key, position and a hash of their text). With
 ``retrieve="all"`` every document is in every prompt; with ``retrieve=k`` the k chunks most similar to the question
-(cosine over the database's embedder) are, in document order. Each output records its provenance: the chunks that were
-in its prompt and, with retrieval, the score of the k-th. An embedding that still fails after its retries fails the
-version (no answer can retrieve without it); maintenance retries the view later.
+(cosine over the database's embedder) are, in document order; with ``retrieve="graph"`` each document is one chunk,
+and the ``k`` (default 5) that Personalized PageRank reaches from the question's entities over a knowledge graph of
+DATA_SOURCE are (``deltamem.operators.graph_retrieval``). ``db.generate(retrieve="auto")`` is resolved at
+definition by the cost model (``deltamem.cost_model``) to one of the three. Each output records its provenance: the
+chunks that were in its prompt and, with retrieval, the score of the k-th. An embedding that still fails after its
+retries fails the version (no answer can retrieve without it); maintenance retries the view later.
 
 On a backend with attention (the local model) every answer except the baselines' also records its attention
 attribution, captured while it is generated: per output sentence, the share of attention it paid to each prompt
@@ -16,7 +19,8 @@ When DATA_SOURCE changes, each output gets one strategy, and the decision is log
 
 ==========  ==========================================================================================================
 skip        the change touches nothing the output depends on: none of its chunks changed, and no new chunk scores
-            above its k-th (exact: the prompt is provably the same); also whenever the rebuilt prompt is identical.
+            above its k-th, or (graph) the change missed its subgraph and the PPR bound keeps its top k (exact: the
+            prompt is provably the same); also whenever the rebuilt prompt is identical.
             ``auto``, on a backend that cannot verify, also skips, approximately, a change its answer paid less
             than the attention threshold to (5% of its attention, until calibrated) that touches no key term of the
             question, the answer or the three sentences it attended to most; without attribution, an edit that
@@ -56,7 +60,7 @@ above; with ``decompose``, the view is ``deltamem.operators.compose``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -66,6 +70,7 @@ from deltamem.errors import SchemaError
 from deltamem.llm.base import CompletionRequest, Message
 from deltamem.llm.memo import call_hash
 from deltamem.llm.runner import CallSpec
+from deltamem.memory.graph_ppr import Ranking
 from deltamem.memory.provenance import copied_spans
 from deltamem.memory.strategies import (
     Calibration,
@@ -84,7 +89,8 @@ from deltamem.memory.strategies import (
     retrieval_skip,
 )
 from deltamem.operators.base import MultiInputOperator, OperatorContext, retract
-from deltamem.operators.documents import Chunk, DocumentChunks, Documents
+from deltamem.operators.documents import Chunk, DocumentChunks, Documents, split_sentences, whole
+from deltamem.operators.graph_retrieval import DEFAULT_K, GraphRetrieval, GraphVersion, describe_ranking
 from deltamem.operators.template import Template
 from deltamem.reuse.answers import AnswerReuse, ReuseMatch, is_answered, with_checks
 from deltamem.store.base import Decision, StateEntry
@@ -108,6 +114,7 @@ class _Work:
     before_out: Row | None
     old: StateEntry | None
     reason: str  # insert | update | refresh | retry | data | reuse (the answer it reused changed)
+    why: str | None = None  # for "data": how the change reached it, when retrieval knows
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,8 @@ class GenerateOperator(MultiInputOperator):
         prompt: str,
         *,
         retrieve: int | str = "all",
+        k: int | None = None,
+        auto: dict | None = None,  # the cost model's estimate when retrieve="auto" chose; the plan keeps it to show
         strategy: str = "auto",
         refresh: str = "on_change",
         question: str,
@@ -164,10 +173,20 @@ class GenerateOperator(MultiInputOperator):
     ):
         if not isinstance(prompt, str) or not prompt.strip():
             raise SchemaError("llm_generate needs a non-empty prompt")
-        if retrieve != "all" and not (isinstance(retrieve, int) and not isinstance(retrieve, bool)
-                                      and 1 <= retrieve <= MAX_RETRIEVE):
-            raise SchemaError(f"retrieve={retrieve!r} is out of range; use 'all' or a number of chunks from 1 to "
-                              f"{MAX_RETRIEVE}")
+        if retrieve not in ("all", "graph") and not (isinstance(retrieve, int) and not isinstance(retrieve, bool)
+                                                     and 1 <= retrieve <= MAX_RETRIEVE):
+            raise SchemaError(f"retrieve={retrieve!r} is out of range; use 'all', 'graph', 'auto' or a number of "
+                              f"chunks from 1 to {MAX_RETRIEVE}")
+        if k is not None and retrieve != "graph":
+            raise SchemaError(f"k={k!r} is the number of passages of retrieve='graph' (or 'auto'); with "
+                              f"retrieve={retrieve!r} leave it out")
+        k = DEFAULT_K if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RETRIEVE:
+            raise SchemaError(f"k={k!r} is out of range; use a number of passages from 1 to {MAX_RETRIEVE}")
+        if retrieve == "graph" and partition is not None:
+            raise SchemaError("retrieve='graph' builds one graph over all of DATA_SOURCE; it does not take partition")
+        if retrieve == "graph" and reuse != "off":
+            raise SchemaError(f"retrieve='graph' and reuse={reuse!r} cannot be combined yet")
         if strategy not in STRATEGIES:
             raise SchemaError(f"Unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
         if refresh not in REFRESH_MODES:
@@ -178,6 +197,7 @@ class GenerateOperator(MultiInputOperator):
         self.docs_op = f"{op_id}/docs"
         self.prompt = prompt
         self.retrieve = retrieve
+        self.k = k
         self.strategy = strategy
         self.refresh = refresh
         self.question = Template(question)
@@ -189,7 +209,9 @@ class GenerateOperator(MultiInputOperator):
         self.shadow = shadow
         self.append_budget = append_budget
         self.partition = partition
-        self.documents = DocumentChunks(self.docs_op, self.document, partition, self._embed)
+        self.graph = GraphRetrieval(op_id, document, k) if retrieve == "graph" else None
+        self.documents = DocumentChunks(self.docs_op, self.document, partition, self._embed,
+                                        split=split_sentences if self.graph is None else whole)
         if reuse not in REUSE_MODES:
             raise SchemaError(f"Unknown reuse {reuse!r}; use one of {', '.join(REUSE_MODES)}")
         if isinstance(reuse_check, bool) or not isinstance(reuse_check, (int, float)) or not 0 <= reuse_check <= 1:
@@ -222,6 +244,7 @@ class GenerateOperator(MultiInputOperator):
         this one, ``compose``, passes the state it has read)."""
         docs, changes = self.documents.apply(  # both by partition
             inputs.get("data_source", []), {k: e for (op, k), e in state.items() if op == self.docs_op}, ctx)
+        graph = None if self.graph is None else self.graph.apply(inputs.get("data_source", []), ctx, state)
         stored = {key: e for (op, key), e in state.items() if op == self.op_id}
         before = dict(stored)
         answers = dict(stored)  # every current answer: the candidates a new question may reuse
@@ -245,28 +268,35 @@ class GenerateOperator(MultiInputOperator):
                 continue  # a reuse follows its source (_follow_sources), never its own prompt
             if entry.error is not None:
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "retry")
-            elif changes.get(self.documents.part_of(entry.input_row)) and self.refresh == "on_change":
+            elif (changes.get(self.documents.part_of(entry.input_row)) or graph and graph.change) and \
+                    self.refresh == "on_change":
                 work[key] = _Work(entry.input_row, self._output_for(entry.input_row, entry), entry, "data")
-        refreshed = self._refresh(work, docs, changes, ctx, answers)
+        refreshed = self._refresh(work, docs, changes, ctx, answers, graph)
         if self.reuser is not None:
             refreshed += self._follow_sources(stored, before, answers, docs, changes, ctx)
         return out + refreshed
 
     def _refresh(self, work: dict[RowKey, "_Work"], docs_by_part: dict[str, "Documents"],
                  changes_by_part: dict[str, ChunkChanges], ctx: OperatorContext,
-                 answers: dict[RowKey, StateEntry]) -> list[Delta]:
+                 answers: dict[RowKey, StateEntry], graph: GraphVersion | None = None) -> list[Delta]:
         """Decide a strategy per output, run the calls in one batch, and return the output deltas. ``answers`` is
         every current answer; it is updated with the new ones."""
         model = ctx.runner.backend.model_id
         question_vecs = self._embed_questions(work, ctx)
+        planned: list[_Planned] = []
+        ranked: dict[RowKey, tuple[list[Chunk], Ranking, str | None]] = {}
+        if graph is not None:
+            ranked = self._rank_by_graph(work, docs_by_part.get("") or Documents([], {}),
+                                         changes_by_part.get("") or NO_CHANGES, graph, question_vecs, ctx, planned)
         reuse_vecs = self._reuse_vectors(work, ctx)
         candidates = {k: e for k, e in answers.items() if k not in work}  # answers in flux are no candidates
         index = self.reuser.candidates(candidates, self.documents.part_of) if reuse_vecs else None
         answered_prompts = {e.fingerprint for e in candidates.values() if is_answered(e)} if reuse_vecs else set()
         matches: dict[RowKey, ReuseMatch] = {}
         calibration = self._calibrate(ctx) if self.strategy == "auto" and changes_by_part else None
-        planned: list[_Planned] = []
         for key in sorted(work, key=key_order):
+            if graph is not None and key not in ranked:
+                continue  # skipped: the change provably did not reach its passages
             item = work[key]
             part = self.documents.part_of(item.row)
             docs = docs_by_part.get(part) or Documents([], {})
@@ -274,16 +304,24 @@ class GenerateOperator(MultiInputOperator):
             question = self.question.render(item.row)
             old = item.old
             in_prompt = set() if old is None else {tuple(i) for i in old.value.get("chunks", ())}
-            if item.reason == "data" and self.strategy in ("auto", "skip") and self.retrieve != "all":
+            if item.reason == "data" and self.strategy in ("auto", "skip") and isinstance(self.retrieve, int):
                 why = retrieval_skip(in_prompt, old.value.get("kth"), self.retrieve, changes, question_vecs.get(key))
                 if why is not None:
                     self._decide(ctx, key, "skip", why)
                     continue
-            chunks, kth = self._retrieve(docs, question_vecs.get(key))
+            ranking = None
+            if key in ranked:
+                chunks, ranking, reached = ranked[key]
+                item = replace(item, why=reached)
+                kth = ranking.kth
+            else:
+                chunks, kth = self._retrieve(docs, question_vecs.get(key))
             request = self.build_request(question, chunks)
             h = call_hash(model, request)
             value = {"chunks": [list(c.ident) for c in chunks], "kth": kth, "question": question,
                      "question_vec": None if key not in question_vecs else Vector(question_vecs[key])}
+            if ranking is not None:
+                value["graph"] = ranking.to_json()
             if key in reuse_vecs:
                 value.update(self.reuser.value_for(reuse_vecs[key], old))
                 # An answered question with this very prompt: the memo answers it exactly, no reuse decision needed.
@@ -298,11 +336,13 @@ class GenerateOperator(MultiInputOperator):
             if identical and not (item.reason == "data" and self.strategy.startswith("full")):
                 # The same prompt may come from other chunks of the same text (a document edited around an
                 # unchanged sentence): the provenance follows them, or a later change to them would be missed.
-                provenance = {**old.value, "chunks": value["chunks"], "kth": value["kth"]}
+                provenance = {**old.value, "chunks": value["chunks"], "kth": value["kth"],
+                              **({"graph": value["graph"]} if ranking is not None else {})}
                 kept = old if old.input_row == item.row and provenance == old.value else \
                     StateEntry(key, h, item.row, provenance, None, old.cost)
                 if item.reason == "data":
-                    self._decide(ctx, key, "skip", "the rebuilt prompt is identical")
+                    self._decide(ctx, key, "skip", "the rebuilt prompt is identical" + (
+                        f" (re-ranked, as {item.why}: the same passages)" if item.why else ""))
                 planned.append(_Planned(key, item, None, "skip", "", value, h, old, entry=kept))
                 continue
             texts = tuple(c.text for c in chunks)
@@ -379,7 +419,8 @@ class GenerateOperator(MultiInputOperator):
                 ctx.view, key, ctx.version, self.shadow) else None
             self._decide(ctx, key, strategy, why + ("" if strategy == "skip" else " (no call)"), evidence=share)
             return _Planned(key, item, None, strategy, why, value, h, old, entry=entry, shadow=shadow, evidence=share)
-        why = "a chunk it depends on changed" if self.retrieve != "all" else "every document is in its prompt"
+        why = item.why or ("a chunk it depends on changed" if self.retrieve != "all" else
+                           "every document is in its prompt")
         draft = tuple(old.value.get("output_ids") or ()) or None
         if self.strategy in ("auto", "verify") and kv and draft and not exact_now:
             blend = can.kv_blend
@@ -481,6 +522,31 @@ class GenerateOperator(MultiInputOperator):
 
     def _decide(self, ctx: OperatorContext, key: RowKey, strategy: str, reason: str, **cost) -> None:
         ctx.commit.decisions.append(Decision(ctx.view, key, ctx.version, strategy, reason, **cost))
+
+    def _rank_by_graph(self, work: dict[RowKey, _Work], docs: Documents, changes: ChunkChanges,
+                       graph: GraphVersion, question_vecs: dict[RowKey, np.ndarray], ctx: OperatorContext,
+                       planned: list["_Planned"]) -> dict[RowKey, tuple[list[Chunk], Ranking, str | None]]:
+        """``retrieve="graph"``: skip each answer a DATA_SOURCE change provably does not reach (no call, no
+        re-ranking; into ``planned``), and rank the others in one batch: per key its chunks, its ranking and how
+        the change reached it."""
+        reasons: dict[RowKey, str | None] = {}
+        for key in sorted(work, key=key_order):
+            item = work[key]
+            if item.reason != "data":
+                reasons[key] = None
+                continue
+            verdict, kept = self.graph.judge(item.old, self.question.render(item.row), graph.change, changes,
+                                             question_vecs.get(key))
+            if not verdict.reached and self.strategy in ("auto", "skip"):
+                self._decide(ctx, key, "skip", verdict.reason)
+                planned.append(_Planned(key, item, None, "skip", verdict.reason, kept.value, kept.fingerprint,
+                                        item.old, entry=kept))
+                continue
+            reasons[key] = verdict.reason if verdict.reached else None
+        keys = list(reasons)
+        ranked = self.graph.rank(graph, [self.question.render(work[k].row) for k in keys],
+                                 [question_vecs.get(k) for k in keys], docs)
+        return {k: (chunks, ranking, reasons[k]) for k, (chunks, ranking) in zip(keys, ranked, strict=True)}
 
     def _retrieve(self, docs: "Documents", question_vec) -> tuple[list[Chunk], float | None]:
         """The chunks for one prompt in prompt order, and the score of the k-th (ties broken by prompt order)."""
@@ -585,4 +651,6 @@ class GenerateOperator(MultiInputOperator):
         described = {"provenance": provenance, "attribution": attribution, "key_spans": copied}
         if "reused_from" in entry.value:  # its answer and provenance are its source's
             described["reuse"] = {"reused_from": decode_key(entry.value["reused_from"]), **entry.value["reuse"]}
+        if "graph" in entry.value:
+            described["graph"] = describe_ranking(entry.value["graph"])
         return described

@@ -26,7 +26,9 @@ delete       0 calls: the passage's contributions leave; a node or edge no passa
 failure      an extraction that fails, or that the model returns malformed (not JSON, fields missing, an entity
              empty or longer than ``MAX_NAME`` characters), is stored as the passage's error: the passage
              contributes nothing, its error shows in the view as a row ``["error", passage key]``, and the next
-             refresh asks again
+             refresh asks again; after ``MAX_MALFORMED`` malformed replies to the same text (a model that runs out
+             of tokens answers alike each time) it is not asked again until the passage changes, and its error says
+             so
 ===========  =======================================================================================================
 
 A TTL ``keep`` expiry (a ``forget``) is a delete for the graph: a node or edge never outlives the passages that
@@ -59,6 +61,7 @@ from deltamem.store.base import StateEntry
 from deltamem.store.state_vectors import Vector
 
 MAX_NAME = 100  # characters of a normalised entity name; a longer one is a malformed extraction
+MAX_MALFORMED = 3  # malformed replies to one passage text before it is no longer asked at every refresh
 COLUMNS = ("kind", "subject", "relation", "object", "passages", "similarity")
 SYSTEM = ("You extract knowledge for a graph. Reply with one JSON object with the keys entities (a list of names) "
           "and triples (a list of [subject, relation, object] lists whose subject and object are among the "
@@ -139,7 +142,13 @@ class SemGraph(Operator):
 
     def apply(self, deltas: Sequence[Delta], ctx: OperatorContext) -> list[Delta]:
         state = {key: e for (op, key), e in ctx.store.get_all_state(ctx.view).items() if op == self.op_id}
-        graph = _Graph(state)
+        return self.apply_on(deltas, ctx, state).commit(ctx, self.op_id)
+
+    def apply_on(self, deltas: Sequence[Delta], ctx: OperatorContext, state: dict[RowKey, StateEntry]) -> "GraphUpdate":
+        """The graph after this version's passage ``deltas``, on the operator's ``state`` as read at the version's
+        start (an operator that embeds this one, ``llm_generate`` with ``retrieve="graph"``, passes what it has
+        read); ``commit`` on the result writes it and returns the output deltas."""
+        graph = GraphUpdate(state)
         asked: list[tuple[RowKey, Row, str, int]] = []  # passages to extract: (key, row, its fingerprint, malformed)
         model = None
         for delta in deltas:
@@ -158,7 +167,8 @@ class SemGraph(Operator):
             malformed = (old.value or {}).get("malformed", 0) if old is not None and old.fingerprint == h else 0
             asked.append((delta.key, delta.after, h, malformed))
         touched = {d.key for d in deltas}
-        for failed in [e for e in state.values() if e.error is not None and e.key not in touched]:
+        for failed in [e for e in state.values() if e.error is not None and e.key not in touched
+                       and (e.value or {}).get("malformed", 0) < MAX_MALFORMED]:
             graph.withdraw(failed.key, failed)  # asked again: its error row leaves, whatever the answer
             asked.append((failed.key, failed.input_row, failed.fingerprint, (failed.value or {}).get("malformed", 0)))
         specs = [CallSpec(self.build_request(self.template.render(row), malformed=malformed),
@@ -172,13 +182,16 @@ class SemGraph(Operator):
                 extraction = parse_extraction(result.completion.text)
             except ValueError as exc:
                 error = f"malformed extraction of passage {decode_key(key)!r}: {exc}"
+                if malformed + 1 >= MAX_MALFORMED:
+                    error += f" (after {MAX_MALFORMED} malformed replies, asked again only when the passage changes)"
                 graph.fail(StateEntry(key, h, row, {"malformed": malformed + 1}, error, result.cost))
                 continue
             graph.assert_(StateEntry(key, h, row, extraction, None, result.cost))
         self._link_synonyms(graph, ctx)
-        return graph.commit(ctx, self.op_id)
+        graph.unlink_gone_nodes()
+        return graph
 
-    def _link_synonyms(self, graph: "_Graph", ctx: OperatorContext) -> None:
+    def _link_synonyms(self, graph: "GraphUpdate", ctx: OperatorContext) -> None:
         """Embed the new nodes' names and join every pair of nodes at least ``synonym_threshold`` alike."""
         new = sorted(graph.new_nodes())
         if not new:
@@ -195,7 +208,7 @@ class SemGraph(Operator):
                     graph.link(name, names[i], float(sims[i, j]))
 
 
-class _Graph:
+class GraphUpdate:
     """The graph as one version changes it. ``state`` is the operator's state before the version: per passage its
     extraction, per graph row (a JSON-array key) ``{"row", "vector"?}``. Changes are collected here and written by
     ``commit``, with one output delta per graph row that changed."""
@@ -276,7 +289,7 @@ class _Graph:
         self.rows[_key("synonym", first, second)] = {"kind": "synonym", "subject": first, "relation": "synonym",
                                                       "object": second, "passages": [], "similarity": similarity}
 
-    def _unlink_gone_nodes(self) -> None:
+    def unlink_gone_nodes(self) -> None:
         gone = {json.loads(key)[1] for key, row in self.rows.items() if row is None and key.startswith('["node"')}
         if gone:
             for key in [k for k in self.state if k.startswith('["synonym"')]:
@@ -284,27 +297,47 @@ class _Graph:
                 if a in gone or b in gone:
                     self.rows[key] = None
 
+    # --- the graph now ---------------------------------------------------------------------------------------------
+    def extractions(self) -> dict[RowKey, dict]:
+        """Per passage whose extraction succeeded, its ``{"entities", "triples"}``, after this version."""
+        merged = {k: e for k, e in self.state.items() if not k.startswith("[")}
+        merged.update(self.passages)
+        return {k: e.value for k, e in merged.items() if e is not None and e.error is None}
+
+    def synonyms(self) -> list[tuple[str, str, float]]:
+        """Every synonymy edge after this version, as (a, b, similarity)."""
+        keys = {k for k in self.state if k.startswith('["synonym"')} | \
+            {k for k in self.rows if k.startswith('["synonym"')}
+        rows = [self.current(key) for key in sorted(keys)]
+        return [(r["subject"], r["object"], r["similarity"]) for r in rows if r is not None]
+
     # --- writing --------------------------------------------------------------------------------------------------
+    def changed_rows(self) -> list[tuple[RowKey, Row | None, Row | None]]:
+        """(key, row before, row now) of every graph row this version changed."""
+        out = []
+        for key, row in self.rows.items():
+            old = self.state.get(key)
+            before = None if old is None else old.value["row"]
+            if row != before:
+                out.append((key, before, row))
+        return out
+
     def commit(self, ctx: OperatorContext, op_id: str) -> list[Delta]:
-        self._unlink_gone_nodes()
         for key, entry in self.passages.items():
             if entry is not None:
                 ctx.put_state(op_id, entry)
             elif key in self.state:
                 ctx.delete_state(op_id, key)
         out = []
-        for key, row in self.rows.items():
-            old = self.state.get(key)
-            before = None if old is None else old.value["row"]
-            if row == before:
-                continue
+        for key, before, row in self.changed_rows():
             if row is None:
                 ctx.delete_state(op_id, key)
             else:
                 value: dict[str, Any] = {"row": row}
                 if row["kind"] == "node":
                     name = row["subject"]
-                    value["vector"] = Vector(self.vectors[name]) if name in self.vectors else old.value["vector"]
+                    value["vector"] = Vector(self.vectors[name]) if name in self.vectors else \
+                        self.state[key].value["vector"]
                 ctx.put_state(op_id, StateEntry(key, "graph", {}, value, None))
             out.append(Delta(key, before, row))
         return out

@@ -26,6 +26,7 @@ from deltamem.errors import DependentViews, NoView, PrimaryKeyError
 from deltamem.ingest import Record, load_file
 from deltamem.operators.base import MultiInputOperator
 from deltamem.operators.shard_union import ShardUnion, is_shard_union
+from deltamem.cost_model import describe as describe_estimate, generate_head
 from deltamem.relation import Relation, build_operators, split_plan
 from deltamem.sql.catalog import CATALOG_COLUMNS, CATALOG_TABLE, SEQUENCE_COLUMN, Catalog, Source
 from deltamem.sql.dialect import Statement, parse
@@ -372,7 +373,10 @@ def view_columns(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
 def _explain(db: "Database", plan: ExplainPlan) -> Result:
     view = db.view(plan.view)
     if plan.key is None:
-        return Result(f"EXPLAIN VIEW {plan.view}", ["operator", "input", "parameters"], _graph(view.definition.plan))
+        rows = _graph(view.definition.plan)
+        if generate_head(view.definition.plan) is not None:
+            rows += [(part, "", detail) for part, detail in describe_estimate(view.estimate())]
+        return Result(f"EXPLAIN VIEW {plan.view}", ["operator", "input", "parameters"], rows)
     view.rows(fresh=True, timeout=_READ_TIMEOUT.get())
     report = view.explain(plan.key)
     rows: list[tuple[Any, ...]] = [("row", json.dumps(report["row"]))]  # in the view's declared column order
@@ -397,6 +401,16 @@ def _explain(db: "Database", plan: ExplainPlan) -> Result:
             state = "" if p["current"] else " (changed since)"
             rows.append((f"depends on ({op})", f"doc {p['doc']} v{p['doc_version']} sentence {p['position']}: "
                                                f"{p['text']}{state}"))
+        if dependencies.get("graph"):
+            g = dependencies["graph"]
+            rows.append((f"graph seeds ({op})", ", ".join(g["seeds"]) or "none: its question names no entity of "
+                                                                        "the graph"))
+            following = "none" if g["next"] is None else f"{g['next']:.4g}"
+            rows.append((f"graph subgraph ({op})", f"{len(g['subgraph'])} nodes, {len(g['edges'])} edges kept; every "
+                                                   f"other node has mass at most {g['cut']:.3g}; k-th passage "
+                                                   f"{g['kth']:.4g}, next {following}, slack {g['slack']:.2g}"))
+            for passage, path in g["paths"].items():
+                rows.append((f"graph evidence ({op})", f"passage {passage}: " + " -> ".join(path)))
         if dependencies.get("key_spans"):
             rows.append((f"key spans ({op})", ", ".join(dependencies["key_spans"])))
         if dependencies.get("attribution"):

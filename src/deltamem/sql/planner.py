@@ -38,7 +38,7 @@ TYPES: dict[str, ColumnType] = {
 TABLE_OPTIONS = ("ttl", "ttl_column", "expire")
 GENERATE_OPTIONS = ("prompt", "context", "data_source", "retrieve", "strategy", "refresh", "question", "document",
                     "out", "max_tokens", "shadow", "append_budget", "partition", "reuse", "max_error", "reuse_check",
-                    "decompose", "shards")
+                    "decompose", "shards", "k")
 
 
 @dataclass(frozen=True)
