@@ -87,13 +87,16 @@ def _print(result: dict) -> None:
                                           ("extraction_calls", "lightrag", "lightrag_per_item", "scratch",
                                            "graph_answers", "dense_answers")), str(r["questions"]))
         console.print(table)
-        ours = totals["extraction_calls"] + totals["retries"] + totals["graph_answers"]
+        graph_calls = totals["extraction_calls"] + totals["retries"]
+        ours = graph_calls + totals["graph_answers"]
         console.print(
             f"over the stream: ours {totals['extraction_calls']} extraction + {totals['retries']} retried (malformed "
-            f"before) + {totals['graph_answers']} answer calls; "
-            f"LightRAG-style {totals['lightrag']} graph calls ({_ratio(totals['lightrag'], ours)} ours, answers "
-            f"included), per item {totals['lightrag_per_item']} ({_ratio(totals['lightrag_per_item'], ours)}); "
-            f"rebuild {totals['scratch']:,} ({_ratio(totals['scratch'], ours)})")
+            f"before) + {totals['graph_answers']} answer calls (dense: {totals['dense_answers']}, full context: "
+            f"{r['questions'] * sum(len(f.get('scratch', ())) for f in r['stream'].values())})")
+        for label, theirs in (("LightRAG-style", totals["lightrag"]), ("LightRAG per item", totals["lightrag_per_item"]),
+                              ("rebuild", totals["scratch"])):
+            console.print(f"  {label}: {theirs:,} graph calls = {_ratio(theirs, graph_calls)} our graph calls, "
+                          f"{_ratio(theirs, ours)} ours with the answers")
         recall, accuracy = r["recall"], r["accuracy"]
         if recall["graph"]:
             ci = paired_bootstrap_ci(recall["graph"], recall["dense"])
