@@ -191,6 +191,12 @@ def explain(
                                   f"  {op}: no pattern matched; answered as its own base question"))
             for base in d["bases"]:
                 console.print(literal(f"    read {base['question']!r} -> {base['answer']!r}"))
+        if found.get("graph"):
+            g = found["graph"]
+            console.print(literal(f"  {op}: seeds {', '.join(g['seeds']) or 'none'}; {len(g['subgraph'])} subgraph "
+                                  f"nodes (every other node at most {g['cut']:.3g}), slack {g['slack']:.2g}"))
+            for passage, path in g["paths"].items():
+                console.print(literal(f"    passage {passage}: " + " -> ".join(path)))
     table = RichTable(title="decisions")
     for column in ("version", "strategy", "reason", "calls", "prompt tok", "reused tok", "output tok", "seconds"):
         table.add_column(column, overflow="fold")

@@ -370,7 +370,8 @@ class Database:
         an answer reads only the documents with its own value there (a conversation's history, a question's
         paragraphs), and a document change reaches only those answers. See ``deltamem.operators.generate`` for
         ``retrieve`` (``"all"``, a number of sentences, ``"graph"`` with ``k`` passages, or ``"auto"``: the cheapest
-        of the three by ``deltamem.cost_model``, chosen now and kept), ``strategy`` and ``refresh``; ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
+        of the three by ``deltamem.cost_model``, chosen now and kept), ``strategy`` and ``refresh``;
+        ``deltamem.reuse`` for ``reuse="semantic"`` (a new question takes
         a close answered one's answer, with a measured rate of wrong reuses under ``max_error``; ``reuse_check`` of
         the reuses are checked with a real call); ``deltamem.operators.compose`` for ``decompose`` (composite
         questions answered from shared base questions). ``shards=n`` (with ``partition``) splits the view into ``n``

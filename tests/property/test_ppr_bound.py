@@ -43,7 +43,8 @@ def rows(graph: PassageGraph) -> dict[str, dict[str, float]]:
     out = {}
     for i, node in enumerate(graph.nodes):
         start, end = graph.matrix.indptr[i], graph.matrix.indptr[i + 1]
-        out[node] = {graph.nodes[j]: w for j, w in zip(graph.matrix.indices[start:end], graph.matrix.data[start:end])}
+        columns, weights = graph.matrix.indices[start:end], graph.matrix.data[start:end]
+        out[node] = {graph.nodes[j]: w for j, w in zip(columns, weights, strict=True)}
     return out
 
 

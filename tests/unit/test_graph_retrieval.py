@@ -156,3 +156,19 @@ def test_the_estimate_measures_the_reach_of_each_retrieval_its_views_use_and_aut
         assert auto["chose"] == min(("all", "dense", "graph"), key=lambda r: (auto[r], r))
         with pytest.raises(SchemaError, match="not an LLM_GENERATE view"):
             db.view("graph_of", passages.sem_graph("{text}")).estimate()
+
+
+def test_the_explain_command_prints_the_seeds_and_each_passage_s_evidence_path(tmp_path):
+    from typer.testing import CliRunner
+
+    from deltamem.cli import app
+
+    path = str(tmp_path / "g.db")
+    with scripted_db(path) as db:
+        _tables(db)
+        _answers(db, k=3).rows(fresh=True)
+    result = CliRunner().invoke(app, ["explain", path, "answers", "q1"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "seeds ada lovelace" in result.output
+    assert "passage p2: entity 'ada lovelace' -> entity 'charles babbage' -> passage \"p2\"" in result.output

@@ -58,7 +58,8 @@ def lightrag_calls(kind: str, old: dict | None, new: dict | None, support: Count
     rebuilt = {item for item in removed if support[item] > 0}  # a deleted passage's items still described elsewhere
     merged = {item for item in added if support[item] > 1}  # a new description merged into an existing item
     summaries = sum(support[item] >= FORCE_SUMMARY for item in rebuilt | merged)
-    return extract + summaries, extract + len(rebuilt) + sum(support[item] >= FORCE_SUMMARY for item in merged - rebuilt)
+    per_item = extract + len(rebuilt) + sum(support[item] >= FORCE_SUMMARY for item in merged - rebuilt)
+    return extract + summaries, per_item
 
 
 def run_graph_bench(corpora: list[GraphCorpus], *, llm: str, embedder: str, changes: int, k: int, seed: int,

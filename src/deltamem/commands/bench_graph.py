@@ -61,8 +61,8 @@ def _print(result: dict) -> None:
 
     config = result["config"]
     for name, r in result["corpora"].items():
-        title = (f"bench graph · {name} · {r['passages']:,} passages · {r['questions']} questions · {config['llm']} · "
-                 f"embedder {config['embedder']} · k={config['k']}")
+        title = (f"bench graph · {name} · {r['passages']:,} passages · {r['questions']} questions · "
+                 f"{config['llm']} · embedder {config['embedder']} · k={config['k']}")
         b = r["build"]
         console.print(f"[bold]{title}[/bold]")
         console.print(f"build: {b['extraction_calls']:,} extraction calls, {b['answer_calls']} answer calls, "
@@ -93,8 +93,8 @@ def _print(result: dict) -> None:
             f"over the stream: ours {totals['extraction_calls']} extraction + {totals['retries']} retried (malformed "
             f"before) + {totals['graph_answers']} answer calls (dense: {totals['dense_answers']}, full context: "
             f"{r['questions'] * sum(len(f.get('scratch', ())) for f in r['stream'].values())})")
-        for label, theirs in (("LightRAG-style", totals["lightrag"]), ("LightRAG per item", totals["lightrag_per_item"]),
-                              ("rebuild", totals["scratch"])):
+        for label, theirs in (("LightRAG-style", totals["lightrag"]),
+                              ("LightRAG per item", totals["lightrag_per_item"]), ("rebuild", totals["scratch"])):
             console.print(f"  {label}: {theirs:,} graph calls = {_ratio(theirs, graph_calls)} our graph calls, "
                           f"{_ratio(theirs, ours)} ours with the answers")
         recall, accuracy = r["recall"], r["accuracy"]

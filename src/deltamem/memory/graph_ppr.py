@@ -8,8 +8,9 @@ subject - object of each fact (weight: the passages asserting it), synonym - syn
 Each row of the transition matrix is normalised; a node with no edge keeps its mass (a self-loop).
 
 A question's personalization puts half its mass on its seeds, the entities whose names occur in the question as
-whole words, each in proportion to one over the passages naming it (HippoRAG's node specificity), and the other half (all of it when no entity occurs) on the ``k`` passages closest to the
-question by embedding, in proportion to their cosine. PPR restarts there with probability ``RESTART`` (HippoRAG's
+whole words, each in proportion to one over the passages naming it (HippoRAG's node specificity), and the other
+half (all of it when no entity occurs) on the ``k`` passages closest to the question by embedding, in proportion to
+their cosine. PPR restarts there with probability ``RESTART`` (HippoRAG's
 damping of 0.5); the ``k`` passages with the most mass, ties in key order, are the question's passages.
 
 **The bound.** Write ``p`` for a PPR vector, ``s`` its personalization, ``a = RESTART`` and ``W`` the transition
