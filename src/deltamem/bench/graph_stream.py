@@ -31,6 +31,7 @@ import deltamem as dm
 from deltamem.bench.answer_quality import contains_match
 from deltamem.bench.graph_corpus import GraphCorpus, edited
 from deltamem.changes import encode_key
+from deltamem.cost_model import describe
 from deltamem.llm.embedding_runs import is_embedding_operator
 from deltamem.memory.graph_ppr import Ranking
 from deltamem.operators.documents import split_sentences
@@ -116,6 +117,7 @@ def _run_corpus(corpus: GraphCorpus, *, llm: str, embedder: str, changes: int, k
             view.rows(fresh=True)
         quality = _quality(db, asked, corpus.supporting, k)
         stream = _stream(db, corpus, changes, seed, progress)
+        estimate = describe(db.view("graph").estimate())  # the cost model, on what this run measured
         progress(f"{corpus.name}: a graph from scratch", 0, 1)
         check = db.generate("graph_check", prompt="Answer the question from the passages.", context=table,
                             data_source=passages, retrieve="graph", k=k, strategy="skip")
@@ -125,7 +127,7 @@ def _run_corpus(corpus: GraphCorpus, *, llm: str, embedder: str, changes: int, k
         db.close()
     return {"passages": len(corpus.passages), "questions": len(asked), "dense_sentences": dense_k,
             "build": {"extraction_calls": build[0] + build[2], "answer_calls": build[1], "seconds": build_seconds},
-            **quality, "stream": stream, "equals_recompute": same}
+            **quality, "stream": stream, "estimate": estimate, "equals_recompute": same}
 
 
 def _prompts(db: dm.Database, view: str) -> dict[str, str]:

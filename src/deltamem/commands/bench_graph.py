@@ -106,6 +106,9 @@ def _print(result: dict) -> None:
         console.print("accuracy (gold answer in the answer): " + ", ".join(
             f"{view} {mean(scores):.1%}" for view, scores in accuracy.items() if scores) + f" over {r['questions']}")
         console.print(f"graph view equals a graph view built from scratch: {'yes' if r['equals_recompute'] else 'NO'}")
+        console.print("the cost model on the graph view after the stream (EXPLAIN VIEW):")
+        for part, detail in r["estimate"]:
+            console.print(f"  {part}: {detail}", markup=False)
 
 
 def _ratio(theirs: float, ours: float) -> str:
