@@ -14,15 +14,15 @@ from deltamem.cli import app
 
 
 def test_a_delete_costs_no_extraction_an_edit_or_insert_one_and_the_graph_equals_a_rebuild():
-    corpus = hotpot(default_data_dir(), passages=60)
-    result = run_graph_bench([corpus], llm="test", embedder="test", changes=9, k=3, seed=1, questions=6)
+    corpus = hotpot(default_data_dir(), passages=60, questions=6)
+    result = run_graph_bench([corpus], llm="test", embedder="test", changes=9, k=3, seed=1)
     r = result["corpora"]["hotpotqa"]
     assert r["equals_recompute"] is True
     assert r["stream"]["delete"]["extraction_calls"] == [0, 0, 0]
     assert r["stream"]["insert"]["extraction_calls"] == [1, 1, 1] and r["stream"]["edit"]["extraction_calls"] == [1] * 3
     assert all(n == r["passages"] + 1 for n in r["stream"]["insert"]["scratch"][:1])  # a rebuild extracts them all
     assert r["build"]["extraction_calls"] == r["passages"] and r["build"]["answer_calls"] == 6
-    assert len(r["recall"]["graph"]) == len(r["recall"]["dense"]) > 0
+    assert len(r["recall"]["graph"]) == len(r["recall"]["dense"]) > 0 and r["passages"] == 60
 
 
 def test_lightrag_rules_extract_with_gleaning_and_summarise_items_with_enough_fragments():

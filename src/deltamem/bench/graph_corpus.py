@@ -34,31 +34,36 @@ def _rows(paragraphs: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"pid": p["id"], "title": p["title"], "text": p["text"]} for p in paragraphs]
 
 
-def two_wiki(data_dir: Path, *, passages: int | None = None, seed: int = 0) -> GraphCorpus:
-    """The 2Wiki corpus, cut to ``passages`` (the supporting ones always kept), and its answerable dev questions."""
+def two_wiki(data_dir: Path, *, passages: int | None = None, questions: int | None = None,
+             seed: int = 0) -> GraphCorpus:
+    """The 2Wiki corpus, cut to ``passages`` (the supporting ones always kept), and its first ``questions``
+    answerable dev questions."""
     corpus = _rows(load_corpus(data_dir / "2wikimultihopqa" / "hipporag_corpus_6119.json"))
     by_title: dict[str, list[str]] = {}
     for row in corpus:
         by_title.setdefault(row["title"], []).append(row["pid"])
-    questions, supporting = [], {}
+    answerable, supporting = [], {}
     for q in load_questions(data_dir / "2wikimultihopqa" / "dev_000_099.json"):
         titles = {title for title, _i in q.supporting_facts}
         if titles and all(t in by_title for t in titles):
-            questions.append(q)
+            answerable.append(q)
             supporting[q.qid] = {pid for t in titles for pid in by_title[t]}
-    return _split("2wiki", corpus, questions, supporting, passages, seed)
+    asked = answerable[:questions]
+    return _split("2wiki", corpus, asked, {q.qid: supporting[q.qid] for q in asked}, passages, seed)
 
 
-def hotpot(data_dir: Path, *, passages: int | None = None, seed: int = 0) -> GraphCorpus:
-    """HotpotQA's dev paragraphs as one corpus (ids: titles), and its dev questions."""
-    questions = load_questions(data_dir / "hotpotqa" / "dev_000_099.json")
+def hotpot(data_dir: Path, *, passages: int | None = None, questions: int | None = None,
+           seed: int = 0) -> GraphCorpus:
+    """HotpotQA's dev paragraphs as one corpus (ids: titles), and its first ``questions`` dev questions."""
+    everyone = load_questions(data_dir / "hotpotqa" / "dev_000_099.json")
     seen: dict[str, dict[str, str]] = {}
-    for q in questions:
+    for q in everyone:
         for p in q.paragraphs:
             if p.title not in seen and p.text:
                 seen[p.title] = {"pid": p.title, "title": p.title, "text": p.text}
-    supporting = {q.qid: {title for title, _i in q.supporting_facts if title in seen} for q in questions}
-    return _split("hotpotqa", list(seen.values()), questions, supporting, passages, seed)
+    asked = everyone[:questions]
+    supporting = {q.qid: {title for title, _i in q.supporting_facts if title in seen} for q in asked}
+    return _split("hotpotqa", list(seen.values()), asked, supporting, passages, seed)
 
 
 def _split(name: str, corpus: list[dict[str, str]], questions: list[Question], supporting: dict[str, set[str]],

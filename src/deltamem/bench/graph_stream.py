@@ -64,11 +64,11 @@ def lightrag_calls(kind: str, old: dict | None, new: dict | None, support: Count
 
 
 def run_graph_bench(corpora: list[GraphCorpus], *, llm: str, embedder: str, changes: int, k: int, seed: int,
-                    questions: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                    progress: Progress | None = None) -> dict[str, Any]:
     results = {}
     for corpus in corpora:
         results[corpus.name] = _run_corpus(corpus, llm=llm, embedder=embedder, changes=changes, k=k, seed=seed,
-                                           questions=questions, progress=progress or (lambda *_: None))
+                                           progress=progress or (lambda *_: None))
     return {"config": {"llm": llm, "embedder": embedder, "changes": changes, "k": k, "seed": seed},
             "corpora": results}
 
@@ -87,8 +87,8 @@ def _refreshed(db: dm.Database, view: str, after: int) -> int:
 
 
 def _run_corpus(corpus: GraphCorpus, *, llm: str, embedder: str, changes: int, k: int, seed: int,
-                questions: int | None, progress: Progress) -> dict[str, Any]:
-    asked = corpus.questions[:questions] if questions else corpus.questions
+                progress: Progress) -> dict[str, Any]:
+    asked = corpus.questions
     sentences = sum(len(split_sentences(p["text"])) for p in corpus.passages) / max(1, len(corpus.passages))
     dense_k = max(1, round(k * sentences))
     with tempfile.TemporaryDirectory() as folder:

@@ -19,7 +19,8 @@ def bench_graph(
     dataset: str = typer.Option("both", help="2wiki (the HippoRAG corpus), hotpotqa (its dev paragraphs) or both."),
     passages: Optional[int] = typer.Option(None, help="Cut each corpus to this many passages (the supporting ones "
                                                       "always kept); default: all."),
-    questions: Optional[int] = typer.Option(None, help="Ask only the first N questions; default: all."),
+    questions: Optional[int] = typer.Option(None, help="Ask only the first N questions (and keep only their supporting "
+                                                       "passages); default: all."),
     changes: int = typer.Option(100, help="Passage changes in the stream: a third each of inserts, edits, deletes."),
     k: int = typer.Option(5, help="Passages per prompt (graph), and recall@k."),
     seed: int = typer.Option(0, help="Seed of the stream."),
@@ -45,10 +46,11 @@ def bench_graph(
     if changes < 0 or k < 1:
         raise typer.BadParameter("--changes must be at least 0 and --k at least 1")
     try:
-        corpora = [loaders[name](default_data_dir(), passages=passages, seed=seed) for name in names]
+        corpora = [loaders[name](default_data_dir(), passages=passages, questions=questions, seed=seed)
+                   for name in names]
         with Progress(console=console, transient=True) as progress:
             result = run_graph_bench(corpora, llm=llm, embedder=embedder, changes=changes, k=k, seed=seed,
-                                     questions=questions, progress=task_reporter(progress))
+                                     progress=task_reporter(progress))
     except dm.DeltamemError as exc:
         fail(exc)
     _print(result)
