@@ -145,6 +145,14 @@ def choose_retrieval(db: "Database", name: str, plan: dict) -> dict:
     if plan.get("partition") is not None:
         raise SchemaError(f"{name!r}: retrieve='auto' may choose graph retrieval, which does not take partition; "
                           "choose the retrieval")
+    if name in db.views():  # declared again: the pick it made then, so that the definition is the same
+        stored = db.view(name).definition.plan
+
+        def rest(p: dict) -> dict:
+            return {key: v for key, v in p.items() if key not in ("retrieve", "k", "auto")}
+
+        if "auto" in stored and rest(stored) == rest(plan):
+            return stored
     k = plan.get("k") or DEFAULT_K
     found = estimate(inputs_for(db, {**plan, "retrieve": "graph", "k": k}), "graph")
     chosen = found.cheapest_with_build

@@ -154,6 +154,11 @@ def test_the_estimate_measures_the_reach_of_each_retrieval_its_views_use_and_aut
                              retrieve="auto", k=2)
         auto = picked.definition.plan["auto"]
         assert auto["chose"] == min(("all", "dense", "graph"), key=lambda r: (auto[r], r))
+        for i in range(4, 30):  # more rows, other estimates: a second declaration still finds the view it made
+            passages.upsert({"pid": f"n{i}", "text": f"Tea number {i} is a drink."})
+        again = db.generate("auto", prompt="Answer.", context=db.table("questions"), data_source=passages,
+                            retrieve="auto", k=2)
+        assert again.definition.plan == picked.definition.plan
         with pytest.raises(SchemaError, match="not an LLM_GENERATE view"):
             db.view("graph_of", passages.sem_graph("{text}")).estimate()
 
