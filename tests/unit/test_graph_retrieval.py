@@ -177,3 +177,16 @@ def test_the_explain_command_prints_the_seeds_and_each_passage_s_evidence_path(t
     assert result.exit_code == 0, result.output
     assert "seeds ada lovelace" in result.output
     assert "passage p2: entity 'ada lovelace' -> entity 'charles babbage' -> passage \"p2\"" in result.output
+
+
+def test_a_re_ranked_prompt_with_a_passage_no_edit_touched_is_not_appended_as_a_delta():
+    with scripted_db() as db:
+        passages, _questions = _tables(db)
+        view = _answers(db, strategy="auto")  # on the test backend auto may append a delta as a new turn
+        view.rows(fresh=True)
+        before = view.explain("q1")["dependencies"]["1:llm_generate"]["graph"]["passages"]
+        gone = next(p for p in before if p != "p1")
+        passages.delete(gone)  # a prompt passage leaves; re-ranking brings in one that no edit touched
+        view.rows(fresh=True)
+        last = next(d for d in db.store.get_decisions("answers", '"q1"') if d.version == db.version)
+        assert last.strategy == "full" and f'passage "{gone}" in its prompt changed' in last.reason

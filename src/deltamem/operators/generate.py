@@ -437,8 +437,11 @@ class GenerateOperator(MultiInputOperator):
         if self.strategy == "full+prefix" and kv:
             return _Planned(key, item, CallSpec(request, spec_reason, cache_key=cache_key), "full+prefix",
                             why + "; reusing its prompt KV, decoding in full", value, h, old)
-        if self.strategy == "append" or (self.strategy == "auto" and "append" not in calibration.disabled
-                                         and not exact_now):
+        # A re-ranked graph prompt may hold passages no edit touched: the delta would not describe them.
+        moved = self.graph is not None and {tuple(c) for c in value["chunks"]} - set(changes.added) != \
+            in_prompt - set(changes.removed)
+        if not moved and (self.strategy == "append" or (self.strategy == "auto" and "append" not in
+                                                        calibration.disabled and not exact_now)):
             planned = self._plan_append(ctx, key, item, request, h, value, changes, why)
             if planned is not None:
                 return planned
