@@ -174,8 +174,9 @@ class SemGraph(Operator):
                        and (e.value or {}).get("malformed", 0) < MAX_MALFORMED]:
             graph.withdraw(failed.key, failed)  # asked again: its error row leaves, whatever the answer
             asked.append((failed.key, failed.input_row, failed.fingerprint, (failed.value or {}).get("malformed", 0)))
+        # A retry asks again a passage whose text did not change; a changed one is an insert or an update.
         specs = [CallSpec(self.build_request(self.template.render(row), malformed=malformed),
-                          "retry" if key in state and state[key].error else "insert" if key not in state else "update")
+                          "retry" if key not in touched else "insert" if key not in state else "update")
                  for key, row, _h, malformed in asked]
         for (key, row, h, malformed), result in zip(asked, ctx.run_calls(self.op_id, specs), strict=True):
             if result.completion is None:  # nothing memoised: the same request is asked again
