@@ -241,14 +241,19 @@ def inputs_for(db: "Database", plan: dict, *, sample: int = 200) -> CostInputs:
     extractions = [e for e in ledger if e.operator.endswith("/graph")]
     output_tokens = sum(e.output_tokens for e in answers) / len(answers) if answers else plan.get("max_tokens", 64) / 2
     sources["output_tokens"] = "measured" if answers else "prior"
-    reach = {}
+    reach, built = {}, []
     for r in RETRIEVALS:
-        measured = measured_reach([d for view in peers[r] for d in store.get_decisions(view)])
+        decisions = [d for view in peers[r] for d in store.get_decisions(view)]
+        built += [d.version for d in decisions]
+        measured = measured_reach(decisions)
         reach[r] = prior_reach(r, len(documents), k) if measured is None else measured
         sources[f"reach[{r}]"] = "prior" if measured is None else "measured on " + ",".join(peers[r])
-    changes = store.get_changes(1, store.get_latest_version(), [data_source])
+    history = store.get_changes(1, store.get_latest_version(), [data_source])
+    extracted = sum(c.after is not None for c in history)  # each insert or edit needs one extraction
+    # The mix and rate of changes are those since the first of those views was built: a bulk load before it is
+    # no maintenance.
+    changes = [c for c in history if c.version > min(built)] if built else history
     delete_share = sum(c.after is None for c in changes) / len(changes) if changes else 0.0
-    extracted = sum(c.after is not None for c in changes)  # each insert or edit needs one extraction
     extraction_calls = len(extractions) / extracted if extractions and extracted else 1.0
     sources["extraction_calls"] = "measured" if extractions and extracted else "prior"
     sources["extraction_tokens"] = "measured" if extractions else "prior"
