@@ -19,7 +19,7 @@ its retrieval, so it is not switched behind the user's back).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from deltamem.errors import SchemaError
@@ -93,10 +93,6 @@ class Estimate:
     @property
     def cheapest_with_build(self) -> str:
         return min(self.costs, key=lambda c: (c.horizon_seconds, RETRIEVALS.index(c.retrieval))).retrieval
-
-    def to_json(self) -> dict:
-        return {"inputs": asdict(self.inputs), "costs": [asdict(c) for c in self.costs], "current": self.current,
-                "cheapest_per_change": self.cheapest_per_change, "cheapest_with_build": self.cheapest_with_build}
 
 
 def prior_reach(retrieval: str, passages: int, k: int) -> float:
