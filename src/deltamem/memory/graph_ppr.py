@@ -10,15 +10,16 @@ Each row of the transition matrix is normalised; a node with no edge keeps its m
 A question's personalization puts half its mass on its seeds, the entities whose names occur in the question as
 whole words, each in proportion to one over the passages naming it (HippoRAG's node specificity), and the other
 half (all of it when no entity occurs) on the ``k`` passages closest to the question by embedding, in proportion to
-their cosine. PPR restarts there with probability ``RESTART`` (HippoRAG's
-damping of 0.5); the ``k`` passages with the most mass, ties in key order, are the question's passages.
+their cosine. PPR restarts there with probability ``RESTART`` (HippoRAG's damping of 0.5); the ``k`` passages with
+the most mass, ties in key order, are the question's passages.
 
 **The bound.** Write ``p`` for a PPR vector, ``s`` its personalization, ``a = RESTART`` and ``W`` the transition
-matrix. A change that leaves ``s`` alone and rewrites the rows of the nodes ``T`` moves ``p`` by at most
+matrix. A change that leaves ``s`` alone (one that touches a seed or a passage it starts from is always taken to
+reach the answer) and rewrites the rows of the nodes ``T`` moves ``p`` by at most
 ``||p' - p||_1 <= (1 - a) / a * sum_{u in T} p(u) * ||W'_u - W_u||_1 <= 2 (1 - a) / a * sum_{u in T} p(u)``
 (from ``(p' - p)(I - (1 - a) W') = (1 - a) p (W' - W)`` and ``||x (I - (1 - a) W')^-1||_1 <= ||x||_1 / a``).
-Every entry moves by at most that much, so the top ``k`` cannot change while it is below the gap between the k-th
-and the (k+1)-th score. An answer keeps the mass of its ``subgraph`` (its heaviest nodes; every other node has at
+Any two entries together move by at most that much, so the top ``k`` cannot change while it is below the gap
+between the k-th and the (k+1)-th score. An answer keeps the mass of its ``subgraph`` (its heaviest nodes; every other node has at
 most ``cut``) and the ``slack`` (the L1 distance its stored ``p`` may be from the current one, after changes judged
 by the bound), which is all the bound needs.
 """
