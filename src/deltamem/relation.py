@@ -315,8 +315,9 @@ class View(Relation):
     def explain(self, key: Any) -> dict[str, Any]:
         """One output: what each operator stored for it (value, cost), its ``dependencies`` (for ``LLM_GENERATE``:
         the sentences in its prompt with their document versions, the attention attribution of its output sentences
-        to them, the key spans it copies and, with graph retrieval, its seeds, subgraph and evidence paths) and its decision log. ``key`` as ``history`` takes it; every key in
-        the report (the decisions', the documents') is such a value too, so it prints once-encoded as JSON."""
+        to them, the key spans it copies and, with graph retrieval, its seeds, subgraph and evidence paths) and its
+        decision log. ``key`` as ``history`` takes it; every key in the report (the decisions', the documents') is
+        such a value too, so it prints once-encoded as JSON."""
         plan = self._db._view_def(self.name).plan
         if is_shard_union(plan):
             return self._explain_in_shards(key, plan)
