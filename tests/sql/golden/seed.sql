@@ -28,7 +28,6 @@ INSERT INTO conversation_events (user_id, message) VALUES ('u2', 'When will my p
 UPDATE support_docs_or_events SET text = 'Refunds are issued within 30 days of a return.' WHERE title = 'Refunds';
 SELECT seq, user_id, answer FROM response_stream_2;
 SUBSCRIBE TO response_stream_2 AS OF VERSION 4;
-EXPLAIN VIEW response_stream_2;
 EXPLAIN VIEW response_stream_2 KEY 1;
 SHOW TABLES;
 SHOW VIEWS;
