@@ -163,10 +163,10 @@ def _stream(db: dm.Database, corpus: GraphCorpus, changes: int, seed: int, progr
                    if op == GRAPH_OP and not key.startswith("[") and e.error is None}
     support = Counter(item for e in extractions.values() for item in _items(e))
     per_kind: dict[str, dict[str, list[int]]] = {kind: {} for kind in KINDS}
+    before, dense_before = _calls(db, "graph"), _calls(db, "dense")  # each change's "after" is the next's "before"
     for i in range(changes):
         kind = KINDS[i % 3] if spare or KINDS[i % 3] != "insert" else "edit"
-        before_version, before = db.version, _calls(db, "graph")
-        dense_before = _calls(db, "dense")
+        before_version = db.version
         if kind == "insert":
             row = spare.pop(rng.randrange(len(spare)))
             passages.upsert(row)
@@ -191,13 +191,14 @@ def _stream(db: dm.Database, corpus: GraphCorpus, changes: int, seed: int, progr
         support.subtract(_items(old))
         support.update(_items(new))
         light, per_item = lightrag_calls(kind, old, new, support)
-        after = _calls(db, "graph")
+        after, dense_after = _calls(db, "graph"), _calls(db, "dense")
         figures = {"extraction_calls": after[0] - before[0], "retries": after[2] - before[2],
                    "graph_answers": _refreshed(db, "graph", before_version),
                    "dense_answers": _refreshed(db, "dense", before_version), "lightrag": light,
                    "lightrag_per_item": per_item, "scratch": len(current),
-                   "dense_calls": _calls(db, "dense")[1] - dense_before[1]}
+                   "dense_calls": dense_after[1] - dense_before[1]}
         for name, value in figures.items():
             per_kind[kind].setdefault(name, []).append(value)
+        before, dense_before = after, dense_after
         progress(f"{corpus.name}: passage changes", i + 1, changes)
     return per_kind

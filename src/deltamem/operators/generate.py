@@ -197,7 +197,6 @@ class GenerateOperator(MultiInputOperator):
         self.docs_op = f"{op_id}/docs"
         self.prompt = prompt
         self.retrieve = retrieve
-        self.k = k
         self.strategy = strategy
         self.refresh = refresh
         self.question = Template(question)
